@@ -1,0 +1,10 @@
+"""Pruning methods behind one interface. Adding a method: one file, one import line below."""
+
+from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, PruningMethod
+from pipeline.methods.registry import get_method, list_methods, register_method
+
+# Built-in methods register themselves on import, one line each.
+from pipeline.methods import magnitude as _magnitude  # noqa: E402,F401
+from pipeline.methods import random as _random  # noqa: E402,F401
+
+__all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "get_method", "list_methods", "register_method"]

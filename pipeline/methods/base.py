@@ -1,0 +1,152 @@
+"""The interface every pruning method implements.
+
+A method turns (model, data, spec) into a ``PrunePlan``. It never mutates the model it
+is given and never keeps per-candidate state: the evaluator builds a fresh pruned copy
+for each candidate. Capabilities are class attributes that the search reads; nothing
+outside a method's file checks for a particular method class.
+
+Two shapes of method exist:
+- ``ImportanceMethod``: score every unit once, then select for any target. Scores are
+  cached in ``PruneContext.cache`` under ``cache_key(spec)``, so one actor scores a
+  method once and reuses the scores for every sparsity it is asked for.
+- ``PruningMethod`` directly: methods whose outcome depends on training
+  (hyperflows, ocs) implement ``plan`` themselves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Literal
+
+import torch
+from torch import nn
+
+from pipeline.layers import prunable_weights, stage_of
+from pipeline.plan import PrunePlan
+from pipeline.select import global_masks, layerwise_masks
+
+if TYPE_CHECKING:
+    from pipeline.spec import CandidateSpec
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A searchable numeric knob of a method: its range and prior."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+    default: float | None = None
+
+
+@dataclass
+class PruneContext:
+    """What a method may use, built once per actor.
+
+    Attributes:
+        calib_x: calibration images, float32 (N, C, H, W), normalised.
+        calib_y: their labels, int64 (N,).
+        train_x, train_y: training images and labels, for methods that train.
+        example_input: one image batch (1, C, H, W) for tracing and MACs.
+        num_classes: number of classes.
+        cache: per-actor cache shared across candidates (importance scores, graphs).
+    """
+
+    calib_x: torch.Tensor
+    calib_y: torch.Tensor
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    example_input: torch.Tensor
+    num_classes: int
+    cache: dict[Hashable, Any] = field(default_factory=dict)
+
+
+class PruningMethod(ABC):
+    """Base of all methods. Subclasses register with ``@register_method(name)``."""
+
+    name: ClassVar[str] = ""
+    granularities: ClassVar[tuple[str, ...]] = ("unstructured",)
+    #: what the candidate's size is set by: a target sparsity, a MACs ratio, or an
+    #: outcome of training (the knobs steer it).
+    target: ClassVar[Literal["sparsity", "outcome"]] = "sparsity"
+    needs_labels: ClassVar[bool] = False
+    trains: ClassVar[bool] = False
+    knobs: ClassVar[dict[str, Knob]] = {}
+
+    def check(self, spec: "CandidateSpec") -> None:
+        """Raise ``ValueError`` naming the field if ``spec`` asks for something unsupported."""
+        if spec.granularity not in self.granularities:
+            raise ValueError(
+                f"method {self.name!r} supports granularity {list(self.granularities)}, "
+                f"but the candidate asks for {spec.granularity!r}"
+            )
+        unknown = set(spec.knobs) - set(self.knobs)
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no knob {sorted(unknown)}; its knobs are {sorted(self.knobs)}")
+
+    def knob(self, spec: "CandidateSpec", name: str) -> float:
+        """The value of knob ``name`` for ``spec``, or its default."""
+        if name in spec.knobs:
+            return spec.knobs[name]
+        default = self.knobs[name].default
+        if default is None:
+            raise ValueError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
+        return default
+
+    @abstractmethod
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        """What to prune for ``spec``. ``model`` is the dense base model; do not mutate it."""
+
+
+class ImportanceMethod(PruningMethod):
+    """A one-shot method: importance scores once, selection for any target."""
+
+    #: knobs that change the scores (others only change selection)
+    score_knobs: ClassVar[tuple[str, ...]] = ()
+
+    def cache_key(self, spec: "CandidateSpec") -> Hashable:
+        knobs = tuple((k, self.knob(spec, k)) for k in self.score_knobs)
+        return (self.name, spec.granularity, spec.prune_stem, spec.prune_head, knobs, spec.seed)
+
+    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+        """Parameter name -> score of each weight (higher = more important)."""
+        raise ValueError(f"method {self.name!r} has no unstructured scores")
+
+    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
+        """Channel group name -> score of each output channel (higher = more important)."""
+        raise ValueError(f"method {self.name!r} has no channel scores")
+
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        if spec.granularity == "channel":
+            return self._channel_plan(model, ctx, spec)
+        if spec.target_sparsity is None:
+            raise ValueError(f"method {self.name!r} needs target_sparsity for unstructured pruning")
+        key = self.cache_key(spec)
+        if key not in ctx.cache:
+            ctx.cache[key] = self.weight_scores(model, ctx, spec)
+        scores = ctx.cache[key]
+        if spec.scope == "global" and not spec.allocation:
+            return PrunePlan(masks=global_masks(scores, spec.target_sparsity))
+        ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores}
+        return PrunePlan(masks=layerwise_masks(scores, spec.target_sparsity, ratios))
+
+    def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        from pipeline import structure
+
+        if spec.target_macs_ratio is None:
+            raise ValueError(f"method {self.name!r} needs target_macs_ratio for channel pruning")
+        graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)
+        key = self.cache_key(spec)
+        if key not in ctx.cache:
+            ctx.cache[key] = self.channel_scores(model, ctx, spec, graph.groups)
+        kept = structure.select_channels(
+            graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation)
+        )
+        return PrunePlan(channels=kept)
+
+
+def weights_of(model: nn.Module, spec: "CandidateSpec") -> dict[str, nn.Parameter]:
+    """The prunable weights of ``model`` under ``spec``'s stem/head choice."""
+    return prunable_weights(model, spec.prune_stem, spec.prune_head)

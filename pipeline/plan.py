@@ -1,0 +1,90 @@
+"""What a candidate prunes, as plain data: weight masks and kept channels.
+
+A ``PrunePlan`` is the only thing a pruning method returns. It round-trips through
+Parquet bytes (the MLflow artifact ``plan.parquet``), so a recorded candidate is
+rebuilt from the base checkpoint plus this table; no code is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),  # "mask" (weight mask) or "channels" (kept output channels)
+        ("name", pa.string()),  # parameter name (mask) or module name (channels)
+        ("shape", pa.list_(pa.int64())),
+        ("data", pa.binary()),  # np.packbits of the flat mask, or int64 indices
+    ]
+)
+
+
+@dataclass
+class PrunePlan:
+    """Masks and kept channels of one candidate.
+
+    Attributes:
+        masks: parameter name -> bool tensor of the parameter's shape (True = kept),
+            names as in the model *after* channels are removed.
+        channels: module name of a conv/linear layer -> sorted int64 tensor of the
+            output channels it keeps (structured pruning; applied first).
+    """
+
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_parquet(self) -> bytes:
+        rows: dict[str, list] = {"kind": [], "name": [], "shape": [], "data": []}
+        for name, idx in sorted(self.channels.items()):
+            arr = idx.to(torch.int64).cpu().numpy()
+            _append(rows, "channels", name, [arr.size], arr.tobytes())
+        for name, mask in sorted(self.masks.items()):
+            bits = np.packbits(mask.cpu().numpy().astype(bool).ravel())
+            _append(rows, "mask", name, list(mask.shape), bits.tobytes())
+        buf = io.BytesIO()
+        pq.write_table(pa.table(rows, schema=_SCHEMA), buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_parquet(cls, data: bytes) -> "PrunePlan":
+        table = pq.read_table(io.BytesIO(data)).to_pylist()
+        plan = cls()
+        for row in table:
+            shape = tuple(row["shape"])
+            if row["kind"] == "channels":
+                arr = np.frombuffer(row["data"], dtype=np.int64).copy()
+                plan.channels[row["name"]] = torch.from_numpy(arr)
+            elif row["kind"] == "mask":
+                n = int(np.prod(shape))
+                bits = np.unpackbits(np.frombuffer(row["data"], dtype=np.uint8))[:n]
+                plan.masks[row["name"]] = torch.from_numpy(bits.astype(bool)).reshape(shape)
+            else:
+                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask' or 'channels'")
+        return plan
+
+
+def _append(rows: dict[str, list], kind: str, name: str, shape: list[int], data: bytes) -> None:
+    rows["kind"].append(kind)
+    rows["name"].append(name)
+    rows["shape"].append(shape)
+    rows["data"].append(data)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the masked-out weights of ``model`` in place."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"plan masks parameter {name!r}, which the model does not have")
+        p = params[name]
+        if tuple(p.shape) != tuple(mask.shape):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}")
+        p.mul_(mask.to(p.device, p.dtype))

@@ -1,0 +1,113 @@
+"""The immutable description of one candidate and of its measured outcome.
+
+A ``CandidateSpec`` is everything needed to rebuild a candidate from the base model:
+the search records it, and ``pipeline.build.build_candidate`` replays it (the same code
+path for the search and for export). A ``CandidateResult`` never changes after the
+evaluator returns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Granularity = Literal["unstructured", "channel"]
+Scope = Literal["global", "layerwise"]
+
+
+class Frozen(BaseModel):
+    """Base of every configuration object: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecalSpec(Frozen):
+    """How BatchNorm statistics are recomputed after pruning (REFLOW).
+
+    Attributes:
+        images: number of calibration images (0 disables recalibration).
+        batch_size: images per forward pass.
+        mode: ``cumulative`` resets the running statistics and averages over all
+            batches (momentum=None); ``ema`` keeps the statistics and updates them
+            with ``momentum``.
+        momentum: EMA momentum, used only when ``mode == "ema"``.
+        augment: random horizontal flip and 2-pixel shifts of calibration images
+            (the stored statistics of CIFAR checkpoints come from augmented images).
+        keep_better: after recalibrating, compare with the stored statistics on
+            the validation split and keep whichever scores higher.
+    """
+
+    images: int = Field(256, ge=0)
+    batch_size: int = Field(64, ge=1)
+    mode: Literal["cumulative", "ema"] = "cumulative"
+    momentum: float = Field(0.1, gt=0, le=1)
+    augment: bool = False
+    keep_better: bool = False
+
+
+class CandidateSpec(Frozen):
+    """One point of the pruning space.
+
+    Attributes:
+        method: name in the method registry (``pipeline.methods.list_methods()``).
+        granularity: ``unstructured`` (single weights) or ``channel`` (whole output
+            channels, physically removed).
+        scope: ``global`` ranks all prunable units together; ``layerwise`` prunes each
+            layer to the same sparsity.
+        target_sparsity: fraction of prunable weights to remove (unstructured), in
+            (0, 1). ``None`` for methods whose sparsity is an outcome (hyperflows).
+        target_macs_ratio: fraction of dense MACs to keep (channel granularity),
+            in (0, 1]; e.g. 0.5 means 2x fewer MACs.
+        knobs: method-specific numeric knobs (``pressure``, ``steps``,
+            ``screening_weight``, ...); see each method's ``knobs`` attribute.
+        allocation: optional per-stage keep ratios multiplying the global target
+            (a network pruning space); keys are stage names of the model.
+        prune_stem: whether the first conv may be pruned.
+        prune_head: whether the classifier may be pruned.
+        recal: the recalibration setting.
+        finetune_steps: optimiser steps of fine-tuning after recalibration (0: none).
+        seed: seed for every random choice of this candidate.
+    """
+
+    method: str = "magnitude"
+    granularity: Granularity = "unstructured"
+    scope: Scope = "global"
+    target_sparsity: float | None = Field(0.5, gt=0, lt=1)
+    target_macs_ratio: float | None = Field(None, gt=0, le=1)
+    knobs: dict[str, float] = Field(default_factory=dict)
+    allocation: dict[str, float] = Field(default_factory=dict)
+    prune_stem: bool = True
+    prune_head: bool = True
+    recal: RecalSpec = Field(default_factory=RecalSpec)
+    finetune_steps: int = Field(0, ge=0)
+    seed: int = 0
+
+    def to_json(self) -> str:
+        """Canonical JSON (the form stored in MLflow); ``from_json`` inverts it."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, s: str) -> "CandidateSpec":
+        return cls.model_validate_json(s)
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """What one evaluation measured. Immutable once returned by the evaluator.
+
+    ``metrics`` uses the project's metric names (README, "Metrics"): accuracy values
+    are fractions in [0, 1], ``macs`` are multiply-accumulates per image, times are
+    seconds, ``latency_ms`` milliseconds per batch. ``plan`` is the Parquet-ready
+    description of what was pruned (see ``pipeline.plan``). ``state`` is
+    ``"ok"`` or ``"failed"``; a failed result carries ``error``.
+    """
+
+    spec: CandidateSpec
+    state: Literal["ok", "failed"]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    info: Mapping[str, str] = field(default_factory=dict)
+    plan: bytes = b""
+    diagnostics: bytes = b""
+    error: str = ""
