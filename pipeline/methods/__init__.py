@@ -6,5 +6,7 @@ from pipeline.methods.registry import get_method, list_methods, register_method
 # Built-in methods register themselves on import, one line each.
 from pipeline.methods import magnitude as _magnitude  # noqa: E402,F401
 from pipeline.methods import random as _random  # noqa: E402,F401
+from pipeline.methods import screening as _screening  # noqa: E402,F401
+from pipeline.methods import hyperflows as _hyperflows  # noqa: E402,F401
 
 __all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "get_method", "list_methods", "register_method"]

@@ -76,5 +76,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 # Built-in architectures register themselves on import, one line each.
 from pipeline.models import digits as _digits  # noqa: E402,F401
+from pipeline.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
+from pipeline.models import tv as _tv  # noqa: E402,F401
+from pipeline.models import imported as _imported  # noqa: E402,F401
 
 __all__ = ["ModelConfig", "build_model", "list_models", "register_model"]

@@ -1,0 +1,189 @@
+"""The evaluator: one long-lived worker that prunes, recalibrates and measures candidates.
+
+``Evaluator`` is a plain class (unit-testable without Ray); ``evaluator_actor`` wraps it
+as a Ray actor. Contract:
+- The base model, the data and per-method importance scores are loaded once per
+  evaluator and shared by all its candidates; each candidate gets a fresh pruned copy,
+  so two candidates never affect each other.
+- ``evaluate`` is safe to call twice with the same spec (same result, nothing else
+  changes) and never raises for a candidate's own failure: it returns a
+  ``CandidateResult`` with ``state == "failed"`` and the reason.
+- The evaluator never writes to MLflow or Optuna: the driver is the only writer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import time
+import traceback
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from pipeline import measure
+from pipeline.build import apply_plan, plan_candidate
+from pipeline.data import Splits
+from pipeline.layers import prunable_weights
+from pipeline.measure import MeasureConfig
+from pipeline.methods import PruneContext
+from pipeline.models import ModelConfig, build_model
+from pipeline.recalibrate import bn_output_variance, recalibrate
+from pipeline.spec import CandidateResult, CandidateSpec
+from pipeline.train import train_classifier
+
+_PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic
+
+
+class Evaluator:
+    """Evaluates candidates of one base model on one data set.
+
+    Args:
+        model_cfg: the architecture (its checkpoint is *not* read here).
+        base_state: the base model's state dict (tensors), sent once by the driver.
+        splits: the data, sent once through the object store.
+        measure_cfg: what and how to measure.
+        threads: torch intra-op threads of this evaluator (1 per actor on shared CPUs).
+        device: ``cpu``, ``cuda`` or ``auto``.
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        base_state: dict[str, torch.Tensor],
+        splits: Splits,
+        measure_cfg: MeasureConfig,
+        threads: int = 1,
+        device: str = "auto",
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        self.base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
+        self.base.load_state_dict(base_state)
+        self.base.eval()
+        self.splits = splits
+        self.cfg = measure_cfg
+        self.threads = threads
+        self.ctx = PruneContext(
+            calib_x=splits.calib.x,
+            calib_y=splits.calib.y,
+            train_x=splits.train.x,
+            train_y=splits.train.y,
+            example_input=splits.val.x[:1],
+            num_classes=splits.num_classes,
+        )
+        self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
+        self._probe = splits.calib.x[:_PROBE_IMAGES]
+        self._dense_var = bn_output_variance(self.base, self._probe)
+
+    def node(self) -> dict[str, Any]:
+        """Where this evaluator runs: host name, process id, device, torch threads."""
+        return {"host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
+
+    def evaluate(self, spec: CandidateSpec) -> CandidateResult:
+        """Prune, recalibrate, (fine-tune,) and measure one candidate."""
+        try:
+            return self._evaluate(spec)
+        except Exception as e:  # a candidate's failure is a result, not a crash of the actor
+            return CandidateResult(
+                spec=spec,
+                state="failed",
+                error=f"{type(e).__name__}: {e}",
+                info={"traceback": traceback.format_exc()[-4000:], **self._info()},
+            )
+
+    def _info(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.node().items()}
+
+    def _evaluate(self, spec: CandidateSpec) -> CandidateResult:
+        m: dict[str, float] = {}
+        t0 = time.perf_counter()
+        plan = plan_candidate(self.base, self.ctx, spec)
+        model = apply_plan(self.base, plan)
+        if plan.channels:
+            from pipeline.structure import check_forward
+
+            check_forward(model, self.ctx.example_input, (1, self.ctx.num_classes))
+        m["prune_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        val = self.splits.val
+        m["accuracy_before_recal"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
+        var_before = bn_output_variance(model, self._probe)
+        stored = {k: v.clone() for k, v in model.state_dict().items()}
+        recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed)
+        m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch) if recalibrated else m["accuracy_before_recal"]
+        if recalibrated and spec.recal.keep_better and m["accuracy"] < m["accuracy_before_recal"]:
+            model.load_state_dict(stored)  # the stored statistics scored higher: keep them
+            m["accuracy"] = m["accuracy_before_recal"]
+            recalibrated = False
+        m["recal_applied"] = float(recalibrated)
+        var_after = bn_output_variance(model, self._probe)
+        m["recal_s"] = time.perf_counter() - t0
+
+        if spec.finetune_steps:
+            t0 = time.perf_counter()
+            m["accuracy_before_finetune"] = m["accuracy"]
+            train_classifier(model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=0.01, seed=spec.seed, masks=plan.masks or None)
+            m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
+            m["finetune_s"] = time.perf_counter() - t0
+        m["finetune_steps"] = float(spec.finetune_steps)
+
+        t0 = time.perf_counter()
+        m.update(self._size_metrics(model, spec))
+        if self.cfg.test_accuracy:
+            m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
+        m["latency_ms"] = measure.latency_ms(model.to(self.device), self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
+        m["eval_s"] = time.perf_counter() - t0
+        info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
+        return CandidateResult(
+            spec=spec,
+            state="ok",
+            metrics=m,
+            info=info,
+            plan=plan.to_parquet(),
+            diagnostics=_variance_table(self._dense_var, var_before, var_after),
+        )
+
+    def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
+        dense_weights = prunable_weights(self.base, spec.prune_stem, spec.prune_head)
+        count = sum(w.numel() for w in dense_weights.values())
+        macs_dense, macs_eff = measure.macs(model, self.ctx.example_input)
+        return {
+            "sparsity": measure.weight_sparsity(model, list(dense_weights), count),
+            "macs": float(macs_eff),
+            "macs_dense": float(macs_dense),
+            "macs_ratio": macs_eff / self.dense_macs,
+            "base_macs": float(self.dense_macs),
+            "params": float(measure.nonzero_params(model)),
+        }
+
+
+def _variance_table(dense: dict[str, float], before: dict[str, float], after: dict[str, float]) -> bytes:
+    """Parquet of the signal-collapse diagnostic: per BatchNorm, pruned/dense output variance."""
+    layers = [n for n in dense if n in before]
+    table = pa.table(
+        {
+            "layer": layers,
+            "var_ratio_before": [before[n] / max(dense[n], 1e-12) for n in layers],
+            "var_ratio_after": [after[n] / max(dense[n], 1e-12) for n in layers],
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def evaluator_actor(num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3):
+    """``Evaluator`` as a Ray actor class with the given resource request.
+
+    A restarted actor re-runs ``__init__`` (reloading the model and data from the
+    object store); in-flight calls are not retried by Ray: the driver resubmits them.
+    """
+    import ray
+
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts)(Evaluator)

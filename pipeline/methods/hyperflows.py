@@ -1,0 +1,116 @@
+"""Hyperflows: pressure, flow and regrowth (methods.md, 4).
+
+Every prunable weight w_i gets a presence parameter m_i ~ U[0.2, 0.5]; the network uses
+w_i * 1[m_i >= 0], and m_i receives the straight-through gradient 0.25 * w_i * dL/d(w_i
+mask_i) (its *flow*) even while pruned. A pressure gamma * mean(m) pushes all m_i down at
+the same rate; weights whose flow opposes it survive or regrow. Density is an outcome of
+gamma (knob ``pressure``) and of the step budget, not a target.
+
+Choices left open by the paper (documented here):
+- Weights: SGD, momentum 0.9, constant lr 0.01 (a fine-tuning rate for a trained base
+  model), no weight decay (it would shrink pruned weights and with them their flow).
+- Presence: Adam lr 1e-3, no weight decay. Adam moves each m_i by about lr per step at
+  most, so ``steps`` * 1e-3 bounds how far any m_i can fall: with the initial m in
+  [0.2, 0.5], fewer than about 200 steps cannot prune anything.
+- Regrowth: ``regrowth_steps`` steps with pressure 0 and the presence lr decaying
+  linearly from 1e-3 to 0; the weights keep training at lr 0.01.
+- Mini-batches of 64 training images, BatchNorm in train mode, all seeded by ``spec.seed``.
+- Only the mask is returned (pure mask discovery): the weights trained alongside it are
+  discarded, because a ``PrunePlan`` carries no weights. ``train_presence`` returns them
+  for callers that want them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from pipeline.methods.base import Knob, PruneContext, PruningMethod, weights_of
+from pipeline.methods.registry import register_method
+from pipeline.plan import PrunePlan
+from pipeline.train import batches
+
+if TYPE_CHECKING:
+    from pipeline.spec import CandidateSpec
+
+WEIGHT_LR, FLOW_LR, BATCH = 0.01, 1e-3, 64
+
+
+@register_method("hyperflows")
+class Hyperflows(PruningMethod):
+    """Learned presence gates under a constant pressure; the kept set is an outcome.
+
+    ``target_sparsity``, ``scope`` and ``allocation`` of the spec do not apply.
+    """
+
+    granularities = ("unstructured",)
+    target = "outcome"
+    trains = True
+    knobs = {
+        "pressure": Knob(1e-4, 1.0, log=True, default=None),
+        "steps": Knob(50, 2000, log=True, integer=True, default=300),
+        "regrowth_steps": Knob(0, 1000, integer=True, default=100),
+    }
+
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        _, presence = train_presence(
+            model,
+            ctx,
+            spec,
+            pressure=self.knob(spec, "pressure"),
+            steps=int(self.knob(spec, "steps")),
+            regrowth_steps=int(self.knob(spec, "regrowth_steps")),
+        )
+        return PrunePlan(masks={n: m >= 0 for n, m in presence.items()})
+
+
+def train_presence(
+    model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", pressure: float, steps: int, regrowth_steps: int
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Train a deep copy of ``model`` jointly with presence parameters.
+
+    Args:
+        model: the dense base model; left untouched.
+        pressure: gamma, the weight of mean(m) in the loss during the pruning phase.
+        steps, regrowth_steps: optimiser steps of the two phases.
+
+    Returns:
+        The trained copy (eval mode, weights unmasked) and parameter name -> final
+        presence tensor of the weight's shape; the mask is ``m >= 0``.
+    """
+    net = copy.deepcopy(model).train()  # BatchNorm in train mode while training
+    weights = weights_of(net, spec)
+    g = torch.Generator().manual_seed(spec.seed)
+    presence = {n: (0.2 + 0.3 * torch.rand(w.shape, generator=g)).requires_grad_() for n, w in weights.items()}
+    count = sum(m.numel() for m in presence.values())
+    opt_w = torch.optim.SGD(net.parameters(), lr=WEIGHT_LR, momentum=0.9)
+    opt_m = torch.optim.Adam(presence.values(), lr=FLOW_LR)
+    data = batches(ctx.train_x, ctx.train_y, min(BATCH, len(ctx.train_x)), g)
+    for step in range(steps + regrowth_steps):
+        regrowing = step >= steps
+        if regrowing:  # flow lr decays linearly to 0 over the regrowth phase
+            opt_m.param_groups[0]["lr"] = FLOW_LR * (1 - (step - steps) / regrowth_steps)
+        xb, yb = next(data)
+        gated = {n: weights[n] * _gate(m) for n, m in presence.items()}
+        loss = nn.functional.cross_entropy(functional_call(net, gated, (xb,)), yb, label_smoothing=0.1)
+        if not regrowing:
+            loss = loss + pressure * sum(m.sum() for m in presence.values()) / count
+        opt_w.zero_grad(set_to_none=True)
+        opt_m.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_w.step()
+        opt_m.step()
+    return net.eval(), {n: m.detach() for n, m in presence.items()}
+
+
+def _gate(m: torch.Tensor) -> torch.Tensor:
+    """1[m >= 0] in the forward pass; d(w * gate)/dm = 0.25 * w (straight through).
+
+    ``m - m.detach()`` is exactly zero, so the value is the hard mask and only the
+    gradient 0.25 flows to ``m``; the weight's gradient is masked as the chain rule says.
+    """
+    return (m >= 0).to(m.dtype) + 0.25 * (m - m.detach())

@@ -1,0 +1,171 @@
+"""Screening: class-wise ANOVA F statistics decide what to keep (methods.md, 3).
+
+A unit matters if its activation separates the classes of a labelled calibration set.
+Units are a layer's input channels / features (unstructured: every weight inherits the
+F of its input unit) or a channel group's output channels (structured: the output of
+the group's BatchNorm, or of the conv itself when it has none). Conv activations are
+spatially averaged, so each unit gives one number per image.
+
+Choices left open by the paper (documented here, searchable where possible):
+- ``s = wF * rank(F) + (1 - wF) * rank(magnitude)``, ``wF`` = knob ``screening_weight``.
+  Ranks are average ranks (ties share one) scaled to [0, 1] over *all* scored units of
+  the model at once, not per tensor: per-tensor ranks would spread every layer evenly
+  over [0, 1] and silently turn global selection into uniform per-layer sparsity.
+  With global ranks, ``wF = 0`` reproduces global magnitude pruning exactly.
+- Channel magnitude is the L1 norm of the producer conv's filter (magnitude's default).
+- F is computed from per-class sums in float64, each unit shifted by its first value so
+  that a constant unit (a dead ReLU, a BN with zero gain) gets exactly F = 0. Zero
+  within-class variance with distinct class means (a perfect separator) has infinite F;
+  the within-class sum of squares is floored at 1e-12 of the total, which keeps F large
+  but finite (at most about 1e12 (N - K) / (K - 1)).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
+from pipeline.methods.magnitude import filter_norms
+from pipeline.methods.registry import register_method
+
+if TYPE_CHECKING:
+    from pipeline.spec import CandidateSpec
+
+_BATCH = 256  # calibration images per forward pass
+
+
+@register_method("screening")
+class Screening(ImportanceMethod):
+    """Rank-mix of each unit's ANOVA F over the classes and the weight magnitude."""
+
+    granularities = ("unstructured", "channel")
+    needs_labels = True
+    knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5)}
+    score_knobs = ("screening_weight",)
+
+    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+        weights = weights_of(model, spec)
+        modules = dict(model.named_modules())
+        layer = {n: n.rsplit(".", 1)[0] for n in weights}  # "conv1.weight" -> "conv1"
+        f_in = cached_f(model, ctx, sorted(layer.values()), inputs=True)
+        f = {n: _per_weight(f_in[layer[n]], w, modules[layer[n]]) for n, w in weights.items()}
+        mag = {n: w.detach().abs() for n, w in weights.items()}
+        return rank_mix(f, mag, self.knob(spec, "screening_weight"))
+
+    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
+        modules = dict(model.named_modules())
+        source = {g.name: g.norm or g.name for g in groups}  # BN after the conv, else the conv
+        f_out = cached_f(model, ctx, sorted(set(source.values())), inputs=False)
+        f = {g.name: f_out[source[g.name]] for g in groups}
+        mag = {g.name: filter_norms(modules[g.name].weight, 1) for g in groups}
+        return rank_mix(f, mag, self.knob(spec, "screening_weight"))
+
+
+def cached_f(model: nn.Module, ctx: PruneContext, names: list[str], inputs: bool) -> dict[str, torch.Tensor]:
+    """``unit_f`` through ``ctx.cache``: one calibration pass per actor, whatever ``screening_weight``."""
+    key = ("screening:F", inputs, tuple(names))
+    if key not in ctx.cache:
+        ctx.cache[key] = unit_f(model, ctx.calib_x, ctx.calib_y, names, inputs)
+    return ctx.cache[key]
+
+
+@torch.no_grad()
+def unit_f(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], inputs: bool) -> dict[str, torch.Tensor]:
+    """F statistic of every unit of the modules ``names``, one eval pass over ``x``.
+
+    Args:
+        x: calibration images (N, C, H, W); y: int64 labels (N,).
+        names: module names; ``inputs`` scores each module's input units (the input
+            channels of a conv, input features of a Linear), else its output units.
+
+    Returns:
+        Module name -> float64 F per unit, (C,).
+    """
+    k = int(y.max()) + 1
+    stats: dict[str, list[torch.Tensor]] = {}
+    batch: dict[str, torch.Tensor] = {}  # "onehot": (B, K) labels of the batch being run
+
+    def hook(name: str, linear: bool):
+        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            a = (args[0] if inputs else out).detach().double()
+            # one value per image and unit: Linear units are the last dim, conv/BN dim 1
+            a = a.reshape(len(a), -1, a.shape[-1]).mean(1) if linear else a.reshape(len(a), a.shape[1], -1).mean(2)
+            if name not in stats:  # shift by a first value: exact zeros for constant units
+                stats[name] = [a[0].clone(), torch.zeros(k, dtype=torch.float64), 0.0, 0.0]
+            st = stats[name]
+            a = a - st[0]
+            st[1] += batch["onehot"].sum(0)
+            st[2] = st[2] + batch["onehot"].T @ a
+            st[3] = st[3] + batch["onehot"].T @ (a * a)
+        return fn
+
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(hook(n, isinstance(modules[n], nn.Linear))) for n in names]
+    training = {m: m.training for m in model.modules()}  # restored below: never mutate the base model
+    model.eval()
+    try:
+        for i in range(0, len(x), _BATCH):
+            batch["onehot"] = nn.functional.one_hot(y[i : i + _BATCH], k).double()
+            model(x[i : i + _BATCH])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in training.items():
+            m.train(t)
+    return {n: f_from_class_sums(*stats[n][1:]) for n in names}
+
+
+def f_from_class_sums(n: torch.Tensor, s: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
+    """One-way ANOVA F per unit from per-class counts (K,), sums (K, U) and sums of squares (K, U).
+
+    Raises:
+        ValueError: fewer than 2 classes present, or no more images than classes.
+    """
+    present = n > 0
+    k, total = int(present.sum()), float(n.sum())
+    if k < 2:
+        raise ValueError(
+            "screening needs calibration images of at least 2 classes; the calibration labels "
+            f"hold only {k} class, so the F statistic is undefined (use a larger or stratified calib split)"
+        )
+    if total <= k:
+        raise ValueError(f"screening needs more calibration images than classes; got {int(total)} images of {k} classes")
+    n, s, ss = n[present, None], s[present], ss[present]
+    explained = (s * s / n).sum(0)
+    between = (explained - s.sum(0) ** 2 / total).clamp_min(0)
+    within = (ss.sum(0) - explained).clamp_min(0)
+    within = torch.maximum(within, 1e-12 * (between + within)).clamp_min(1e-300)  # see module docstring
+    return (between / (k - 1)) / (within / (total - k))
+
+
+def anova_f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """F per column of activations ``x`` (N, U) with labels ``y`` (N,): the statistic on its own."""
+    x = x.double() - x[0].double()
+    onehot = nn.functional.one_hot(y, int(y.max()) + 1).double()
+    return f_from_class_sums(onehot.sum(0), onehot.T @ x, onehot.T @ (x * x))
+
+
+def rank_mix(f: dict[str, torch.Tensor], mag: dict[str, torch.Tensor], w_f: float) -> dict[str, torch.Tensor]:
+    """``w_f * rank(f) + (1 - w_f) * rank(mag)``, ranks in [0, 1] over all tensors together."""
+    rf, rm = _global_ranks(f), _global_ranks(mag)
+    return {n: (w_f * rf[n] + (1 - w_f) * rm[n]).float() for n in f}
+
+
+def _global_ranks(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    flat = torch.cat([v.detach().reshape(-1).double() for v in t.values()])
+    r = torch.from_numpy(rankdata(flat.numpy(), method="average") - 1) / max(len(flat) - 1, 1)
+    chunks = torch.split(r, [v.numel() for v in t.values()])
+    return {n: c.reshape(v.shape) for (n, v), c in zip(t.items(), chunks)}
+
+
+def _per_weight(f_in: torch.Tensor, w: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """The F of each weight's input unit, shaped like ``w`` (grouped convs included)."""
+    out, per = w.shape[0], w.shape[1]
+    groups = getattr(module, "groups", 1)
+    first = (torch.arange(out) // (out // groups)) * per  # first input channel of each filter's group
+    f = f_in[first[:, None] + torch.arange(per)]  # (out, per)
+    return f.reshape(f.shape + (1,) * (w.dim() - 2)).expand(w.shape)

@@ -1,0 +1,172 @@
+"""The ``prunesearch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+# Before anything imports torch or ray: quiet, offline, and no telemetry.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+log = logging.getLogger("prunesearch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 2 bad input, 1 other failure)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not getattr(args, "verbose", False) else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "ray", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # map known input errors to a clear message and exit code 2
+        if _is_input_error(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_input_error(e: Exception) -> bool:
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.data import DataError
+    from search.config import ConfigError
+    from search.query import QueryError
+    from search.records import RecordError
+
+    return isinstance(e, (ConfigError, DataError, CheckpointError, QueryError, RecordError, ValueError, FileNotFoundError))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunesearch", description="Search pruned subnetworks on Ray, record every candidate in MLflow.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run the embedded default search (digits, local Ray, local MLflow and Optuna files)")
+    d.add_argument("--run-dir", default="runs", help="run folder (default ./runs)")
+    d.add_argument("--trials", type=int, default=24, help="candidates to evaluate in total (default 24)")
+    d.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    d.set_defaults(func=_demo)
+
+    r = sub.add_parser("run", help="run or resume the search described by a YAML config")
+    r.add_argument("config", help="YAML file (see configs/)")
+    r.add_argument("--run-dir", help="override run_dir")
+    r.add_argument("--trials", type=int, help="override budget.trials")
+    r.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar (for jobs)")
+    r.set_defaults(func=_run)
+
+    b = sub.add_parser("best", help="print the Pareto-best candidates (accuracy vs effective MACs)")
+    _store_args(b)
+    b.add_argument("--top", type=int, default=10)
+    b.add_argument("--max-macs", type=float, help="keep candidates with at most this many effective MACs")
+    b.add_argument("--min-accuracy", type=float, help="keep candidates with at least this validation accuracy (fraction)")
+    b.add_argument("--method", help="keep one method")
+    b.add_argument("--min-sparsity", type=float, help="weight sparsity at least (fraction)")
+    b.add_argument("--max-sparsity", type=float, help="weight sparsity at most (fraction)")
+    b.add_argument("--format", choices=["table", "json", "parquet"], default="table")
+    b.add_argument("-o", "--output", help="output file for --format parquet")
+    b.set_defaults(func=_best)
+
+    c = sub.add_parser("curves", help="print the power-law fits and the pressure predicted for a target sparsity")
+    _store_args(c)
+    c.add_argument("--target-sparsity", type=float, help="weight sparsity to predict the pressure for (fraction)")
+    c.set_defaults(func=_curves)
+    return p
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
+    p.add_argument("--experiment", default="demo", help="experiment (search name), default 'demo'")
+
+
+def _uri(args: argparse.Namespace) -> str:
+    if args.tracking_uri:
+        return args.tracking_uri
+    db = Path(args.run_dir).expanduser().resolve() / "mlflow.db"
+    if not db.exists():
+        raise FileNotFoundError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
+    return f"sqlite:///{db}"
+
+
+def _search(cfg, quiet: bool) -> int:
+    from search.driver import run_search
+    from search.query import best, format_table
+
+    out = run_search(cfg, quiet=quiet)
+    print(f"\n{out.evaluated} candidates evaluated ({out.failed} failed); {out.recorded_total} recorded in study {cfg.name!r}.")
+    print("\nPareto-best candidates (accuracy on the validation split, MACs per image):")
+    print(format_table(best(out.tracking_uri, out.experiment, top=10)))
+    if out.tracking_uri.startswith("sqlite:///"):
+        print(f"\nBrowse every candidate:  mlflow ui --backend-store-uri {out.tracking_uri} --host 127.0.0.1")
+    return 130 if out.interrupted else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from search.config import parse_config
+
+    cfg = parse_config({"run_dir": args.run_dir, "budget": {"trials": args.trials}})
+    return _search(cfg, args.quiet)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.config import load_config
+
+    overrides = {}
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    cfg = load_config(args.config, overrides)
+    if args.trials:
+        cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"trials": args.trials})})
+    return _search(cfg, args.quiet)
+
+
+def _best(args: argparse.Namespace) -> int:
+    from search import query
+
+    rows = query.best(
+        _uri(args), args.experiment, args.top, args.max_macs, args.min_accuracy, args.method, args.min_sparsity, args.max_sparsity
+    )
+    if args.format == "json":
+        print(query.to_json(rows))
+    elif args.format == "parquet":
+        if not args.output:
+            raise ValueError("--format parquet needs -o FILE")
+        query.to_parquet(rows, args.output)
+        print(f"wrote {len(rows)} rows to {args.output}")
+    else:
+        print(query.format_table(rows))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from search import powerlaw
+    from search.query import candidate_rows
+    from search.report import fit_curves
+
+    fits = fit_curves([r for r in candidate_rows(_uri(args), args.experiment) if "accuracy" in r])
+    if not fits:
+        raise ValueError(f"experiment {args.experiment!r} has too few candidates for a fit (need 3 of a kind)")
+    for name, fit in fits.items():
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in fit.to_dict().items() if not k.startswith("cov")))
+    if args.target_sparsity is not None:
+        if "pressure" not in fits:
+            raise ValueError("no density-vs-pressure fit: the search has fewer than 3 candidates with a pressure knob")
+        est = powerlaw.predict_pressure(fits["pressure"], 1.0 - args.target_sparsity)
+        print(
+            f"pressure for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
+            f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

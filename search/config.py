@@ -1,0 +1,225 @@
+"""The search configuration: one YAML file validated into typed objects.
+
+Unknown keys and wrong types are refused before any work starts, with the YAML path
+of the offending field (``ConfigError``). Relative paths resolve against the run
+folder's parent (the working directory), and run-folder paths may not escape it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.data import DataConfig
+from pipeline.measure import MeasureConfig
+from pipeline.models import ModelConfig
+from pipeline.spec import Frozen, Granularity, RecalSpec, Scope
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field."""
+
+
+Range = tuple[float, float]
+
+
+def _check_range(v: Range, what: str, high_inclusive: bool) -> Range:
+    """A (low, high) range inside (0, 1), or (0, 1] when ``high_inclusive``."""
+    top_ok = v[1] <= 1 if high_inclusive else v[1] < 1
+    if not (0 < v[0] <= v[1] and top_ok):
+        bound = "<= 1" if high_inclusive else "< 1"
+        raise ValueError(f"{what} range must satisfy 0 < low <= high {bound}")
+    return v
+
+
+class SpaceConfig(Frozen):
+    """The pruning space: what the sampler may choose.
+
+    Attributes:
+        methods: registered method names to choose from.
+        granularity: granularities to choose from (intersected with each method's).
+        scope: ``global`` and/or ``layerwise`` ranking.
+        sparsity: range of target weight sparsity for unstructured one-shot methods.
+        macs_ratio: range of the fraction of dense MACs kept for channel pruning.
+        knobs: per method, ranges of its knobs to search (others keep defaults),
+            e.g. ``{hyperflows: {pressure: [0.001, 0.3]}}``.
+        allocation: per stage, range of the multiplier on its pruned fraction
+            (a network pruning space), e.g. ``{layer1: [0.5, 1.5]}``.
+        prune_stem, prune_head: whether the first conv / the classifier are pruned.
+        target_sparsity: for methods whose sparsity is an outcome (hyperflows): the
+            sparsity the user wants; the fitted power law places pressure there.
+    """
+
+    methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
+    granularity: list[Granularity] = Field(default_factory=lambda: ["unstructured"], min_length=1)
+    scope: list[Scope] = Field(default_factory=lambda: ["global"], min_length=1)
+    sparsity: Range = (0.3, 0.97)
+    macs_ratio: Range = (0.3, 0.9)
+    knobs: dict[str, dict[str, Range]] = Field(default_factory=dict)
+    allocation: dict[str, Range] = Field(default_factory=dict)
+    prune_stem: bool = True
+    prune_head: bool = True
+    target_sparsity: float | None = Field(None, gt=0, lt=1)
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: Range) -> Range:
+        return _check_range(v, "sparsity", high_inclusive=False)
+
+    @field_validator("macs_ratio")
+    @classmethod
+    def _macs(cls, v: Range) -> Range:
+        return _check_range(v, "macs_ratio", high_inclusive=True)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from pipeline.methods import get_method
+
+        for name in v:
+            get_method(name)  # raises ValueError listing the valid names
+        return v
+
+
+class ObjectiveConfig(Frozen):
+    """What "best" means.
+
+    ``pareto``: maximise accuracy and minimise effective MACs together (the front).
+    ``constrained``: maximise accuracy subject to ``max_macs_ratio`` (fraction of
+    the dense model's MACs) and/or ``min_sparsity``.
+    """
+
+    mode: Literal["pareto", "constrained"] = "pareto"
+    max_macs_ratio: float | None = Field(None, gt=0, le=1)
+    min_sparsity: float | None = Field(None, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _constraint(self) -> "ObjectiveConfig":
+        if self.mode == "constrained" and self.max_macs_ratio is None and self.min_sparsity is None:
+            raise ValueError("constrained mode needs max_macs_ratio or min_sparsity")
+        return self
+
+
+class SamplerConfig(Frozen):
+    """Optuna sampler: ``tpe``, ``nsga2`` or ``random`` (the EagleEye-style baseline)."""
+
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    startup_trials: int = Field(8, ge=1)
+
+
+class BudgetConfig(Frozen):
+    """When to stop: after ``trials`` candidates in the study (resumes count), or ``wall_time_s``."""
+
+    trials: int = Field(24, ge=1)
+    wall_time_s: float | None = Field(None, gt=0)
+
+
+class ActorsConfig(Frozen):
+    """Evaluator actors and what each requests from Ray.
+
+    ``count`` defaults to one per CPU of the cluster; ``queue`` candidates are kept
+    in flight per actor so none waits for the driver; ``max_retries`` bounds how
+    often a candidate whose actor died is resubmitted before it is recorded as failed.
+    """
+
+    count: int | None = Field(None, ge=1)
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    threads: int = Field(1, ge=1)
+    queue: int = Field(2, ge=1)
+    max_retries: int = Field(2, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class BaseTrainingConfig(Frozen):
+    """Training of the base model when it has no checkpoint (the digits default).
+
+    The trained weights are cached under the run folder and reused by later runs.
+    """
+
+    steps: int = Field(400, ge=0)
+    lr: float = Field(0.05, gt=0)
+    seed: int = 0
+
+
+class SearchConfig(Frozen):
+    """Everything one search needs. See ``configs/*.yaml`` for annotated examples."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    run_dir: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    recalibration: RecalSpec = Field(default_factory=RecalSpec)
+    finetune_steps: int = Field(0, ge=0)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    ray_address: str | None = None
+    tracking_uri: str | None = None
+    optuna_storage: str | None = None
+    seed: int = 0
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).expanduser().resolve()
+
+    @property
+    def experiment(self) -> str:
+        return self.name
+
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI: as configured, else a SQLite file in the run folder."""
+        return self.tracking_uri or f"sqlite:///{self.run_path / 'mlflow.db'}"
+
+    def inside_run_dir(self, relative: str) -> Path:
+        """A path inside the run folder; refuses relative paths that escape it."""
+        p = Path(relative)
+        if p.is_absolute():
+            return p
+        full = (self.run_path / p).resolve()
+        if not full.is_relative_to(self.run_path):
+            raise ConfigError(f"path {relative!r} escapes the run folder {self.run_path}; give an absolute path to write elsewhere on purpose")
+        return full
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e.get("input"), dict) else ""
+        lines.append(f"{loc}: {msg}{got}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict, overrides: dict | None = None) -> SearchConfig:
+    """Validate a mapping into a ``SearchConfig``; raises ``ConfigError`` naming each bad field."""
+    merged = {**(data or {}), **(overrides or {})}
+    try:
+        return SearchConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> SearchConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return parse_config(data or {}, overrides)

@@ -1,0 +1,127 @@
+"""The search driver: asks Optuna for candidates, evaluates them on Ray actors, records
+every one in MLflow, then tells Optuna. The driver is the only writer of both stores.
+
+Order per candidate: evaluate -> record (MLflow child run, complete) -> tell (Optuna).
+A driver killed anywhere in between is repaired on the next run with the same run
+folder (``search.study.repair``): no candidate is lost or recorded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+
+from pipeline.data import load_data
+
+from search.basemodel import base_state
+from search.config import SearchConfig
+from search.pool import EvaluatorPool
+from search.progress import Progress
+from search.records import Recorder
+from search.report import finish_report
+from search.space import suggest
+from search.study import open_study, recorded_trials, repair, tell
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What one invocation of ``run_search`` did."""
+
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    evaluated: int  # candidates evaluated by this invocation
+    failed: int
+    recorded_total: int  # candidates recorded in the study so far (all invocations)
+    interrupted: bool
+
+
+def connect_ray(cfg: SearchConfig) -> bool:
+    """Start a local Ray bound to 127.0.0.1, or join ``ray_address``. True if started here."""
+    if ray.is_initialized():
+        return False
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, log_to_driver=False)
+        return False
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return True
+
+
+def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
+    """Run (or resume) the search of ``cfg`` until its budget is spent.
+
+    Raises:
+        ConfigError / DataError / CheckpointError / RecordError: before any candidate
+            is evaluated, for bad input; nothing recorded is touched.
+    """
+    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    splits = load_data(cfg.data)
+    state = base_state(cfg, splits)
+    artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
+    recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)
+    study = open_study(cfg)
+    parent_id = recorder.start_parent(study.user_attrs.get("parent_run_id"), cfg.name, {"config": cfg.model_dump_json()})
+    study.set_user_attr("parent_run_id", parent_id)
+    told, requeued = repair(study, cfg, recorder, parent_id)
+    if told or requeued:
+        log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)
+
+    started_ray = connect_ray(cfg)
+    count = cfg.actors.count or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.actors.num_cpus))
+    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
+    pool = EvaluatorPool(count, init, cfg.actors.num_cpus, cfg.actors.num_gpus, cfg.actors.resources, cfg.actors.queue, cfg.actors.max_retries)
+    try:
+        evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
+    finally:
+        pool.shutdown()
+        if started_ray:
+            ray.shutdown()
+    finish_report(cfg, recorder, parent_id, study)
+    recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted)
+
+
+def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: EvaluatorPool, quiet: bool) -> tuple[int, int, bool]:
+    remaining = cfg.budget.trials - recorded_trials(study)
+    deadline = time.monotonic() + cfg.budget.wall_time_s if cfg.budget.wall_time_s else float("inf")
+    progress = Progress(total=max(remaining, 0), quiet=quiet)
+    trials = {}
+    evaluated = failed = 0
+    interrupted = False
+    try:
+        while True:
+            while not interrupted and remaining > 0 and pool.capacity > 0 and time.monotonic() < deadline:
+                trial = study.ask()
+                trials[trial.number] = trial
+                pool.submit(trial.number, suggest(trial, cfg))
+                remaining -= 1
+            if not pool.inflight:
+                break
+            try:
+                done = pool.wait(timeout=1.0)
+            except KeyboardInterrupt:
+                # first Ctrl-C: ask for nothing more, finish and record what is in flight
+                interrupted = True
+                log.warning("interrupted: finishing %d candidates in flight (Ctrl-C again to abandon them)", len(pool.inflight))
+                continue
+            for number, result in done:
+                run_id = recorder.record(parent_id, number, result)
+                tell(study, cfg, trials.pop(number), run_id, result.state, dict(result.metrics))
+                evaluated += 1
+                failed += result.state != "ok"
+                progress.update(result)
+    finally:
+        progress.close()
+    return evaluated, failed, interrupted

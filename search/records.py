@@ -1,0 +1,166 @@
+"""MLflow records: one parent run per search, one child run per candidate.
+
+Contract: the driver is the only writer. A child run is complete (FINISHED or FAILED,
+with every metric and artifact) before its trial is told to Optuna, so a crash between
+the two is repaired on resume from the record alone. Records are never rewritten.
+
+Child runs carry:
+- params: the spec flattened (``method``, ``granularity``, ``target_sparsity``, knobs
+  as ``knob.NAME``, ``recal_images``, ...) and the full ``spec`` JSON;
+- metrics: accuracy, accuracy_before_recal, sparsity, macs, macs_dense, params,
+  latency_ms, prune_s, recal_s, eval_s, ... (numbers users sort on);
+- tags: ``mlflow.parentRunId``, ``trial_number``, ``state``, ``error``, ``node``;
+- artifacts: ``plan.parquet`` (masks / kept channels), ``spec.json``,
+  ``bn_variance.parquet`` (signal-collapse diagnostic).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.spec import CandidateResult, CandidateSpec
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class RecordError(RuntimeError):
+    """The tracking store cannot be reached or written."""
+
+
+class Recorder:
+    """Writes search and candidate records to one MLflow experiment.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:///...`` or ``http://host:port``).
+        experiment: experiment name; created on first use.
+        artifact_location: where a *new* experiment stores artifacts (a local folder
+            for SQLite stores); a tracking server uses its own artifact store.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.uri = tracking_uri
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location=artifact_location)
+            )
+        except Exception as e:
+            raise RecordError(
+                f"cannot reach the MLflow tracking store at {tracking_uri} ({type(e).__name__}: {str(e)[:300]}); "
+                "check tracking_uri and that the server is running"
+            ) from e
+
+    def start_parent(self, run_id: str | None, name: str, params: dict[str, str]) -> str:
+        """Open (or reopen, when resuming) the parent run of a search; returns its id."""
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={"prunesearch.role": "search"})
+        self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def record(self, parent_id: str, trial_number: int, result: CandidateResult) -> str:
+        """Write one candidate as a finished child run; returns its run id."""
+        spec = result.spec
+        tags = {
+            PARENT_TAG: parent_id,
+            "trial_number": str(trial_number),
+            "state": result.state,
+            "node": result.info.get("host", ""),
+            "prunesearch.role": "candidate",
+        }
+        if result.error:
+            tags["error"] = result.error[:5000]
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags)
+        rid = run.info.run_id
+        try:
+            self.client.log_batch(
+                rid,
+                metrics=[Metric(k, float(v), 0, 0) for k, v in result.metrics.items()] + _knob_metrics(spec),
+                params=[Param(k, v) for k, v in spec_params(spec).items()],
+                tags=[RunTag(f"info.{k}", v[:5000]) for k, v in result.info.items()],
+            )
+            self._artifacts(rid, result)
+        except Exception:
+            self.client.set_terminated(rid, status="FAILED")
+            raise
+        self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
+        return rid
+
+    def _artifacts(self, run_id: str, result: CandidateResult) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            files = {"spec.json": result.spec.to_json().encode()}
+            if result.plan:
+                files["plan.parquet"] = result.plan
+            if result.diagnostics:
+                files["bn_variance.parquet"] = result.diagnostics
+            for name, data in files.items():
+                (Path(d) / name).write_bytes(data)
+            self.client.log_artifacts(run_id, d)
+
+    def log_parent_artifact(self, run_id: str, name: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / name).write_bytes(data)
+            self.client.log_artifact(run_id, str(Path(d) / name))
+
+    def log_parent_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
+
+    def children(self, parent_id: str) -> list[Any]:
+        """Every child run of ``parent_id`` (any status)."""
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000
+        )
+
+    def delete_incomplete(self, parent_id: str) -> int:
+        """Delete child runs left RUNNING by a killed driver (never complete records)."""
+        stale = [r for r in self.children(parent_id) if r.info.status == "RUNNING"]
+        for r in stale:
+            self.client.delete_run(r.info.run_id)
+        return len(stale)
+
+
+def spec_params(spec: CandidateSpec) -> dict[str, str]:
+    """The spec as flat MLflow params (strings); ``spec`` holds the exact JSON."""
+    p = {
+        "method": spec.method,
+        "granularity": spec.granularity,
+        "scope": spec.scope,
+        "target_sparsity": "" if spec.target_sparsity is None else f"{spec.target_sparsity:.6g}",
+        "target_macs_ratio": "" if spec.target_macs_ratio is None else f"{spec.target_macs_ratio:.6g}",
+        "recal_images": str(spec.recal.images),
+        "recal_mode": spec.recal.mode,
+        "recal_augment": str(spec.recal.augment),
+        "finetune_steps": str(spec.finetune_steps),
+        "seed": str(spec.seed),
+        "spec": spec.to_json(),
+    }
+    p.update({f"knob.{k}": f"{v:.6g}" for k, v in spec.knobs.items()})
+    p.update({f"alloc.{k}": f"{v:.6g}" for k, v in spec.allocation.items()})
+    return p
+
+
+def _knob_metrics(spec: CandidateSpec) -> list[Metric]:
+    # numeric knobs are metrics too, so users can filter and sort on them
+    vals = {f"knob_{k}": v for k, v in spec.knobs.items()}
+    if spec.target_sparsity is not None:
+        vals["target_sparsity"] = spec.target_sparsity
+    if spec.target_macs_ratio is not None:
+        vals["target_macs_ratio"] = spec.target_macs_ratio
+    return [Metric(k, float(v), 0, 0) for k, v in vals.items()]
+
+
+def spec_of_run(run: Any) -> CandidateSpec:
+    """The candidate spec recorded in a child run (plain JSON, validated; never executed)."""
+    return CandidateSpec.from_json(run.data.params["spec"])
+
+

@@ -1,0 +1,87 @@
+"""What a finished (or interrupted) search leaves on its parent run: the Pareto front
+(Parquet and PNG), the population's distributions, and the power-law fits."""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search import powerlaw
+from search.config import SearchConfig
+from search.query import candidate_rows, pareto_front, to_parquet
+from search.records import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: optuna.Study) -> None:
+    """Log front, plots, curve fits and summary metrics to the parent run."""
+    of_parent = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    rows = [r for r in candidate_rows(recorder.uri, cfg.experiment, filters=of_parent) if "accuracy" in r]
+    failed = len(candidate_rows(recorder.uri, cfg.experiment, finished_only=False, filters=f"tags.state = 'failed' and {of_parent}"))
+    summary = {"candidates": float(len(rows)), "candidates_failed": float(failed)}
+    if rows:
+        front = pareto_front(rows)
+        summary.update(best_accuracy=max(r["accuracy"] for r in rows), pareto_size=float(len(front)))
+        with tempfile.TemporaryDirectory() as d:
+            to_parquet(front, str(Path(d) / "pareto.parquet"))
+            recorder.log_parent_artifact(parent_id, "pareto.parquet", (Path(d) / "pareto.parquet").read_bytes())
+        recorder.log_parent_artifact(parent_id, "population.png", population_plot(rows, front))
+    fits = fit_curves(rows)
+    for name, fit in fits.items():
+        summary.update({f"{name}.{k}": v for k, v in fit.to_dict().items()})
+    if "pressure" in fits:
+        pts = pressure_points(rows)
+        recorder.log_parent_artifact(parent_id, "pressure_fit.png", powerlaw.plot_fits(pts[0], pts[1], fits["pressure"]))
+    recorder.log_parent_metrics(parent_id, summary)
+
+
+def pressure_points(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """(pressure, final density) of every candidate with a ``pressure`` knob."""
+    pts = [(r["knobs"]["pressure"], 1.0 - r["sparsity"]) for r in rows if "pressure" in r.get("knobs", {})]
+    return [p for p, _ in pts], [d for _, d in pts]
+
+
+def fit_curves(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Density-vs-pressure (when enough pressure candidates) and accuracy-vs-density fits."""
+    fits: dict[str, Any] = {}
+    gamma, density = pressure_points(rows)
+    if len(gamma) >= 3:
+        try:
+            fits["pressure"] = powerlaw.fit_pressure(gamma, density)
+        except ValueError as e:
+            log.warning("no pressure fit: %s", e)
+    unstructured = [r for r in rows if r.get("granularity") == "unstructured"]
+    if len(unstructured) >= 3:
+        try:
+            fits["accuracy"] = powerlaw.fit_accuracy([1 - r["sparsity"] for r in unstructured], [r["accuracy"] for r in unstructured])
+        except (ValueError, RuntimeError) as e:
+            log.warning("no accuracy fit: %s", e)
+    return fits
+
+
+def population_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]]) -> bytes:
+    """PNG: accuracy vs effective MACs (front highlighted) and vs MACs/params ratio."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for method in sorted({r["method"] for r in rows}):
+        sel = [r for r in rows if r["method"] == method]
+        ax1.scatter([r["macs"] for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
+        ax2.scatter([r["macs"] / max(r["params"], 1) for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
+    ax1.plot([r["macs"] for r in front], [r["accuracy"] for r in front], "k-", lw=1, label="Pareto front")
+    ax1.set(xlabel="effective MACs per image", ylabel="validation accuracy", xscale="log")
+    ax2.set(xlabel="MACs / non-zero params", ylabel="validation accuracy")
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

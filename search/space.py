@@ -1,0 +1,71 @@
+"""The search space: turning an Optuna trial into a ``CandidateSpec``.
+
+The space is conditional on the method: one-shot methods get a target sparsity
+(unstructured) or a MACs ratio (channel); outcome methods (hyperflows) get their
+knobs, pressure first, on the method's declared prior (log-uniform for pressure).
+Parameter names carry the method (``hyperflows.pressure``) so that every name keeps
+one distribution across the study.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.methods import Knob, get_method
+from pipeline.spec import CandidateSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.config import SearchConfig
+
+
+def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
+    """Sample one candidate of ``cfg.space`` from ``trial``."""
+    space = cfg.space
+    method_name = _categorical(trial, "method", space.methods)
+    method = get_method(method_name)
+    grans = [g for g in space.granularity if g in method.granularities]
+    if not grans:
+        raise ValueError(
+            f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}"
+        )
+    gran = _categorical(trial, f"{method_name}.granularity", grans)
+    scope = _categorical(trial, "scope", space.scope)
+    target_sparsity = target_macs = None
+    if method.target == "sparsity" and gran == "unstructured":
+        target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
+    elif method.target == "sparsity":
+        target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
+    knobs = {}
+    for name, knob in method.knobs.items():
+        rng = space.knobs.get(method_name, {}).get(name)
+        if rng is not None or knob.default is None:
+            knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", knob, rng)
+    allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
+    return CandidateSpec(
+        method=method_name,
+        granularity=gran,
+        scope=scope,
+        target_sparsity=target_sparsity,
+        target_macs_ratio=target_macs,
+        knobs=knobs,
+        allocation=allocation,
+        prune_stem=space.prune_stem,
+        prune_head=space.prune_head,
+        recal=cfg.recalibration,
+        finetune_steps=cfg.finetune_steps,
+        seed=cfg.seed + trial.number,
+    )
+
+
+def _categorical(trial: "optuna.Trial", name: str, choices: list[str]) -> str:
+    # a single choice is fixed, not a parameter: keeps the sampler's space small
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+
+def _suggest_knob(trial: "optuna.Trial", name: str, knob: Knob, rng: tuple[float, float] | None) -> float:
+    low, high = rng if rng is not None else (knob.low, knob.high)
+    if knob.integer:
+        return float(trial.suggest_int(name, int(low), int(high), log=knob.log))
+    return trial.suggest_float(name, low, high, log=knob.log)
