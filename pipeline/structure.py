@@ -125,12 +125,6 @@ _SHAPE_METHODS = {"size", "dim", "numel"}
 _SHAPE_ARITH = {operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv}
 
 
-@dataclass(frozen=True)
-class _Found:
-    norm: str | None
-    consumers: tuple[str, ...]
-
-
 def _is_shape_value(node: Any) -> bool:
     """Whether ``node`` is a number derived from tensor shapes (not a tensor)."""
     if not isinstance(node, fx.Node):
@@ -220,9 +214,9 @@ def _step(node: fx.Node, src: fx.Node, state: str, modules: dict[str, nn.Module]
     return "stop", None
 
 
-def _walk(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> _Found | str:
+def _walk(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> ChannelGroup | str:
     """Follow ``start``'s output channels; the group found, or why there is none."""
-    members: list[str] = []
+    members: list[fx.Node] = []
     ends = 0
     stack = [(user, start, "map") for user in start.users]
     seen: set[fx.Node] = set()
@@ -237,16 +231,18 @@ def _walk(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) 
         if action in ("member", "end"):
             if calls[node.target] > 1:
                 return f"its output reaches module {node.target!r}, which is called more than once"
-            members.append(node.target)
+            members.append(node)
             ends += action == "end"
         if action in ("pass", "member"):
             stack.extend((user, node, new_state) for user in node.users)
     if not ends:
         return "its output reaches no conv or linear layer"
+    order = {n: i for i, n in enumerate(start.graph.nodes)}
+    names = [n.target for n in sorted(members, key=order.__getitem__)]
     first = next(iter(start.users))
-    direct_bn = len(start.users) == 1 and first.op == "call_module" and isinstance(modules[first.target], nn.BatchNorm2d)
-    norm = first.target if direct_bn else None
-    return _Found(norm, tuple(sorted(set(members) - {norm}, key=members.index)))
+    norm = first.target if len(start.users) == 1 and isinstance(modules.get(first.target), nn.BatchNorm2d) else None
+    consumers = tuple(n for n in names if n != norm)
+    return ChannelGroup(start.target, modules[start.target].out_channels, norm, consumers, stage_of(start.target))
 
 
 def _conv_nodes(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[fx.Node]:
@@ -256,14 +252,14 @@ def _conv_nodes(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[fx.No
     ]
 
 
-def _analyse(gm: fx.GraphModule) -> tuple[dict[str, _Found], dict[str, str]]:
-    """Groups by producer name, and the reason each other Conv2d is not one."""
+def _analyse(gm: fx.GraphModule) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+    """Groups by producer name (graph order), and the reason each other Conv2d is not one."""
     modules = dict(gm.named_modules())
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
-    found: dict[str, _Found] = {}
+    found: dict[str, ChannelGroup] = {}
     excluded: dict[str, str] = {}
     for node in _conv_nodes(gm, modules):
         m = modules[node.target]
@@ -361,14 +357,12 @@ def channel_graph(
         raise UnsupportedModelError(
             f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}"
         ) from exc
-    names = [n.target for n in layers if n.target in found]
-    groups = [ChannelGroup(n, modules[n].out_channels, found[n].norm, found[n].consumers, stage_of(n)) for n in names]
-    graph = ChannelGraph(groups, 0, _mac_terms(layers, modules, found))
+    graph = ChannelGraph(list(found.values()), 0, _mac_terms(layers, modules, found))
     graph.dense_macs = graph.macs({})
     return graph
 
 
-def _mac_terms(layers: list[fx.Node], modules: dict[str, nn.Module], found: dict[str, _Found]) -> list[_Term]:
+def _mac_terms(layers: list[fx.Node], modules: dict[str, nn.Module], found: dict[str, ChannelGroup]) -> list[_Term]:
     """One ``_Term`` per conv/linear call, with widths tied to the groups that set them."""
     shrinks_in = {c: g for g, f in found.items() for c in f.consumers}
     terms = []
@@ -465,6 +459,8 @@ def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict
             raise ValueError(f"scores name {name!r}, which is not a channel group; groups: {list(sizes)}")
         if tuple(s.shape) != (sizes[name],) or not torch.isfinite(s).all():
             raise ValueError(f"scores[{name!r}] must be finite with shape ({sizes[name]},), got {tuple(s.shape)}")
+    if not scores:
+        raise ValueError(f"scores is empty; score at least one of the groups {list(sizes)}")
     return {n: sizes[n] for n in sizes if n in scores}
 
 

@@ -10,10 +10,12 @@ from pipeline.models import ModelConfig, register_model
 class DigitsCNN(nn.Module):
     """conv(1->16)-BN-ReLU, conv(16->32)-BN-ReLU, conv(32->64, stride 2)-BN-ReLU, GAP, linear.
 
-    Input (N, 1, 8, 8); output (N, num_classes) logits. About 0.8 M MACs per image.
+    Input (N, 1, 8, 8); output (N, num_classes) logits. Width 32: 96 k parameters,
+    2.3 M MACs per image; wide enough that a 90 %-sparse copy still separates the
+    classes once its BatchNorm statistics are recalibrated.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
         w = width
         self.conv1 = nn.Conv2d(1, w, 3, padding=1, bias=False)

@@ -1,0 +1,29 @@
+# The two commands of the README. Each creates .venv when missing and installs the project.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)            ## the main job on the embedded default (digits, local Ray, files in ./runs)
+	$(VENV)/bin/prunesearch demo
+
+test: $(STAMP)            ## the whole test suite
+	$(PY) -m pytest -q --durations=10
+
+test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmarks/results/
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/methods.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,94 @@
+"""One candidate's pruning: exact targets, masks, plans, and the method registry contract."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.build import apply_plan, plan_candidate
+from pipeline.layers import prunable_weights
+from pipeline.methods import get_method, list_methods
+from pipeline.plan import PrunePlan
+from pipeline.select import global_masks, layerwise_masks
+from pipeline.spec import CandidateSpec
+
+
+def _zeros(model, names):
+    params = dict(model.named_parameters())
+    return sum(int((params[n] == 0).sum()) for n in names)
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9, 0.97])
+def test_global_magnitude_hits_target_within_one_weight(digits_model, ctx, sparsity):
+    spec = CandidateSpec(target_sparsity=sparsity)
+    model = apply_plan(digits_model, plan_candidate(digits_model, ctx, spec))
+    weights = prunable_weights(model)
+    total = sum(w.numel() for w in weights.values())
+    assert abs(_zeros(model, weights) - sparsity * total) <= 1
+
+
+def test_global_magnitude_removes_smallest_weights(digits_model, ctx):
+    model = apply_plan(digits_model, plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=0.6)))
+    dense = torch.cat([w.detach().abs().flatten() for w in prunable_weights(digits_model).values()])
+    pruned = torch.cat([w.detach().flatten() for w in prunable_weights(model).values()])
+    kept, removed = dense[pruned != 0], dense[pruned == 0]
+    assert kept.min() >= removed.max()
+
+
+def test_base_model_is_untouched(digits_model, ctx):
+    before = copy.deepcopy(digits_model.state_dict())
+    apply_plan(digits_model, plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=0.8)))
+    for k, v in digits_model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_layerwise_prunes_every_layer_equally():
+    scores = {"a": torch.rand(100), "b": torch.rand(40, 5)}
+    masks = layerwise_masks(scores, 0.3)
+    assert int((~masks["a"]).sum()) == 30 and int((~masks["b"]).sum()) == 60
+
+
+def test_global_masks_break_ties_exactly():
+    masks = global_masks({"a": torch.ones(7), "b": torch.ones(3)}, 0.5)
+    assert sum(int((~m).sum()) for m in masks.values()) == 5
+
+
+def test_plan_roundtrips_through_parquet():
+    plan = PrunePlan(
+        masks={"conv.weight": torch.rand(4, 3, 3, 3) > 0.5, "fc.weight": torch.rand(10, 7) > 0.2},
+        channels={"conv1": torch.tensor([0, 2, 5])},
+    )
+    back = PrunePlan.from_parquet(plan.to_parquet())
+    assert set(back.masks) == set(plan.masks)
+    for k in plan.masks:
+        assert torch.equal(back.masks[k], plan.masks[k])
+    assert torch.equal(back.channels["conv1"], plan.channels["conv1"])
+
+
+def test_spec_roundtrips_through_json():
+    spec = CandidateSpec(method="random", target_sparsity=0.7, knobs={"norm": 2.0}, allocation={"layer1": 0.5}, seed=3)
+    assert CandidateSpec.from_json(spec.to_json()) == spec
+
+
+def test_unknown_method_names_the_closest():
+    with pytest.raises(ValueError, match="did you mean 'magnitude'"):
+        get_method("magnitud")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_declares_a_valid_interface(name):
+    m = get_method(name)
+    assert m.name == name
+    assert set(m.granularities) <= {"unstructured", "channel"}
+    for knob in m.knobs.values():
+        assert knob.low <= knob.high
+
+
+def test_random_is_seeded_and_differs_from_magnitude(digits_model, ctx):
+    a = plan_candidate(digits_model, ctx, CandidateSpec(method="random", target_sparsity=0.5, seed=1))
+    b = plan_candidate(digits_model, ctx, CandidateSpec(method="random", target_sparsity=0.5, seed=1))
+    c = plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=0.5))
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert any(not torch.equal(a.masks[k], c.masks[k]) for k in a.masks)

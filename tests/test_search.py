@@ -1,0 +1,68 @@
+"""A real search: local Ray actors, an Optuna journal, an MLflow SQLite store in a temp folder."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.config import parse_config
+from search.driver import run_search
+from search.study import RUN_ID_ATTR
+
+METRICS = {"accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "params", "latency_ms", "prune_s", "recal_s", "eval_s"}
+
+
+def _cfg(tmp_path, trials, **over):
+    base = {
+        "name": "itest",
+        "run_dir": str(tmp_path / "run"),
+        "budget": {"trials": trials},
+        "actors": {"count": 2},
+        "base_training": {"steps": 150},
+        "measure": {"latency_repeats": 3},
+    }
+    return parse_config({**base, **over})
+
+
+def _children(cfg):
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    exp = client.get_experiment_by_name(cfg.name)
+    return client, client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
+
+
+@pytest.mark.slow
+def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
+    cfg = _cfg(tmp_path, 8)
+    out = run_search(cfg, quiet=True)
+    assert (out.evaluated, out.failed, out.recorded_total) == (8, 0, 8)
+
+    client, runs = _children(cfg)
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(8))
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert METRICS <= set(r.data.metrics), METRICS - set(r.data.metrics)
+        assert r.data.tags["mlflow.parentRunId"] == out.parent_run_id
+        assert r.data.params["method"] == "magnitude" and "recal_images" in r.data.params
+        assert abs(r.data.metrics["sparsity"] - r.data.metrics["target_sparsity"]) < 1e-3
+        assert {"plan.parquet", "spec.json", "bn_variance.parquet"} <= {f.path for f in client.list_artifacts(r.info.run_id)}
+    # both actors did work: each candidate records the process that evaluated it
+    assert len({r.data.tags["info.pid"] for r in runs}) == 2
+
+    study = optuna.load_study(study_name="itest", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(cfg.run_path / "optuna.journal"))))
+    run_ids = {r.info.run_id for r in runs}
+    assert {t.user_attrs[RUN_ID_ATTR] for t in study.trials} == run_ids
+
+    # the same command with a larger budget resumes: 4 new trials, none repeated
+    out2 = run_search(_cfg(tmp_path, 12), quiet=True)
+    assert out2.parent_run_id == out.parent_run_id and out2.evaluated == 4 and out2.recorded_total == 12
+    _, runs2 = _children(cfg)
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs2) == list(range(12))
+    assert run_ids < {r.info.run_id for r in runs2}
+    parent = client.get_run(out.parent_run_id)
+    assert parent.data.metrics["candidates"] == 12 and parent.info.status == "FINISHED"
+    assert "pareto.parquet" in {f.path for f in client.list_artifacts(out.parent_run_id)}
+
+    # a third run with the budget already spent evaluates nothing
+    assert run_search(_cfg(tmp_path, 12), quiet=True).evaluated == 0
