@@ -61,6 +61,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass
 class Splits:
@@ -69,6 +72,10 @@ class Splits:
     val: Split
     test: Split
     num_classes: int
+
+    def to(self, device: torch.device | str) -> "Splits":
+        """The same splits with every tensor on ``device``."""
+        return Splits(self.train.to(device), self.calib.to(device), self.val.to(device), self.test.to(device), self.num_classes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

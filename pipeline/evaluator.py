@@ -31,6 +31,7 @@ from pipeline.data import Splits
 from pipeline.layers import prunable_weights
 from pipeline.measure import MeasureConfig
 from pipeline.methods import PruneContext
+from pipeline.plan import PrunePlan
 from pipeline.models import ModelConfig, build_model
 from pipeline.recalibrate import bn_output_variance, recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec
@@ -64,7 +65,8 @@ class Evaluator:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
         self.base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
         self.base.load_state_dict(base_state)
-        self.base.eval()
+        self.base.eval().to(self.device)
+        splits = splits.to(self.device)  # once per actor: every candidate runs on the device
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
@@ -81,13 +83,13 @@ class Evaluator:
         self._dense_var = bn_output_variance(self.base, self._probe)
 
     def node(self) -> dict[str, Any]:
-        """Where this evaluator runs: host name, process id, device, torch threads."""
-        return {"host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
+        """Where this evaluator runs: Ray node id (when in Ray), host, process id, device, torch threads."""
+        return {"node_id": _ray_node_id(), "host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
 
     def evaluate(self, spec: CandidateSpec) -> CandidateResult:
         """Prune, recalibrate, (fine-tune,) and measure one candidate."""
         try:
-            return self._evaluate(spec)
+            return self._evaluate(spec)[0]
         except Exception as e:  # a candidate's failure is a result, not a crash of the actor
             return CandidateResult(
                 spec=spec,
@@ -96,13 +98,22 @@ class Evaluator:
                 info={"traceback": traceback.format_exc()[-4000:], **self._info()},
             )
 
+    def rebuild(self, spec: CandidateSpec, plan: PrunePlan) -> tuple[nn.Module, CandidateResult]:
+        """Replay a recorded candidate from its spec and plan (no method is re-run).
+
+        The same code path as ``evaluate``, with the plan given instead of computed:
+        returns the recalibrated network and its fresh measurements. Raises on failure.
+        """
+        result, model = self._evaluate(spec, plan)
+        return model, result
+
     def _info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.node().items()}
 
-    def _evaluate(self, spec: CandidateSpec) -> CandidateResult:
+    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
         m: dict[str, float] = {}
         t0 = time.perf_counter()
-        plan = plan_candidate(self.base, self.ctx, spec)
+        plan = plan if plan is not None else plan_candidate(self.base, self.ctx, spec)
         model = apply_plan(self.base, plan)
         if plan.channels:
             from pipeline.structure import check_forward
@@ -137,10 +148,10 @@ class Evaluator:
         m.update(self._size_metrics(model, spec))
         if self.cfg.test_accuracy:
             m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
-        m["latency_ms"] = measure.latency_ms(model.to(self.device), self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
+        m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
-        return CandidateResult(
+        result = CandidateResult(
             spec=spec,
             state="ok",
             metrics=m,
@@ -148,6 +159,7 @@ class Evaluator:
             plan=plan.to_parquet(),
             diagnostics=_variance_table(self._dense_var, var_before, var_after),
         )
+        return result, model
 
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
         dense_weights = prunable_weights(self.base, spec.prune_stem, spec.prune_head)
@@ -161,6 +173,15 @@ class Evaluator:
             "base_macs": float(self.dense_macs),
             "params": float(measure.nonzero_params(model)),
         }
+
+
+def _ray_node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # outside Ray there is no node; the host name says where it ran
+        return ""
 
 
 def _variance_table(dense: dict[str, float], before: dict[str, float], after: dict[str, float]) -> bytes:

@@ -52,7 +52,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
         logits = model(x[i : i + batch].to(device))
         if not torch.isfinite(logits).all():
             raise NumericsError("the pruned network produced NaN or Inf logits")
-        correct += int((logits.argmax(1).cpu() == y[i : i + batch]).sum())
+        correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
     return correct / max(len(y), 1)
 
 

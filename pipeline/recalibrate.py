@@ -69,7 +69,7 @@ def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: i
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and shifts of up to 2 pixels (the CIFAR training recipe)."""
     flip = torch.rand(len(x), generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
     dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
     return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
 

@@ -62,8 +62,9 @@ class CandidateSpec(Frozen):
             in (0, 1]; e.g. 0.5 means 2x fewer MACs.
         knobs: method-specific numeric knobs (``pressure``, ``steps``,
             ``screening_weight``, ...); see each method's ``knobs`` attribute.
-        allocation: optional per-stage keep ratios multiplying the global target
-            (a network pruning space); keys are stage names of the model.
+        allocation: optional per-stage multipliers on the pruned fraction (a network
+            pruning space): stage ``layer1: 0.5`` prunes that stage half as much as
+            the global target; keys are stage names (first dotted component).
         prune_stem: whether the first conv may be pruned.
         prune_head: whether the classifier may be pruned.
         recal: the recalibration setting.

@@ -198,6 +198,8 @@ def _step(node: fx.Node, src: fx.Node, state: str, modules: dict[str, nn.Module]
             return "pass", state
         if isinstance(m, _POOL_MODULES) and state == "map":
             return "pass", "pooled" if _is_global_pool(node, m) else "map"
+        if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1) and state in ("pooled", "vec"):
+            return "pass", "vec"
         return "stop", None
     if node.op not in ("call_function", "call_method"):
         return "stop", None
@@ -355,7 +357,8 @@ def channel_graph(
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
         raise UnsupportedModelError(
-            f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}"
+            f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}; "
+            "pass an input batch the model accepts"
         ) from exc
     graph = ChannelGraph(list(found.values()), 0, _mac_terms(layers, modules, found))
     graph.dense_macs = graph.macs({})
@@ -549,7 +552,8 @@ def shrink(model: nn.Module, channels: dict[str, torch.Tensor]) -> nn.Module:
 def _checked_index(name: str, idx: torch.Tensor, size: int) -> torch.Tensor:
     idx = torch.as_tensor(idx)
     if idx.ndim != 1 or idx.numel() == 0 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
-        raise ValueError(f"channels[{name!r}] must be a non-empty 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}")
+        got = f"{idx.dtype} {tuple(idx.shape)}"
+        raise ValueError(f"channels[{name!r}] must be a non-empty 1-D integer tensor, got {got}")
     idx = torch.sort(idx.to(torch.int64)).values
     if idx[0] < 0 or idx[-1] >= size or torch.unique(idx).numel() != idx.numel():
         raise ValueError(f"channels[{name!r}] must be distinct indices in [0, {size}), got {idx.tolist()}")

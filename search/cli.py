@@ -41,9 +41,10 @@ def _is_input_error(e: Exception) -> bool:
     from pipeline.data import DataError
     from search.config import ConfigError
     from search.query import QueryError
+    from search.export import ExportError
     from search.records import RecordError
 
-    return isinstance(e, (ConfigError, DataError, CheckpointError, QueryError, RecordError, ValueError, FileNotFoundError))
+    return isinstance(e, (ConfigError, DataError, CheckpointError, QueryError, RecordError, ExportError, ValueError, FileNotFoundError))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     _store_args(c)
     c.add_argument("--target-sparsity", type=float, help="weight sparsity to predict the pressure for (fraction)")
     c.set_defaults(func=_curves)
+
+    e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt (state dict + recipe) and .ts")
+    e.add_argument("run_id", help="the candidate's MLflow run id (see `prunesearch best`)")
+    e.add_argument("-o", "--output", required=True, help="output .pt file; TorchScript goes beside it as .ts")
+    e.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
+    e.set_defaults(func=_export)
     return p
 
 
@@ -165,6 +173,15 @@ def _curves(args: argparse.Namespace) -> int:
             f"pressure for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
             f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"
         )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from search.export import export
+
+    out = export(_uri(args), args.run_id, args.output)
+    print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
+    print(f"wrote {out.path} (load with search.export.load_exported) and {out.torchscript} (torch.jit.load)")
     return 0
 
 

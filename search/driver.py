@@ -72,8 +72,14 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
     recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)
     study = open_study(cfg)
-    parent_id = recorder.start_parent(study.user_attrs.get("parent_run_id"), cfg.name, {"config": cfg.model_dump_json()})
-    study.set_user_attr("parent_run_id", parent_id)
+    parent_id = study.user_attrs.get("parent_run_id")
+    if parent_id is None:
+        parent_id = recorder.start_parent(None, cfg.name, {"run_path": str(cfg.run_path), "sampler": cfg.sampler.name})
+        # the exact config, as data: export rebuilds candidates from it
+        recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
+        study.set_user_attr("parent_run_id", parent_id)
+    else:
+        recorder.start_parent(parent_id, cfg.name, {})
     told, requeued = repair(study, cfg, recorder, parent_id)
     if told or requeued:
         log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)

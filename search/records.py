@@ -75,7 +75,7 @@ class Recorder:
             PARENT_TAG: parent_id,
             "trial_number": str(trial_number),
             "state": result.state,
-            "node": result.info.get("host", ""),
+            "node": result.info.get("node_id") or result.info.get("host", ""),
             "prunesearch.role": "candidate",
         }
         if result.error:

@@ -26,7 +26,6 @@ CIFAR_STD = (0.229, 0.224, 0.225)
 PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
 
-@pytest.mark.skipif(not (RESNET20.exists() and CIFAR.exists()), reason="needs ../shared (models and CIFAR-10)")
 def test_pretrained_resnet20_accuracy_on_exact_cifar10_test_images() -> None:
     from pipeline.data import DataConfig, load_data
 

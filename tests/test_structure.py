@@ -318,9 +318,6 @@ def test_option_a_block_internal_channels_only():
     assert graph.macs({"block.conv1": 6}) == hook_macs(small, CIFAR_X)
 
 
-@pytest.mark.skipif(
-    not (Path(__file__).parents[1] / "pipeline/models/cifar_resnet.py").exists(), reason="no cifar_resnet.py"
-)
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
 def test_cifar_resnet20_halves_macs(scope):
     from pipeline.models.cifar_resnet import cifar_resnet
@@ -401,6 +398,34 @@ def test_concat_producers_are_excluded():
     small = S.shrink(model, keep)
     S.check_forward(small, CIFAR_X, (1, 10))
     assert graph.macs({"conv0": 3, "conv_c": 8}) == hook_macs(small, CIFAR_X)
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_flatten_only_after_global_pooling(pool):
+    # After a 2x2 pool the Linear sees 4 features per channel, not one: conv "2" is then
+    # left alone, while conv "0" (feeding only conv "2") is a group either way.
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
+        nn.Linear(4 * pool * pool, 10),
+    ).eval()  # fmt: skip
+    graph = S.channel_graph(model, CIFAR_X)
+    if pool == 1:
+        assert [(g.name, g.consumers) for g in graph.groups] == [("0", ("2",)), ("2", ("5",))]
+        small = S.shrink(model, {"0": torch.arange(3), "2": torch.tensor([1, 3])})
+        S.check_forward(small, CIFAR_X, (1, 10))
+        assert graph.macs({"0": 3, "2": 2}) == hook_macs(small, CIFAR_X)
+    else:
+        assert [(g.name, g.consumers) for g in graph.groups] == [("0", ("2",))]
+        with pytest.raises(ValueError, match="Flatten"):
+            S.shrink(model, {"2": torch.arange(2)})
+
+
+def test_channel_graph_leaves_train_mode_and_statistics_alone():
+    model = randomise_bn(DigitsCNN(), seed=4).train()
+    before = copy.deepcopy(model.state_dict())
+    S.channel_graph(model, torch.randn(8, 1, 8, 8))
+    assert model.training and model.bn1.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_untraceable_model_names_the_module():
