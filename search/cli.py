@@ -87,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
     e.set_defaults(func=_export)
+
+    s = sub.add_parser("submit", help="submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
+    s.add_argument("config", help="YAML file; needs ray_address: auto (see configs/cluster.yaml)")
+    s.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+    s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 0 SUCCEEDED, 1 FAILED, 130 STOPPED")
+    s.add_argument("--working-dir", default=".", help="the project folder uploaded as the job's working directory (default .)")
+    s.add_argument("--exclude", action="append", default=[], help="extra path pattern not to upload (repeatable)")
+    s.add_argument("--submission-id", help="job id to use instead of a generated one")
+    s.set_defaults(func=_submit)
     return p
 
 
@@ -183,6 +192,12 @@ def _export(args: argparse.Namespace) -> int:
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     print(f"wrote {out.path} (load with search.export.load_exported) and {out.torchscript} (torch.jit.load)")
     return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from search.submit import submit
+
+    return submit(args.config, args.address, args.working_dir, args.follow, args.exclude, args.submission_id)
 
 
 if __name__ == "__main__":

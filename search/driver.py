@@ -42,6 +42,11 @@ class SearchOutcome:
     interrupted: bool
 
 
+def actor_prefix(name: str, parent_id: str) -> str:
+    """Ray name prefix of a search's evaluator actors: ``prunesearch-NAME-PARENT8-i``."""
+    return f"prunesearch-{name}-{parent_id[:8]}"
+
+
 def connect_ray(cfg: SearchConfig) -> bool:
     """Start a local Ray bound to 127.0.0.1, or join ``ray_address``. True if started here."""
     if ray.is_initialized():
@@ -87,7 +92,8 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     started_ray = connect_ray(cfg)
     count = cfg.actors.count or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.actors.num_cpus))
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
-    pool = EvaluatorPool(count, init, cfg.actors.num_cpus, cfg.actors.num_gpus, cfg.actors.resources, cfg.actors.queue, cfg.actors.max_retries)
+    a = cfg.actors
+    pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
     try:
         evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
     finally:

@@ -9,6 +9,7 @@ result: never lost silently, never returned twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class EvaluatorPool:
         num_cpus, num_gpus, resources: what each actor requests from Ray.
         queue: candidates in flight per actor.
         max_retries: resubmissions of a candidate whose actor died.
+        name: prefix of the actors' Ray names (``{name}-{i}``, listed by ``ray list actors``).
     """
 
     def __init__(
@@ -52,12 +54,16 @@ class EvaluatorPool:
         resources: dict[str, float] | None = None,
         queue: int = 2,
         max_retries: int = 2,
+        name: str = "",
     ) -> None:
         cls = evaluator_actor(num_cpus, num_gpus, resources)
         # held for the pool's life: a restarted actor re-reads its arguments from the object store
         self._init_args = init_args
         # SPREAD places actors over nodes first, so a cluster's workers all get some
-        self.actors = [cls.options(scheduling_strategy="SPREAD").remote(*init_args) for _ in range(count)]
+        self.actors = [
+            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(*init_args)
+            for i in range(count)
+        ]
         self.queue = queue
         self.max_retries = max_retries
         self.inflight: dict[ray.ObjectRef, _Job] = {}
@@ -94,7 +100,10 @@ class EvaluatorPool:
 
     def _collect(self, ref: ray.ObjectRef, job: _Job) -> CandidateResult | None:
         try:
-            return ray.get(ref)
+            result = ray.get(ref)
+            if job.attempts == 1:
+                return result
+            return dataclasses.replace(result, info={**result.info, "attempts": str(job.attempts), "lost": "; ".join(job.errors)[:2000]})
         except _LOST as e:
             job.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
             if job.attempts <= self.max_retries:

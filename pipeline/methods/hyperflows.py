@@ -85,7 +85,7 @@ def train_presence(
     net = copy.deepcopy(model).train()  # BatchNorm in train mode while training
     weights = weights_of(net, spec)
     g = torch.Generator().manual_seed(spec.seed)
-    presence = {n: (0.2 + 0.3 * torch.rand(w.shape, generator=g)).requires_grad_() for n, w in weights.items()}
+    presence = {n: (0.2 + 0.3 * torch.rand(w.shape, generator=g)).to(w.device).requires_grad_() for n, w in weights.items()}
     count = sum(m.numel() for m in presence.values())
     opt_w = torch.optim.SGD(net.parameters(), lr=WEIGHT_LR, momentum=0.9)
     opt_m = torch.optim.Adam(presence.values(), lr=FLOW_LR)

@@ -1,0 +1,129 @@
+"""Faults during a real search: the driver killed with SIGKILL, an actor killed with ray.kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.config import load_config
+from search.driver import actor_prefix, run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_cfg(tmp_path: Path, trials: int, **extra) -> Path:
+    cfg = {
+        "name": "faults",
+        "run_dir": str(tmp_path / "run"),
+        "budget": {"trials": trials},
+        "actors": {"count": 2},
+        "base_training": {"steps": 150},
+        # slow candidates down (about 0.5 s each) so the kill lands mid-search
+        "measure": {"latency_repeats": 60, "latency_batch": 64, "test_accuracy": False},
+        **extra,
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _records(uri: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("faults")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
+
+
+def _assert_each_trial_once(runs, budget):
+    numbers = [int(r.data.tags["trial_number"]) for r in runs]
+    assert len(numbers) == len(set(numbers)), "a trial was recorded twice"
+    ok = [r for r in runs if r.data.tags["state"] == "ok"]
+    assert len(ok) == budget, (len(ok), budget)
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
+
+
+def _kill_tree(pgid: int, ray_tmp: str) -> None:
+    import psutil
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in psutil.process_iter(["cmdline"]):  # Ray daemons may leave the process group
+        try:
+            if any(ray_tmp in part for part in p.info["cmdline"] or []):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@pytest.mark.slow
+def test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path, ray_local):
+    budget = 14
+    cfg_path = _write_cfg(tmp_path, budget)
+    cfg = load_config(cfg_path)
+    ray_tmp = tempfile.mkdtemp(prefix="psk", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "run", str(cfg_path), "--quiet"],
+        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while len(_records(cfg.resolved_tracking_uri())) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the search recorded nothing in 180 s"
+            time.sleep(0.2)
+    finally:
+        _kill_tree(proc.pid, ray_tmp)
+        proc.wait(timeout=30)
+    before = _records(cfg.resolved_tracking_uri())
+    assert 3 <= len(before) < budget, "the kill did not land mid-search"
+
+    out = run_search(cfg, quiet=True)  # the same config again resumes
+    runs = _records(cfg.resolved_tracking_uri())
+    _assert_each_trial_once(runs, budget)
+    assert {r.info.run_id for r in before if r.info.status != "RUNNING"} <= {r.info.run_id for r in runs}
+    assert out.recorded_total == budget
+
+
+@pytest.mark.slow
+def test_actor_killed_mid_search_loses_no_candidate(tmp_path, ray_local):
+    budget = 12
+    cfg = load_config(_write_cfg(tmp_path, budget, name="faults"))
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_records(cfg.resolved_tracking_uri())) < 2:
+            time.sleep(0.1)
+        runs = _records(cfg.resolved_tracking_uri())
+        if runs:
+            parent = runs[0].data.tags["mlflow.parentRunId"]
+            actor = ray.get_actor(f"{actor_prefix(cfg.name, parent)}-0")
+            ray.kill(actor, no_restart=False)
+            killed.append(time.monotonic())
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    out = run_search(cfg, quiet=True)
+    t.join(timeout=5)
+    assert killed, "the actor was never killed"
+    runs = _records(cfg.resolved_tracking_uri())
+    _assert_each_trial_once(runs, budget)
+    assert out.evaluated == budget and out.failed == 0
+    # the candidates the dead actor held were evaluated again elsewhere, and say so
+    retried = [r for r in runs if r.data.tags.get("info.attempts") == "2"]
+    assert retried and all("lost" in r.data.tags["info.lost"].lower() or "actor" in r.data.tags["info.lost"].lower() for r in retried)
