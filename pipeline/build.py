@@ -19,10 +19,16 @@ def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> P
 
 
 def apply_plan(base: nn.Module, plan: PrunePlan) -> nn.Module:
-    """A pruned copy of ``base``: channels physically removed first, then weights masked.
-
-    ``base`` is never modified.
+    """A pruned copy of ``base``: trained weights loaded, channels physically removed,
+    then weights masked. ``base`` is never modified.
     """
+    if plan.weights:
+        base = copy.deepcopy(base)
+        state = base.state_dict()
+        unknown = set(plan.weights) - set(state)
+        if unknown:
+            raise KeyError(f"plan carries weights for {sorted(unknown)[:5]}, which the model does not have")
+        base.load_state_dict({k: plan.weights.get(k, v).to(v.device, v.dtype) for k, v in state.items()})
     if plan.channels:
         from pipeline.structure import shrink
 

@@ -18,10 +18,10 @@ from torch import nn
 
 _SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # "mask" (weight mask) or "channels" (kept output channels)
+        ("kind", pa.string()),  # "mask", "channels" (kept output channels) or "weight" (trained tensor)
         ("name", pa.string()),  # parameter name (mask) or module name (channels)
         ("shape", pa.list_(pa.int64())),
-        ("data", pa.binary()),  # np.packbits of the flat mask, or int64 indices
+        ("data", pa.binary()),  # np.packbits of the flat mask, int64 indices, or float32 values
     ]
 )
 
@@ -35,16 +35,23 @@ class PrunePlan:
             names as in the model *after* channels are removed.
         channels: module name of a conv/linear layer -> sorted int64 tensor of the
             output channels it keeps (structured pruning; applied first).
+        weights: state-dict entries (dense shapes, float32) that replace the base
+            model's before channels and masks are applied: what methods that train
+            (hyperflows, ocs) learned. Empty for one-shot methods.
     """
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to_parquet(self) -> bytes:
         rows: dict[str, list] = {"kind": [], "name": [], "shape": [], "data": []}
         for name, idx in sorted(self.channels.items()):
             arr = idx.to(torch.int64).cpu().numpy()
             _append(rows, "channels", name, [arr.size], arr.tobytes())
+        for name, w in sorted(self.weights.items()):
+            arr = w.detach().to(torch.float32).cpu().numpy()
+            _append(rows, "weight", name, list(arr.shape), arr.tobytes())
         for name, mask in sorted(self.masks.items()):
             bits = np.packbits(mask.cpu().numpy().astype(bool).ravel())
             _append(rows, "mask", name, list(mask.shape), bits.tobytes())
@@ -61,12 +68,15 @@ class PrunePlan:
             if row["kind"] == "channels":
                 arr = np.frombuffer(row["data"], dtype=np.int64).copy()
                 plan.channels[row["name"]] = torch.from_numpy(arr)
+            elif row["kind"] == "weight":
+                arr = np.frombuffer(row["data"], dtype=np.float32).copy().reshape(shape)
+                plan.weights[row["name"]] = torch.from_numpy(arr)
             elif row["kind"] == "mask":
                 n = int(np.prod(shape))
                 bits = np.unpackbits(np.frombuffer(row["data"], dtype=np.uint8))[:n]
                 plan.masks[row["name"]] = torch.from_numpy(bits.astype(bool)).reshape(shape)
             else:
-                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask' or 'channels'")
+                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels' or 'weight'")
         return plan
 
 

@@ -23,7 +23,9 @@ from search.pool import EvaluatorPool
 from search.progress import Progress
 from search.records import Recorder
 from search.report import finish_report
+from search.query import candidate_rows
 from search.space import suggest
+from search.steering import PressureSteering
 from search.study import open_study, recorded_trials, repair, tell
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,10 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
 
 def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: EvaluatorPool, quiet: bool) -> tuple[int, int, bool]:
     remaining = cfg.budget.trials - recorded_trials(study)
+    steering = PressureSteering(cfg)
+    if steering.active:
+        for row in candidate_rows(recorder.uri, cfg.experiment, filters=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            steering.observe(row["knobs"], row["state"], row.get("sparsity"))
     deadline = time.monotonic() + cfg.budget.wall_time_s if cfg.budget.wall_time_s else float("inf")
     progress = Progress(total=max(remaining, 0), quiet=quiet)
     trials = {}
@@ -115,6 +121,9 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
     try:
         while True:
             while not interrupted and remaining > 0 and pool.capacity > 0 and time.monotonic() < deadline:
+                steer = steering.propose()
+                if steer is not None:
+                    study.enqueue_trial(steer, user_attrs={"steered": True})
                 trial = study.ask()
                 trials[trial.number] = trial
                 pool.submit(trial.number, suggest(trial, cfg))
@@ -129,8 +138,11 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                 log.warning("interrupted: finishing %d candidates in flight (Ctrl-C again to abandon them)", len(pool.inflight))
                 continue
             for number, result in done:
-                run_id = recorder.record(parent_id, number, result)
-                tell(study, cfg, trials.pop(number), run_id, result.state, dict(result.metrics))
+                trial = trials.pop(number)
+                steered = {"steered": "power-law"} if trial.user_attrs.get("steered") else {}
+                run_id = recorder.record(parent_id, number, result, steered)
+                tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
+                steering.observe_result(result)
                 evaluated += 1
                 failed += result.state != "ok"
                 progress.update(result)

@@ -68,8 +68,8 @@ class Recorder:
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def record(self, parent_id: str, trial_number: int, result: CandidateResult) -> str:
-        """Write one candidate as a finished child run; returns its run id."""
+    def record(self, parent_id: str, trial_number: int, result: CandidateResult, tags: dict[str, str] | None = None) -> str:
+        """Write one candidate as a finished child run (plus extra ``tags``); returns its run id."""
         spec = result.spec
         tags = {
             PARENT_TAG: parent_id,
@@ -77,6 +77,7 @@ class Recorder:
             "state": result.state,
             "node": result.info.get("node_id") or result.info.get("host", ""),
             "prunesearch.role": "candidate",
+            **(tags or {}),
         }
         if result.error:
             tags["error"] = result.error[:5000]

@@ -70,6 +70,16 @@ def free_range(taken: set[int], size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free ports found")
 
 
+# `ray start` replaces a loopback --node-ip-address by the machine's LAN address
+# (services.resolve_ip_for_localhost), and then its GCS, raylet and agents listen on all
+# interfaces. These test clusters must stay on 127.0.0.1: run the same `ray start` CLI
+# with that rewrite turned off, so every server binds to the loopback address.
+_RAY_START_LOOPBACK = (
+    "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
 def ray_env(**extra: str) -> dict[str, str]:
     """Environment of the processes a test starts: the venv first on PATH, no token auth.
 
@@ -179,7 +189,7 @@ class LocalCluster:
         node.temp_dir.mkdir(parents=True)
         node.ports = self._node_ports(head)
         self.nodes.append(node)  # before starting: a failed start is still cleaned up
-        cmd = [str(BIN / "ray"), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
+        cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
                f"--resources={json.dumps({resource: 1})}", f"--temp-dir={node.temp_dir}",
                "--object-store-memory=200000000", "--disable-usage-stats", "--log-style=record", "--log-color=false"]
         cmd += [f"--{k}={v}" for k, v in node.ports.items()]

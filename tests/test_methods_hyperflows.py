@@ -22,7 +22,7 @@ STEPS, REGROWTH = 600, 50
 
 
 @pytest.fixture(scope="session")
-def digits():
+def trained():
     """A DigitsCNN trained for 300 steps, a context over the digits splits, and a copy of its state."""
     data = load_data(DataConfig())
     torch.manual_seed(0)
@@ -32,9 +32,9 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def plans(digits):
+def plans(trained):
     """Pressure -> plan at the test budget (each plan trains once, shared by the tests)."""
-    model, ctx, _ = digits
+    model, ctx, _ = trained
     return {gamma: _plan(model, ctx, gamma) for gamma in (1e-4, 0.003, 0.03, 0.3)}
 
 
@@ -49,8 +49,8 @@ def _sparsity(plan: PrunePlan) -> float:
     return 1 - sum(int(m.sum()) for m in plan.masks.values()) / sum(m.numel() for m in plan.masks.values())
 
 
-def test_masks_cover_prunable_weights_and_base_is_untouched(digits, plans):
-    model, _, before = digits  # ``plans`` trained four copies; weights and BN statistics must not move
+def test_masks_cover_prunable_weights_and_base_is_untouched(trained, plans):
+    model, _, before = trained  # ``plans`` trained four copies; weights and BN statistics must not move
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
     weights = prunable_weights(model)
     for plan in plans.values():
@@ -64,14 +64,14 @@ def test_sparsity_grows_with_pressure(plans):
     assert s[0.003] + 0.05 < s[0.03] and s[0.03] + 0.3 < s[0.3], s
 
 
-def test_same_seed_same_masks(digits, plans):
-    model, ctx, _ = digits
+def test_same_seed_same_masks(trained, plans):
+    model, ctx, _ = trained
     again = _plan(model, ctx, 0.03).masks
     assert all(torch.equal(again[n], m) for n, m in plans[0.03].masks.items())
 
 
-def test_stem_and_head_excluded_when_asked(digits):
-    model, ctx, _ = digits
+def test_stem_and_head_excluded_when_asked(trained):
+    model, ctx, _ = trained
     spec = CandidateSpec(
         method="hyperflows", target_sparsity=None, prune_stem=False, prune_head=False,
         knobs={"pressure": 0.3, "steps": 50, "regrowth_steps": 0},
@@ -81,7 +81,7 @@ def test_stem_and_head_excluded_when_asked(digits):
     assert all(m.all() for m in masks.values())  # 50 steps of lr 1e-3 cannot bring m from >= 0.2 below 0
 
 
-def test_pressure_is_required(digits):
-    model, ctx, _ = digits
+def test_pressure_is_required(trained):
+    model, ctx, _ = trained
     with pytest.raises(ValueError, match="pressure"):
         get_method("hyperflows").plan(model, ctx, CandidateSpec(method="hyperflows", target_sparsity=None))

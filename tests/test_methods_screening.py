@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def digits():
+def trained():
     """A DigitsCNN trained for 300 steps and a fresh-cache context over the digits splits."""
     data = load_data(DataConfig())
     torch.manual_seed(0)
@@ -91,8 +91,8 @@ def test_planted_class_channel_ranks_first_and_weight_one_follows_f():
     assert scores(1.0, [ChannelGroup("conv", 6, None, ("fc",), "conv")]).argmax() == 0
 
 
-def test_unstructured_plan_hits_target_and_reuses_cached_scores(digits):
-    model, data = digits
+def test_unstructured_plan_hits_target_and_reuses_cached_scores(trained):
+    model, data = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx, method = _ctx(data), get_method("screening")
     total = sum(w.numel() for w in prunable_weights(model).values())
@@ -113,8 +113,8 @@ def test_unstructured_plan_hits_target_and_reuses_cached_scores(digits):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not model.training
 
 
-def test_weight_zero_is_global_magnitude(digits):
-    model, data = digits
+def test_weight_zero_is_global_magnitude(trained):
+    model, data = trained
     ctx = _ctx(data)
     spec = CandidateSpec(method="screening", target_sparsity=0.8, knobs={"screening_weight": 0.0})
     mine = get_method("screening").plan(model, ctx, spec).masks
@@ -122,16 +122,16 @@ def test_weight_zero_is_global_magnitude(digits):
     assert all(torch.equal(mine[n], magnitude[n]) for n in magnitude)
 
 
-def test_channel_plan_on_digits(digits):
-    model, data = digits
+def test_channel_plan_on_digits(trained):
+    model, data = trained
     spec = CandidateSpec(method="screening", granularity="channel", target_sparsity=None, target_macs_ratio=0.5)
     plan = get_method("screening").plan(model, _ctx(data), spec)
     assert plan.channels and all(0 < len(k) for k in plan.channels.values())
     assert sum(len(k) for k in plan.channels.values()) < sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-def test_single_class_calibration_set_is_refused(digits):
-    model, data = digits
+def test_single_class_calibration_set_is_refused(trained):
+    model, data = trained
     ctx = _ctx(data, calib_y=torch.zeros_like(data.calib.y))
     with pytest.raises(ValueError, match="screening needs calibration images of at least 2 classes; "):
         get_method("screening").plan(model, ctx, CandidateSpec(method="screening", target_sparsity=0.5))

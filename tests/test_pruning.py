@@ -59,12 +59,22 @@ def test_plan_roundtrips_through_parquet():
     plan = PrunePlan(
         masks={"conv.weight": torch.rand(4, 3, 3, 3) > 0.5, "fc.weight": torch.rand(10, 7) > 0.2},
         channels={"conv1": torch.tensor([0, 2, 5])},
+        weights={"bn1.running_var": torch.rand(16), "conv.weight": torch.randn(4, 3, 3, 3)},
     )
     back = PrunePlan.from_parquet(plan.to_parquet())
+    assert set(back.weights) == set(plan.weights)
+    assert all(torch.equal(back.weights[k], plan.weights[k]) for k in plan.weights)
     assert set(back.masks) == set(plan.masks)
     for k in plan.masks:
         assert torch.equal(back.masks[k], plan.masks[k])
     assert torch.equal(back.channels["conv1"], plan.channels["conv1"])
+
+
+def test_plan_weights_replace_the_base_weights(digits_model):
+    new = torch.full_like(digits_model.fc.weight, 0.5)
+    model = apply_plan(digits_model, PrunePlan(weights={"fc.weight": new}, masks={"fc.weight": torch.rand(new.shape) > 0.5}))
+    assert set(model.fc.weight.unique().tolist()) == {0.0, 0.5}
+    assert not torch.equal(digits_model.fc.weight, model.fc.weight)
 
 
 def test_spec_roundtrips_through_json():

@@ -6,25 +6,23 @@ F of its input unit) or a channel group's output channels (structured: the outpu
 the group's BatchNorm, or of the conv itself when it has none). Conv activations are
 spatially averaged, so each unit gives one number per image.
 
-Choices left open by the paper (documented here, measured on digits; see the tests):
-- ``s = wF * rank(F) + (1 - wF) * rank(magnitude)``, ``wF`` = knob ``screening_weight``;
-  average ranks (ties share one) scaled to [0, 1] within each weight tensor
-  (unstructured) or channel group (channels). F is only comparable within a layer: it
-  grows with depth (DigitsCNN: 1.4 for the image, about 100 before the classifier), so
-  ranking it across layers prunes the stem first and collapsed digits to chance at 70 %.
-- Within-tensor ranks carry no cross-layer information, so for unstructured ``global``
-  scope each layer's share of the cut is taken from global magnitude pruning at the same
-  sparsity; the mix only chooses *which* weights go. ``wF = 0`` is then exactly global
-  magnitude pruning. (A global threshold on the mixed ranks, i.e. uniform per-layer
-  sparsity, kept 45 % accuracy at 70 % sparsity where this keeps 96 %, wF = 0.5.)
-  Channel groups are compared by ``structure.select_channels``, which normalises each
-  group's scores itself.
-- Channel magnitude is the L1 norm of the producer conv's filter (magnitude's default).
-- F is computed from per-class sums in float64, each unit shifted by its first value so
-  that a constant unit (a dead ReLU, a BN with zero gain) gets exactly F = 0. Zero
-  within-class variance with distinct class means (a perfect separator) has infinite F;
-  the within-class sum of squares is floored at 1e-12 of the total, which keeps F large
-  but finite (at most about 1e12 (N - K) / (K - 1)).
+Choices left open by the paper (measured on digits, DigitsCNN, 300 validation images):
+- ``s = wF * rank(F) + (1 - wF) * rank(|w|)``, ``wF`` = knob ``screening_weight``, with
+  average ranks scaled to [0, 1] within each weight tensor (unstructured) or channel
+  group. F only compares units of one layer: it grows with depth (1.4 for the image,
+  about 100 before the classifier), and ranking it across layers pruned the stem first
+  (chance accuracy at 70 % sparsity, wF = 0.5).
+- Unstructured ``global`` scope: within-tensor ranks say nothing across layers, so each
+  layer loses what global magnitude pruning takes from it at the same sparsity; the mix
+  chooses which weights go (wF = 0 is exactly global magnitude). A global threshold on
+  the ranks instead (uniform layer sparsity) kept 45 % accuracy at 70 %; this keeps 96 %.
+  Channel groups are balanced by ``structure.select_channels``, which normalises each
+  group's scores.
+- Channel magnitude: L1 norm of the producer conv's filter (magnitude's default).
+- F from per-class sums in float64, each unit shifted by its first value, so a constant
+  unit (dead ReLU, BN with zero gain) gets exactly F = 0. Zero within-class variance with
+  distinct class means would give F = inf: the within-class sum of squares is floored at
+  1e-12 of the total, so F stays large but finite (<= about 1e12 (N - K) / (K - 1)).
 """
 
 from __future__ import annotations
