@@ -402,6 +402,7 @@ def select_channels(
     scope: str = "global",
     ratios: dict[str, float] | None = None,
     max_prune_fraction: float = 0.75,
+    normalize: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Channels to keep so that MACs <= ``target_macs_ratio * graph.dense_macs``.
 
@@ -419,6 +420,9 @@ def select_channels(
             When non-empty, selection is per group (fraction f * ratio, as
             ``ImportanceMethod.plan`` does for unstructured allocation), whatever ``scope``.
         max_prune_fraction: no group loses more than this fraction; one channel always stays.
+        normalize: in global scope, divide each group's scores by their mean. Turn it
+            off for scores already comparable across groups (OCS saliency, which is
+            cost-scaled on purpose): normalising would cancel that cross-group signal.
 
     Returns:
         Group name -> sorted int64 indices of the kept output channels.
@@ -444,7 +448,7 @@ def select_channels(
     if ratios or scope == "layerwise":
         removed = _layerwise_removal(sizes, caps, mult, macs_of, budget)
     else:
-        removed = _global_removal(scores, sizes, caps, macs_of, budget)
+        removed = _global_removal(scores, sizes, caps, macs_of, budget, normalize)
     if removed is None:
         # a stage with multiplier 0 never prunes, so it is not in the lowest reachable point
         lowest = macs_of({g: caps[g] if mult[g] > 0 else 0 for g in sizes}) / graph.dense_macs
@@ -467,10 +471,13 @@ def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict
     return {n: sizes[n] for n in sizes if n in scores}
 
 
-def _global_removal(scores, sizes, caps, macs_of, budget) -> dict[str, int] | None:
+def _global_removal(scores, sizes, caps, macs_of, budget, normalize: bool = True) -> dict[str, int] | None:
     """Removed count per group for the smallest prefix of the global order meeting ``budget``."""
     names = list(sizes)
-    normed = [scores[n].detach().float() / scores[n].detach().float().abs().mean().clamp_min(1e-12) for n in names]
+    normed = [
+        scores[n].detach().float() / (scores[n].detach().float().abs().mean().clamp_min(1e-12) if normalize else 1.0)
+        for n in names
+    ]
     owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
     owner = owner[torch.sort(torch.cat(normed), stable=True).indices]
     cap = torch.tensor([caps[n] for n in names])

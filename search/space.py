@@ -31,7 +31,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
             f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}"
         )
     gran = _categorical(trial, f"{method_name}.granularity", grans)
-    scope = _categorical(trial, "scope", space.scope)
+    scope = _categorical(trial, f"{method_name}.scope", [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
     target_sparsity = target_macs = None
     if method.target == "sparsity" and gran == "unstructured":
         target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
@@ -42,7 +42,9 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         rng = space.knobs.get(method_name, {}).get(name)
         if rng is not None or knob.default is None:
             knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", knob, rng)
-    allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
+    allocation = {}
+    if method.allocates:
+        allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
     return CandidateSpec(
         method=method_name,
         granularity=gran,

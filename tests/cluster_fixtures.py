@@ -70,12 +70,16 @@ def free_range(taken: set[int], size: int) -> int:
     raise RuntimeError(f"no {size} consecutive free ports found")
 
 
-# `ray start` replaces a loopback --node-ip-address by the machine's LAN address
-# (services.resolve_ip_for_localhost), and then its GCS, raylet and agents listen on all
-# interfaces. These test clusters must stay on 127.0.0.1: run the same `ray start` CLI
-# with that rewrite turned off, so every server binds to the loopback address.
+# Ray keeps a cluster on 127.0.0.1 only when it believes multi-node clusters are off:
+# otherwise `ray start`, `ray.init(address=...)` and every agent rewrite a loopback
+# address into the machine's LAN address (services.resolve_ip_for_localhost) and the
+# GCS, raylets and agents listen on all interfaces. ray_env() therefore sets
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for every process of these clusters (node IP =
+# 127.0.0.1 everywhere), and `ray start` runs through this wrapper, which lets it add a
+# second node anyway (its "multi-node is off" guard) without the loopback rewrite.
 _RAY_START_LOOPBACK = (
-    "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+    "import sys, ray._private.ray_constants as c, ray._private.services as s; "
+    "c.ENABLE_RAY_CLUSTER = True; s.resolve_ip_for_localhost = lambda host: host; "
     "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
 )
 
@@ -92,6 +96,7 @@ def ray_env(**extra: str) -> dict[str, str]:
     env.update(
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         RAY_AUTH_MODE="disabled",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # node IP 127.0.0.1 in every process (see _RAY_START_LOOPBACK)
         RAY_USAGE_STATS_ENABLED="0",
         # node death is noticed after ~3 s instead of ~15 s (GCS health checks of raylets)
         RAY_health_check_period_ms="1000",

@@ -68,6 +68,10 @@ class PruningMethod(ABC):
 
     name: ClassVar[str] = ""
     granularities: ClassVar[tuple[str, ...]] = ("unstructured",)
+    #: rankings the method supports (``global``: all units together; ``layerwise``)
+    scopes: ClassVar[tuple[str, ...]] = ("global", "layerwise")
+    #: whether per-stage allocation ratios (``CandidateSpec.allocation``) apply
+    allocates: ClassVar[bool] = False
     #: what the candidate's size is set by: a target sparsity, a MACs ratio, or an
     #: outcome of training (the knobs steer it).
     target: ClassVar[Literal["sparsity", "outcome"]] = "sparsity"
@@ -82,6 +86,10 @@ class PruningMethod(ABC):
                 f"method {self.name!r} supports granularity {list(self.granularities)}, "
                 f"but the candidate asks for {spec.granularity!r}"
             )
+        if spec.scope not in self.scopes:
+            raise ValueError(f"method {self.name!r} supports scope {list(self.scopes)}, but the candidate asks for {spec.scope!r}")
+        if spec.allocation and not self.allocates:
+            raise ValueError(f"method {self.name!r} takes no per-stage allocation; remove it from the candidate")
         unknown = set(spec.knobs) - set(self.knobs)
         if unknown:
             raise ValueError(f"method {self.name!r} has no knob {sorted(unknown)}; its knobs are {sorted(self.knobs)}")
@@ -103,6 +111,7 @@ class PruningMethod(ABC):
 class ImportanceMethod(PruningMethod):
     """A one-shot method: importance scores once, selection for any target."""
 
+    allocates = True
     #: knobs that change the scores (others only change selection)
     score_knobs: ClassVar[tuple[str, ...]] = ()
 

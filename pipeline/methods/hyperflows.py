@@ -48,6 +48,7 @@ class Hyperflows(PruningMethod):
     """
 
     granularities = ("unstructured",)
+    scopes = ("global",)
     target = "outcome"
     trains = True
     knobs = {

@@ -1,0 +1,66 @@
+"""One contract, run against every registered pruning method (as Optuna tests its samplers)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.build import apply_plan, plan_candidate
+from pipeline.measure import macs
+from pipeline.methods import get_method, list_methods
+from pipeline.spec import CandidateSpec
+from search.config import parse_config
+from search.space import suggest
+
+# small budgets for the methods that train, so the contract stays fast
+FAST_KNOBS = {"hyperflows": {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}, "ocs": {"epochs": 4, "steps_per_epoch": 5}}
+
+
+def _specs(name: str) -> list[CandidateSpec]:
+    m = get_method(name)
+    knobs = FAST_KNOBS.get(name, {})
+    out = []
+    if "unstructured" in m.granularities:
+        out.append(CandidateSpec(method=name, target_sparsity=None if m.target == "outcome" else 0.7, knobs=knobs, seed=1))
+    if "channel" in m.granularities:
+        out.append(CandidateSpec(method=name, granularity="channel", target_sparsity=None, target_macs_ratio=0.5, knobs=knobs, seed=1))
+    return out
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_contract(name, digits_model, ctx, digits):
+    before = copy.deepcopy(digits_model.state_dict())
+    dense, _ = macs(digits_model, ctx.example_input)
+    for spec in _specs(name):
+        plan = plan_candidate(digits_model, ctx, spec)
+        model = apply_plan(digits_model, plan)
+        out = model(digits.val.x[:4])
+        assert out.shape == (4, digits.num_classes) and torch.isfinite(out).all()
+        if spec.granularity == "channel":
+            _, eff = macs(model, ctx.example_input)
+            assert abs(eff / dense - 0.5) <= 0.02, f"{name}: MACs ratio {eff / dense:.4f} for target 0.5"
+        elif spec.target_sparsity is not None:
+            kept = sum(int(m.sum()) for m in plan.masks.values())
+            total = sum(m.numel() for m in plan.masks.values())
+            assert abs(1 - kept / total - spec.target_sparsity) <= 0.01
+        again = plan_candidate(digits_model, ctx, spec)
+        assert all(torch.equal(again.masks[k], plan.masks[k]) for k in plan.masks), f"{name} is not deterministic"
+        assert all(torch.equal(again.channels[k], plan.channels[k]) for k in plan.channels)
+    for k, v in digits_model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{name} modified the base model ({k})"
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_declared_knob_is_in_the_search_space(name):
+    import optuna
+
+    m = get_method(name)
+    cfg = parse_config({"space": {"methods": [name], "granularity": list(m.granularities), "knobs": {name: {k: [kn.low, kn.high] for k, kn in m.knobs.items()}}}})
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    spec = suggest(study.ask(), cfg)
+    assert spec.method == name and set(spec.knobs) == set(m.knobs)
+    for k, kn in m.knobs.items():
+        assert kn.low <= spec.knobs[k] <= kn.high
+    get_method(name).check(spec)
