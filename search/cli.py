@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="output .pt file; TorchScript goes beside it as .ts")
     e.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
+    e.add_argument("--allow-import", action="store_true", help="trust and import a model class named in the record (model 'import')")
     e.set_defaults(func=_export)
 
     s = sub.add_parser("submit", help="submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
@@ -188,7 +189,7 @@ def _curves(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from search.export import export
 
-    out = export(_uri(args), args.run_id, args.output)
+    out = export(_uri(args), args.run_id, args.output, allow_import=args.allow_import)
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     print(f"wrote {out.path} (load with search.export.load_exported) and {out.torchscript} (torch.jit.load)")
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.data import DataConfig
 from pipeline.measure import MeasureConfig
@@ -168,6 +168,23 @@ class SearchConfig(Frozen):
     optuna_storage: str | None = None
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> "SearchConfig":
+        from pipeline.models import list_models
+
+        if self.model.name not in list_models():
+            raise ValueError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
+        check_paths = (info.context or {}).get("check_paths", True)
+        for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
+            if check_paths and path and not Path(path).expanduser().exists():
+                raise ValueError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
+        if self.recalibration.images > self.data.calib_size:
+            raise ValueError(
+                f"recalibration.images: {self.recalibration.images} calibration images requested but "
+                f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
+            )
+        return self
+
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir).expanduser().resolve()
@@ -195,23 +212,27 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem: ``field.path: message (got value)``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e.get("input"), dict) else ""
-        lines.append(f"{loc}: {msg}{got}")
+        lines.append(f"{loc}: {msg}{got}" if loc else msg)  # model-level checks name their fields themselves
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def parse_config(data: dict, overrides: dict | None = None) -> SearchConfig:
-    """Validate a mapping into a ``SearchConfig``; raises ``ConfigError`` naming each bad field."""
+def parse_config(data: dict, overrides: dict | None = None, check_paths: bool = True) -> SearchConfig:
+    """Validate a mapping into a ``SearchConfig``; raises ``ConfigError`` naming each bad field.
+
+    ``check_paths=False`` skips the existence of input files (a config validated here
+    but run on a cluster, where its paths live).
+    """
     merged = {**(data or {}), **(overrides or {})}
     try:
-        return SearchConfig.model_validate(merged)
+        return SearchConfig.model_validate(merged, context={"check_paths": check_paths})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> SearchConfig:
+def load_config(path: str | Path, overrides: dict | None = None, check_paths: bool = True) -> SearchConfig:
     """Read and validate a YAML config file."""
     p = Path(path)
     if not p.is_file():
@@ -222,4 +243,4 @@ def load_config(path: str | Path, overrides: dict | None = None) -> SearchConfig
         raise ConfigError(f"{p} is not valid YAML: {e}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return parse_config(data or {}, overrides)
+    return parse_config(data or {}, overrides, check_paths)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from pipeline.data import load_data
 from search.basemodel import base_state
 from search.config import SearchConfig
 from search.pool import EvaluatorPool
+from search.preflight import preflight
 from search.progress import Progress
 from search.records import Recorder
 from search.report import finish_report
@@ -76,6 +79,7 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     splits = load_data(cfg.data)
     state = base_state(cfg, splits)
+    preflight(cfg, splits, state)
     artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
     recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)
     study = open_study(cfg)
@@ -117,35 +121,53 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
     progress = Progress(total=max(remaining, 0), quiet=quiet)
     trials = {}
     evaluated = failed = 0
-    interrupted = False
-    try:
-        while True:
-            while not interrupted and remaining > 0 and pool.capacity > 0 and time.monotonic() < deadline:
-                steer = steering.propose()
-                if steer is not None:
-                    study.enqueue_trial(steer, user_attrs={"steered": True})
-                trial = study.ask()
-                trials[trial.number] = trial
-                pool.submit(trial.number, suggest(trial, cfg))
-                remaining -= 1
-            if not pool.inflight:
-                break
-            try:
-                done = pool.wait(timeout=1.0)
-            except KeyboardInterrupt:
-                # first Ctrl-C: ask for nothing more, finish and record what is in flight
-                interrupted = True
-                log.warning("interrupted: finishing %d candidates in flight (Ctrl-C again to abandon them)", len(pool.inflight))
-                continue
-            for number, result in done:
-                trial = trials.pop(number)
-                steered = {"steered": "power-law"} if trial.user_attrs.get("steered") else {}
-                run_id = recorder.record(parent_id, number, result, steered)
-                tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
-                steering.observe_result(result)
-                evaluated += 1
-                failed += result.state != "ok"
-                progress.update(result)
-    finally:
-        progress.close()
-    return evaluated, failed, interrupted
+    with _GracefulInterrupt() as interrupt:
+        try:
+            while True:
+                while not interrupt.requested and remaining > 0 and pool.capacity > 0 and time.monotonic() < deadline:
+                    steer = steering.propose()
+                    if steer is not None:
+                        study.enqueue_trial(steer, user_attrs={"steered": True})
+                    trial = study.ask()
+                    trials[trial.number] = trial
+                    pool.submit(trial.number, suggest(trial, cfg))
+                    remaining -= 1
+                if not pool.inflight:
+                    break
+                for number, result in pool.wait(timeout=1.0):
+                    trial = trials.pop(number)
+                    steered = {"steered": "power-law"} if trial.user_attrs.get("steered") else {}
+                    # a RecordError here stops the search: unrecorded trials stay RUNNING and resume re-queues them
+                    run_id = recorder.record(parent_id, number, result, steered)
+                    tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
+                    steering.observe_result(result)
+                    evaluated += 1
+                    failed += result.state != "ok"
+                    progress.update(result)
+        finally:
+            progress.close()
+    return evaluated, failed, interrupt.requested
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C (SIGINT/SIGTERM): ask for nothing more, finish and record what is in
+    flight. A second one raises KeyboardInterrupt (in-flight candidates are then re-run
+    on resume)."""
+
+    def __enter__(self) -> "_GracefulInterrupt":
+        self.requested = False
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupted: finishing the candidates in flight (interrupt again to abandon them)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

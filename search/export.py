@@ -49,8 +49,11 @@ class Exported:
     rebuilt_accuracy: float
 
 
-def export(tracking_uri: str, run_id: str, output: str | Path, tolerance: float = 1e-6) -> Exported:
+def export(tracking_uri: str, run_id: str, output: str | Path, tolerance: float = 1e-6, allow_import: bool = False) -> Exported:
     """Rebuild candidate ``run_id`` and write ``output`` (.pt) and ``output``.ts.
+
+    A record whose model is ``import`` names a Python class; rebuilding it imports and
+    runs that code, so it is refused unless ``allow_import`` says the user trusts it.
 
     Raises:
         ExportError: missing record pieces, failed candidate, or accuracy that does
@@ -67,6 +70,7 @@ def export(tracking_uri: str, run_id: str, output: str | Path, tolerance: float 
         cfg = SearchConfig.model_validate_json(_artifact(client, run.data.tags[PARENT_TAG], "config.json", d))
         spec = CandidateSpec.from_json(_artifact(client, run_id, "spec.json", d))
         plan = PrunePlan.from_parquet(_artifact(client, run_id, "plan.parquet", d))
+    _refuse_imports(cfg.model, allow_import, f"run {run_id}")
     splits = load_data(cfg.data)
     evaluator = Evaluator(cfg.model, base_state(cfg, splits), splits, cfg.measure.model_copy(update={"latency_repeats": 1}), threads=torch.get_num_threads(), device="cpu")
     model, result = evaluator.rebuild(spec, plan)
@@ -85,19 +89,30 @@ def export(tracking_uri: str, run_id: str, output: str | Path, tolerance: float 
     return Exported(out, ts, recorded, rebuilt)
 
 
-def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild an exported candidate as an ``nn.Module`` (weights_only loading, no pickled code)."""
+def load_exported(path: str | Path, allow_import: bool = False) -> nn.Module:
+    """Rebuild an exported candidate as an ``nn.Module`` (weights_only loading, no pickled
+    code; an ``import`` model class is refused unless ``allow_import``)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     recipe = json.loads(blob["recipe"])
     if recipe.get("format") != FORMAT:
         raise ExportError(f"{path} is not a prunesearch export (format {recipe.get('format')!r})")
-    base = build_model(ModelConfig.model_validate_json(recipe["model"]).model_copy(update={"checkpoint": None}))
+    model_cfg = ModelConfig.model_validate_json(recipe["model"])
+    _refuse_imports(model_cfg, allow_import, str(path))
+    base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
     if recipe["channels"]:
         from pipeline.structure import shrink
 
         base = shrink(base, {k: torch.tensor(v, dtype=torch.int64) for k, v in recipe["channels"].items()})
     base.load_state_dict(blob["state_dict"])
     return base.eval()
+
+
+def _refuse_imports(model_cfg: ModelConfig, allow: bool, where: str) -> None:
+    if model_cfg.name == "import" and not allow:
+        raise ExportError(
+            f"{where} names model class {model_cfg.import_path!r}; rebuilding it would import and run that code. "
+            "Pass --allow-import (allow_import=True) only if you trust it"
+        )
 
 
 def _artifact(client: MlflowClient, run_id: str, name: str, folder: str) -> str | bytes:

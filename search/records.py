@@ -45,6 +45,8 @@ class Recorder:
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.uri = tracking_uri
+        if tracking_uri.startswith(("http://", "https://")):
+            _check_server(tracking_uri)
         try:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
@@ -81,9 +83,9 @@ class Recorder:
         }
         if result.error:
             tags["error"] = result.error[:5000]
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags)
-        rid = run.info.run_id
+        rid = None
         try:
+            rid = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags).info.run_id
             self.client.log_batch(
                 rid,
                 metrics=[Metric(k, float(v), 0, 0) for k, v in result.metrics.items()] + _knob_metrics(spec),
@@ -91,11 +93,19 @@ class Recorder:
                 tags=[RunTag(f"info.{k}", v[:5000]) for k, v in result.info.items()],
             )
             self._artifacts(rid, result)
-        except Exception:
-            self.client.set_terminated(rid, status="FAILED")
-            raise
-        self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
+            self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
+        except Exception as e:
+            self._discard(rid)  # an incomplete record is no record: resume evaluates the candidate again
+            raise RecordError(f"could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {str(e)[:300]})") from e
         return rid
+
+    def _discard(self, run_id: str | None) -> None:
+        if run_id is None:
+            return
+        try:
+            self.client.delete_run(run_id)
+        except Exception:  # the store is failing; resume deletes runs left RUNNING anyway
+            pass
 
     def _artifacts(self, run_id: str, result: CandidateResult) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -128,6 +138,16 @@ class Recorder:
         for r in stale:
             self.client.delete_run(r.info.run_id)
         return len(stale)
+
+
+def _check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not MLflow's minutes of retries) when a tracking server is down."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as e:
+        raise RecordError(f"the MLflow tracking server at {uri} does not answer ({type(e).__name__}); start it or fix tracking_uri") from None
 
 
 def spec_params(spec: CandidateSpec) -> dict[str, str]:

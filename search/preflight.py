@@ -1,0 +1,63 @@
+"""Checks that need the data and the base model, run before any candidate is evaluated."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.build import apply_plan, plan_candidate
+from pipeline.data import DataError, Splits
+from pipeline.measure import macs
+from pipeline.methods import PruneContext, get_method
+from pipeline.models import build_model
+from pipeline.spec import CandidateSpec
+
+from search.config import ConfigError, SearchConfig
+
+
+def preflight(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a search that cannot work, naming the field.
+
+    Raises:
+        DataError: labels the model cannot output.
+        ConfigError: a MACs constraint no candidate of the space can meet.
+    """
+    if splits.num_classes > cfg.model.num_classes:
+        raise DataError(
+            f"data: labels go up to {splits.num_classes - 1} but model.num_classes is {cfg.model.num_classes}; "
+            "set model.num_classes to the number of classes"
+        )
+    limit = cfg.objective.max_macs_ratio
+    if cfg.objective.mode == "constrained" and limit is not None:
+        lowest = lowest_macs_ratio(cfg, splits, state)
+        if lowest is not None and lowest > limit:
+            raise ConfigError(
+                f"objective.max_macs_ratio: {limit} is below what any candidate of this space can reach "
+                f"(lowest about {lowest:.3f} of dense MACs); raise it or widen space.sparsity / space.macs_ratio"
+            )
+
+
+def lowest_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> float | None:
+    """Effective-MACs ratio of the most aggressive one-shot candidate of the space (magnitude
+    at the top of the sparsity range, or channels at the bottom of the MACs range); None
+    when the space has no one-shot method (sizes are then outcomes of training)."""
+    if not any(get_method(m).target == "sparsity" for m in cfg.space.methods):
+        return None
+    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
+    model.load_state_dict(state)
+    x = splits.val.x[:1]
+    ctx = PruneContext(splits.calib.x, splits.calib.y, splits.train.x, splits.train.y, x, splits.num_classes)
+    dense, _ = macs(model, x)
+    ratios = []
+    for gran in cfg.space.granularity:
+        spec = CandidateSpec(
+            granularity=gran,
+            target_sparsity=cfg.space.sparsity[1] if gran == "unstructured" else None,
+            target_macs_ratio=cfg.space.macs_ratio[0] if gran == "channel" else None,
+            prune_stem=cfg.space.prune_stem,
+            prune_head=cfg.space.prune_head,
+        )
+        try:
+            ratios.append(macs(apply_plan(model, plan_candidate(model, ctx, spec)), x)[1] / dense)
+        except ValueError as e:  # the bottom of the MACs range is itself unreachable
+            raise ConfigError(f"space.macs_ratio: {e}") from None
+    return min(ratios)
