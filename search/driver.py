@@ -22,7 +22,7 @@ from pipeline.data import load_data
 from search.basemodel import base_state
 from search.config import SearchConfig
 from search.pool import EvaluatorPool
-from search.preflight import preflight
+from search.preflight import check_constraint, check_labels
 from search.progress import Progress
 from search.records import Recorder
 from search.report import finish_report
@@ -77,11 +77,12 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
             is evaluated, for bad input; nothing recorded is touched.
     """
     cfg.run_path.mkdir(parents=True, exist_ok=True)
-    splits = load_data(cfg.data)
-    state = base_state(cfg, splits)
-    preflight(cfg, splits, state)
     artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
-    recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)
+    recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)  # fail fast if unreachable
+    splits = load_data(cfg.data)
+    check_labels(cfg, splits)
+    state = base_state(cfg, splits)
+    check_constraint(cfg, splits, state)
     study = open_study(cfg)
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:

@@ -14,18 +14,17 @@ from pipeline.spec import CandidateSpec
 from search.config import ConfigError, SearchConfig
 
 
-def preflight(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> None:
-    """Refuse a search that cannot work, naming the field.
-
-    Raises:
-        DataError: labels the model cannot output.
-        ConfigError: a MACs constraint no candidate of the space can meet.
-    """
+def check_labels(cfg: SearchConfig, splits: Splits) -> None:
+    """Refuse labels the model cannot output (before the base model is built or trained)."""
     if splits.num_classes > cfg.model.num_classes:
         raise DataError(
             f"data: labels go up to {splits.num_classes - 1} but model.num_classes is {cfg.model.num_classes}; "
             "set model.num_classes to the number of classes"
         )
+
+
+def check_constraint(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a MACs constraint that no candidate of the space can meet, naming the field."""
     limit = cfg.objective.max_macs_ratio
     if cfg.objective.mode == "constrained" and limit is not None:
         lowest = lowest_macs_ratio(cfg, splits, state)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -137,7 +138,8 @@ class RayNode:
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this node: those naming its temp dir, and their descendants."""
-        roots = [p for p in psutil.process_iter() if str(self.temp_dir) in _cmdline(p)]
+        mine = re.compile(re.escape(str(self.temp_dir)) + r"(/|\s|$)")
+        roots = [p for p in psutil.process_iter() if mine.search(_cmdline(p))]
         found = {p.pid: p for p in roots}
         for p in roots:
             try:
@@ -159,12 +161,13 @@ class LocalCluster:
     Args:
         base: folder for the temp dirs (short: Ray's socket paths must stay < 108 bytes).
         head_cpus: CPUs the head advertises (the job driver needs none).
+        taken: ports already handed out (shared with an MLflow server).
     """
 
-    def __init__(self, base: Path, head_cpus: int = 1) -> None:
+    def __init__(self, base: Path, head_cpus: int = 1, taken: set[int] | None = None) -> None:
         self.base = base
         self.head_cpus = head_cpus
-        self.taken: set[int] = set()
+        self.taken = taken if taken is not None else set()
         self.nodes: list[RayNode] = []
         self.env = ray_env()
 

@@ -14,10 +14,14 @@ Choices left open by the paper (documented here):
   [0.2, 0.5], fewer than about 200 steps cannot prune anything.
 - Regrowth: ``regrowth_steps`` steps with pressure 0 and the presence lr decaying
   linearly from 1e-3 to 0; the weights keep training at lr 0.01.
+- The pressure term is a mean over all N presence parameters, so it pushes each by
+  gamma / N and the gamma for a given density depends on the model (DigitsCNN, 2000 +
+  200 steps, gamma 0.01: 23 % sparsity at width 16, 16 % at width 32).
 - Mini-batches of 64 training images, BatchNorm in train mode, all seeded by ``spec.seed``.
-- Only the mask is returned (pure mask discovery): the weights trained alongside it are
-  discarded, because a ``PrunePlan`` carries no weights. ``train_presence`` returns them
-  for callers that want them.
+- Only the mask is returned (pure mask discovery); the weights trained alongside it are
+  dropped. On digits they matter only at high sparsity without fine-tuning (width 16,
+  96 % sparse: 90-91 % validation accuracy with base weights, 97-98 % with trained ones,
+  97 % with base weights fine-tuned for the same steps). ``train_presence`` returns them.
 """
 
 from __future__ import annotations
