@@ -13,27 +13,25 @@ as a Ray actor. Contract:
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import time
 import traceback
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from pipeline import measure
 from pipeline.build import apply_plan, plan_candidate
+from pipeline.collapse import bn_output_variance, variance_plot, variance_table
 from pipeline.data import Splits
 from pipeline.layers import prunable_weights
 from pipeline.measure import MeasureConfig
 from pipeline.methods import PruneContext
-from pipeline.plan import PrunePlan
 from pipeline.models import ModelConfig, build_model
-from pipeline.recalibrate import bn_output_variance, recalibrate
+from pipeline.plan import PrunePlan
+from pipeline.recalibrate import recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec
 from pipeline.train import train_classifier
 
@@ -151,13 +149,15 @@ class Evaluator:
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
+        table = variance_table(self._dense_var, var_before, var_after)
         result = CandidateResult(
             spec=spec,
             state="ok",
             metrics=m,
             info=info,
             plan=plan.to_parquet(),
-            diagnostics=_variance_table(self._dense_var, var_before, var_after),
+            diagnostics=table,
+            diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
         )
         return result, model
 
@@ -182,21 +182,6 @@ def _ray_node_id() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # outside Ray there is no node; the host name says where it ran
         return ""
-
-
-def _variance_table(dense: dict[str, float], before: dict[str, float], after: dict[str, float]) -> bytes:
-    """Parquet of the signal-collapse diagnostic: per BatchNorm, pruned/dense output variance."""
-    layers = [n for n in dense if n in before]
-    table = pa.table(
-        {
-            "layer": layers,
-            "var_ratio_before": [before[n] / max(dense[n], 1e-12) for n in layers],
-            "var_ratio_after": [after[n] / max(dense[n], 1e-12) for n in layers],
-        }
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
 
 
 def evaluator_actor(num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3):

@@ -26,12 +26,15 @@ class MeasureConfig(Frozen):
         latency_repeats: timed repetitions (the median is reported), after 3 warm-ups.
         test_accuracy: also score the test split (``test_accuracy``; report only,
             never used for selection).
+        collapse_plot: draw each candidate's signal-collapse PNG in the actor
+            (about 0.1 s of CPU per candidate; the Parquet table is always kept).
     """
 
     eval_batch: int = Field(512, ge=1)
     latency_batch: int = Field(1, ge=1)
     latency_repeats: int = Field(20, ge=1)
     test_accuracy: bool = True
+    collapse_plot: bool = True
 
 
 class NumericsError(RuntimeError):

@@ -72,22 +72,3 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
     dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
     return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
-
-
-@torch.no_grad()
-def bn_output_variance(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Variance of each BatchNorm's output over a fixed batch, eval mode: the signal-collapse probe."""
-    out: dict[str, float] = {}
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, float(o.float().var())))
-        for name, m in batchnorms(model).items()
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        model(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return out

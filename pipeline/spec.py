@@ -101,7 +101,8 @@ class CandidateResult:
     ``metrics`` uses the project's metric names (README, "Metrics"): accuracy values
     are fractions in [0, 1], ``macs`` are multiply-accumulates per image, times are
     seconds, ``latency_ms`` milliseconds per batch. ``plan`` is the Parquet-ready
-    description of what was pruned (see ``pipeline.plan``). ``state`` is
+    description of what was pruned (see ``pipeline.plan``); ``diagnostics`` (Parquet) and ``diagnostics_png`` are the
+    signal-collapse table and plot (``pipeline.collapse``). ``state`` is
     ``"ok"`` or ``"failed"``; a failed result carries ``error``.
     """
 
@@ -111,4 +112,5 @@ class CandidateResult:
     info: Mapping[str, str] = field(default_factory=dict)
     plan: bytes = b""
     diagnostics: bytes = b""
+    diagnostics_png: bytes = b""
     error: str = ""

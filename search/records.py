@@ -10,8 +10,8 @@ Child runs carry:
 - metrics: accuracy, accuracy_before_recal, sparsity, macs, macs_dense, params,
   latency_ms, prune_s, recal_s, eval_s, ... (numbers users sort on);
 - tags: ``mlflow.parentRunId``, ``trial_number``, ``state``, ``error``, ``node``;
-- artifacts: ``plan.parquet`` (masks / kept channels), ``spec.json``,
-  ``bn_variance.parquet`` (signal-collapse diagnostic).
+- artifacts: ``plan.parquet`` (masks / kept channels / trained weights), ``spec.json``,
+  ``bn_variance.parquet`` and ``bn_variance.png`` (the signal-collapse diagnostic).
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ class Recorder:
                 files["plan.parquet"] = result.plan
             if result.diagnostics:
                 files["bn_variance.parquet"] = result.diagnostics
+            if result.diagnostics_png:
+                files["bn_variance.png"] = result.diagnostics_png
             for name, data in files.items():
                 (Path(d) / name).write_bytes(data)
             self.client.log_artifacts(run_id, d)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import optuna
 
 from search import powerlaw
 from search.config import SearchConfig
+from search.plots import population_plot
 from search.query import candidate_rows, pareto_front, to_parquet
 from search.records import Recorder
 
@@ -63,25 +63,3 @@ def fit_curves(rows: list[dict[str, Any]]) -> dict[str, Any]:
         except (ValueError, RuntimeError) as e:
             log.warning("no accuracy fit: %s", e)
     return fits
-
-
-def population_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]]) -> bytes:
-    """PNG: accuracy vs effective MACs (front highlighted) and vs MACs/params ratio."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for method in sorted({r["method"] for r in rows}):
-        sel = [r for r in rows if r["method"] == method]
-        ax1.scatter([r["macs"] for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
-        ax2.scatter([r["macs"] / max(r["params"], 1) for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
-    ax1.plot([r["macs"] for r in front], [r["accuracy"] for r in front], "k-", lw=1, label="Pareto front")
-    ax1.set(xlabel="effective MACs per image", ylabel="validation accuracy", xscale="log")
-    ax2.set(xlabel="MACs / non-zero params", ylabel="validation accuracy")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()

@@ -176,7 +176,8 @@ def submit(
     the logs until the job ends. Returns the exit code (see the module docstring)."""
     from search.config import load_config
 
-    cfg = load_config(config)  # ConfigError (exit 2) before anything is uploaded
+    # ConfigError (exit 2) before anything is uploaded; input paths are paths on the cluster, not here
+    cfg = load_config(config, check_paths=False)
     for w in check_config(cfg):
         print(f"warning: {w}", file=err)
     client = connect(address)
@@ -216,11 +217,12 @@ def follow_job(client: "JobSubmissionClient", job_id: str, out: TextIO, poll_s: 
     Uses the Jobs API's log websocket; if it drops, falls back to polling the full log
     and printing what is new.
     """
-    printed = 0
+    sent = [0]  # characters written by the stream, also when it breaks off
     try:
-        printed = asyncio.run(_tail(client, job_id, out))
+        asyncio.run(_tail(client, job_id, out, sent))
     except Exception as e:  # connection dropped: poll instead
         log.warning("log stream interrupted (%s); polling", str(e)[:200])
+    printed = sent[0]
     while True:
         status = client.get_job_status(job_id)
         logs = client.get_job_logs(job_id)
@@ -233,10 +235,8 @@ def follow_job(client: "JobSubmissionClient", job_id: str, out: TextIO, poll_s: 
         time.sleep(poll_s)
 
 
-async def _tail(client: "JobSubmissionClient", job_id: str, out: TextIO) -> int:
-    n = 0
+async def _tail(client: "JobSubmissionClient", job_id: str, out: TextIO, sent: list[int]) -> None:
     async for chunk in client.tail_job_logs(job_id):
         out.write(chunk)
         out.flush()
-        n += len(chunk)
-    return n
+        sent[0] += len(chunk)
