@@ -24,6 +24,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -98,19 +99,17 @@ def prepare(config: str | Path, working_dir: str | Path = ".", excludes: list[st
     else:  # stage a copy of the working dir with the config inside it
         staged = Path(tempfile.mkdtemp(prefix="prunesearch-submit-"))
         upload = staged / wd.name
-        shutil.copytree(wd, upload, ignore=_ignore(wd, all_excludes), symlinks=True)
         rel = f"{STAGED_DIR}/{cfg_path.name}"
-        (upload / STAGED_DIR).mkdir(exist_ok=True)
-        shutil.copy2(cfg_path, upload / rel)
-    entrypoint = f"python -m search.cli run {_quote(rel)} --quiet"
+        try:
+            shutil.copytree(wd, upload, ignore=_ignore(wd, all_excludes), symlinks=True)
+            (upload / STAGED_DIR).mkdir(exist_ok=True)
+            shutil.copy2(cfg_path, upload / rel)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    entrypoint = f"python -m search.cli run {shlex.quote(rel)} --quiet"
     runtime_env = {"working_dir": str(upload), "excludes": all_excludes, "env_vars": {"PYTHONUNBUFFERED": "1"}}
     return Submission(entrypoint, runtime_env, staged)
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
 
 
 def _excluded(rel: Path, patterns: list[str]) -> bool:

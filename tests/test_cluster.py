@@ -110,6 +110,18 @@ def test_worker_nodes_fit_the_actors_of_the_cluster_search_config():
     assert actors.threads <= actors.num_cpus
 
 
+def test_actors_cannot_write_to_the_stores():
+    """What runs on worker nodes (pipeline/) never imports MLflow or Optuna: the driver is their only writer."""
+    import ast
+
+    offenders = []
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("mlflow", "optuna")]
+    assert offenders == []
+
+
 def test_cluster_search_config_is_ready_for_submission():
     cfg = load_config(SEARCH_YAML, check_paths=False)
     assert check_config(cfg) == []  # joins the job's cluster, absolute run_dir, an MLflow server

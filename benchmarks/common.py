@@ -1,0 +1,229 @@
+"""Helpers shared by the benchmark scripts.
+
+- ``shared_dir`` / ``load_resnet20_cifar``: the shared pretrained ResNet-20 and the exact
+  CIFAR-10 images (``../shared``, overridable), split by ``pipeline.data.load_data`` so
+  calibration and validation images come from ``train_exact.npz`` and the test split is
+  ``test_exact.npz`` (report only).
+- ``make_evaluator``: the pipeline's ``Evaluator`` in-process (no Ray), so a benchmark
+  measures exactly what a search measures.
+- ``plan_accuracy``: accuracy of a result's plan applied to the base model *before*
+  recalibration, on any split (the search records it on validation only).
+- ``machine_info``, ``write_json``, ``md_table``, ``Timer``: reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere: `python benchmarks/methods.py`
+    sys.path.insert(0, str(REPO))
+
+from pipeline import measure  # noqa: E402
+from pipeline.build import apply_plan  # noqa: E402
+from pipeline.data import DataConfig, Split, Splits, load_data  # noqa: E402
+from pipeline.evaluator import Evaluator  # noqa: E402
+from pipeline.measure import MeasureConfig  # noqa: E402
+from pipeline.models import ModelConfig, build_model  # noqa: E402
+from pipeline.plan import PrunePlan  # noqa: E402
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
+RESULTS_DIR = REPO / "benchmarks" / "results"
+TRAIN_NPZ = "data/cifar10/train_exact.npz"
+TEST_NPZ = "data/cifar10/test_exact.npz"
+CHECKPOINT = "models/cifar10_resnet20.th"
+# Normalisation the checkpoint was trained with (shared/data/README.md).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def add_shared_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=DEFAULT_SHARED,
+        help=f"folder holding data/cifar10/*.npz and models/cifar10_resnet20.th (default: {DEFAULT_SHARED})",
+    )
+
+
+@dataclass
+class Assets:
+    """The base model, its config and the data splits of one benchmark run."""
+
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+    base: nn.Module
+    splits: Splits
+
+
+def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int = 0) -> Assets:
+    """The shared ResNet-20 and exact CIFAR-10 splits.
+
+    ``calib_size`` calibration and ``val_size`` validation images are drawn from
+    ``train_exact.npz`` (the rest is the training split for methods that train);
+    the test split is all of ``test_exact.npz``. The split depends on ``calib_size``:
+    keep it fixed across everything that is compared on validation.
+
+    Raises:
+        SystemExit: a shared file is missing (naming it and ``--shared``).
+    """
+    shared = Path(shared).expanduser().resolve()
+    for rel in (TRAIN_NPZ, TEST_NPZ, CHECKPOINT):
+        if not (shared / rel).is_file():
+            raise SystemExit(f"missing {shared / rel}; point --shared at the shared assets folder")
+    model_cfg = ModelConfig(name="cifar_resnet20", num_classes=10, checkpoint=str(shared / CHECKPOINT))
+    data_cfg = DataConfig(
+        name="npz",
+        path=str(shared / TRAIN_NPZ),
+        test_path=str(shared / TEST_NPZ),
+        mean=MEAN,
+        std=STD,
+        calib_size=calib_size,
+        val_size=val_size,
+        seed=seed,
+    )
+    return Assets(model_cfg, data_cfg, build_model(model_cfg), load_data(data_cfg))
+
+
+def make_evaluator(assets: Assets, threads: int, measure_cfg: MeasureConfig | None = None) -> Evaluator:
+    """The pipeline's evaluator on the CPU with ``threads`` torch threads, in this process."""
+    return Evaluator(
+        assets.model_cfg,
+        {k: v.clone() for k, v in assets.base.state_dict().items()},
+        assets.splits,
+        measure_cfg or MeasureConfig(),
+        threads=threads,
+        device="cpu",
+    )
+
+
+def plan_model(evaluator: Evaluator, plan: bytes | PrunePlan) -> nn.Module:
+    """The pruned network of a recorded plan, before recalibration (trained weights, if
+    the plan carries them, included): what ``Evaluator`` builds before it recalibrates."""
+    if isinstance(plan, (bytes, bytearray)):
+        plan = PrunePlan.from_parquet(bytes(plan))
+    return apply_plan(evaluator.base, plan)
+
+
+def plan_accuracy(evaluator: Evaluator, plan: bytes | PrunePlan, split: Split, batch: int = 512) -> float:
+    """Top-1 of the plan's network with the stored (dense) BatchNorm statistics on ``split``."""
+    return measure.accuracy(plan_model(evaluator, plan), split.x, split.y, batch)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:  # read-only query
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when the benchmark ran: CPU, cores, torch version and threads, load."""
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+        "git_commit": git_commit(),
+    }
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+class Timer:
+    """Wall-clock seconds of a ``with`` block: ``with Timer() as t: ...; t.s``."""
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        self.s = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.s = time.perf_counter() - self.t0
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: NaN/Inf become null, tuples lists, paths strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table; ``align`` per column: 'l' or 'r' (default: l for the first)."""
+    header = list(header)
+    align = list(align) if align else ["l"] + ["r"] * (len(header) - 1)
+    sep = [":---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join("" if v is None else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage string, '' for None."""
+    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{digits}f}"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
