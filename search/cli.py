@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-# Before anything imports torch or ray: quiet, offline, and no telemetry.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# No progress bars from MLflow's artifact uploads inside ours (telemetry: search/__init__.py).
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 log = logging.getLogger("prunesearch")
 

@@ -228,9 +228,9 @@ class LocalCluster:
                 if all(n.resource in alive for n in self.nodes):
                     for n in self.nodes:
                         n.node_id = alive[n.resource]
-                    from ray.job_submission import JobSubmissionClient
-
-                    JobSubmissionClient(self.dashboard_url).list_jobs()
+                    # the Jobs API answers (plain HTTP: RAY_ADDRESS in this process must not redirect it)
+                    with urllib.request.urlopen(f"{self.dashboard_url}/api/jobs/", timeout=10) as r:
+                        json.load(r)
                     return
             except Exception as e:  # the dashboard is still starting
                 last = e
