@@ -45,6 +45,7 @@ class SearchOutcome:
     failed: int
     recorded_total: int  # candidates recorded in the study so far (all invocations)
     interrupted: bool
+    loop_s: float = 0.0  # wall seconds from the first candidate submitted to the last recorded (actors ready)
 
 
 def actor_prefix(name: str, parent_id: str) -> str:
@@ -102,14 +103,19 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
     try:
+        ready = pool.wait_ready()
+        if ready < count:
+            log.warning("%d of %d actors ready after 300 s; starting with those (the rest join when placed)", ready, count)
+        t0 = time.monotonic()
         evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
+        loop_s = time.monotonic() - t0
     finally:
         pool.shutdown()
         if started_ray:
             ray.shutdown()
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
-    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted)
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 
 
 def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: EvaluatorPool, quiet: bool) -> tuple[int, int, bool]:

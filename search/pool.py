@@ -123,6 +123,12 @@ class EvaluatorPool:
         """Where each actor runs (waits for actors to start)."""
         return ray.get([a.node.remote() for a in self.actors], timeout=timeout)
 
+    def wait_ready(self, timeout: float = 300) -> int:
+        """Wait until every actor has loaded the model and data (or ``timeout`` s: on an
+        autoscaling cluster some may still be pending); returns how many are ready."""
+        ready, _ = ray.wait([a.node.remote() for a in self.actors], num_returns=len(self.actors), timeout=timeout)
+        return len(ready)
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)

@@ -46,6 +46,8 @@ EXCLUDES = [
     "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build", ".whl", ".gl",
 ]
 STAGED_DIR = ".prunesearch"
+# The job's environment: logs as they come, and no MLflow "View run <url>" line per candidate.
+JOB_ENV = {"PYTHONUNBUFFERED": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 
 
@@ -108,7 +110,7 @@ def prepare(config: str | Path, working_dir: str | Path = ".", excludes: list[st
             shutil.rmtree(staged, ignore_errors=True)
             raise
     entrypoint = f"python -m search.cli run {shlex.quote(rel)} --quiet"
-    runtime_env = {"working_dir": str(upload), "excludes": all_excludes, "env_vars": {"PYTHONUNBUFFERED": "1"}}
+    runtime_env = {"working_dir": str(upload), "excludes": all_excludes, "env_vars": JOB_ENV}
     return Submission(entrypoint, runtime_env, staged)
 
 

@@ -294,6 +294,7 @@ def test_submitted_search_runs_on_both_nodes_and_records_everything_on_the_serve
         job_id = out.stdout.splitlines()[0].strip()
         assert job_id.startswith("raysubmit_") and f"job {job_id} SUCCEEDED" in out.stderr, log
         assert "candidates evaluated (0 failed)" in out.stdout, log  # --follow streamed the job's output
+        assert "View run" not in out.stdout  # no MLflow URL line per candidate in the job's log
 
         info = connect(cluster.dashboard_url).get_job_info(job_id)
         assert info.status.value == "SUCCEEDED"
