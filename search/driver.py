@@ -53,12 +53,25 @@ def actor_prefix(name: str, parent_id: str) -> str:
     return f"prunesearch-{name}-{parent_id[:8]}"
 
 
+def default_actor_count(cfg: SearchConfig, resources: dict[str, float]) -> int:
+    """As many actors as the cluster's CPUs (and GPUs, when actors ask for them) hold now.
+
+    An autoscaling cluster starts with few nodes: set ``actors.count`` there.
+    """
+    fits = [resources.get("CPU", 1) // cfg.actors.num_cpus]
+    if cfg.actors.num_gpus:
+        fits.append(resources.get("GPU", 0) // cfg.actors.num_gpus)
+        if not resources.get("GPU"):
+            log.warning("actors ask for GPUs but the cluster has none yet; starting 1 actor (set actors.count)")
+    return max(1, int(min(fits)))
+
+
 def connect_ray(cfg: SearchConfig) -> bool:
     """Start a local Ray bound to 127.0.0.1, or join ``ray_address``. True if started here."""
     if ray.is_initialized():
         return False
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=False)
+    if cfg.ray_address or os.environ.get("RAY_ADDRESS"):  # a cluster, or a Ray job's driver
+        ray.init(address=cfg.ray_address or None, log_to_driver=False)
         return False
     ray.init(
         num_cpus=os.cpu_count(),
@@ -98,7 +111,7 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
         log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)
 
     started_ray = connect_ray(cfg)
-    count = cfg.actors.count or max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.actors.num_cpus))
+    count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
@@ -139,8 +152,10 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                     trials[trial.number] = trial
                     pool.submit(trial.number, suggest(trial, cfg))
                     remaining -= 1
-                if not pool.inflight:
+                if not pool.busy and (interrupt.requested or remaining <= 0 or time.monotonic() >= deadline):
                     break
+                if not pool.busy and not pool.ready:
+                    _warn_every(60, "no evaluator actor is ready yet (%d pending placement); waiting", len(pool.actors))
                 for number, result in pool.wait(timeout=1.0):
                     trial = trials.pop(number)
                     steered = {"steered": "power-law"} if trial.user_attrs.get("steered") else {}
@@ -154,6 +169,15 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
         finally:
             progress.close()
     return evaluated, failed, interrupt.requested
+
+
+_last_warning = [0.0]
+
+
+def _warn_every(seconds: float, msg: str, *args) -> None:
+    if time.monotonic() - _last_warning[0] >= seconds:
+        _last_warning[0] = time.monotonic()
+        log.warning(msg, *args)
 
 
 class _GracefulInterrupt:

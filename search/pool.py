@@ -1,21 +1,24 @@
 """A pool of evaluator actors with bounded resubmission when an actor dies.
 
-The pool keeps ``queue`` candidates in flight per actor so an actor never waits for
-the driver; it hands back ``(ticket, CandidateResult)`` pairs as they complete. A
-candidate whose actor died (``RayActorError``, a node lost) is resubmitted to the
-least-loaded live actor up to ``max_retries`` times, then returned as a failed
-result: never lost silently, never returned twice.
+Candidates are sent only to actors that have answered (loaded the model and data), at
+most ``queue`` in flight per actor so none waits for the driver; the rest wait in a
+backlog. An actor that dies goes back to "not answered" until Ray restarts it. A
+candidate whose actor died (``RayActorError``, a node lost) goes back to the front of
+the backlog, up to ``max_retries`` times, then is returned as a failed result: never
+lost silently, never returned twice. An actor that cannot be placed (no node has its
+resources) never receives work, so it cannot hold candidates hostage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
 from pipeline.evaluator import evaluator_actor
 from pipeline.spec import CandidateResult, CandidateSpec
@@ -28,8 +31,7 @@ _LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
 class _Job:
     ticket: int
     spec: CandidateSpec
-    actor: int
-    attempts: int = 1
+    attempts: int = 0  # evaluations lost with their actor
     errors: list[str] = field(default_factory=list)
 
 
@@ -66,68 +68,103 @@ class EvaluatorPool:
         ]
         self.queue = queue
         self.max_retries = max_retries
-        self.inflight: dict[ray.ObjectRef, _Job] = {}
+        self.inflight: dict[ray.ObjectRef, tuple[_Job, int]] = {}
+        self.backlog: deque[_Job] = deque()
         self.load = [0] * count
+        self.ready: set[int] = set()
+        self._probes: dict[ray.ObjectRef, int] = {}
+        for i in range(count):
+            self._probe(i)
+
+    def _probe(self, i: int) -> None:
+        """Ask actor ``i`` to answer; it gets work once it has (after placement or restart)."""
+        self.ready.discard(i)
+        self._probes[self.actors[i].node.remote()] = i
+
+    def _refresh(self, timeout: float = 0) -> None:
+        if not self._probes:
+            return
+        done, _ = ray.wait(list(self._probes), num_returns=len(self._probes), timeout=timeout)
+        for ref in done:
+            i = self._probes.pop(ref)
+            try:
+                ray.get(ref)
+                self.ready.add(i)
+            except _LOST:  # died again before answering: ask once more (Ray restarts it)
+                self._probe(i)
 
     @property
     def capacity(self) -> int:
-        """How many more candidates can be submitted now."""
-        return len(self.actors) * self.queue - len(self.inflight)
+        """How many more candidates can be submitted now without waiting in the backlog."""
+        self._refresh()
+        return sum(self.queue - self.load[i] for i in self.ready) - len(self.backlog)
+
+    @property
+    def busy(self) -> bool:
+        """Candidates are in flight or waiting for an actor."""
+        return bool(self.inflight or self.backlog)
 
     def submit(self, ticket: int, spec: CandidateSpec) -> None:
-        self._send(_Job(ticket, spec, actor=self._least_loaded()))
+        self.backlog.append(_Job(ticket, spec))
+        self._dispatch()
 
-    def _least_loaded(self) -> int:
-        return min(range(len(self.actors)), key=lambda i: self.load[i])
-
-    def _send(self, job: _Job) -> None:
-        self.load[job.actor] += 1
-        self.inflight[self.actors[job.actor].evaluate.remote(job.spec)] = job
+    def _dispatch(self) -> None:
+        while self.backlog:
+            free = [i for i in self.ready if self.load[i] < self.queue]
+            if not free:
+                return
+            i = min(free, key=lambda k: self.load[k])
+            job = self.backlog.popleft()
+            self.load[i] += 1
+            self.inflight[self.actors[i].evaluate.remote(job.spec)] = (job, i)
 
     def wait(self, timeout: float | None = None) -> list[tuple[int, CandidateResult]]:
-        """Block until at least one candidate completes (or ``timeout`` s); return those done."""
-        if not self.inflight:
+        """Block until a candidate completes or an actor becomes ready (or ``timeout`` s);
+        return the ``(ticket, result)`` pairs completed."""
+        self._dispatch()
+        refs = list(self.inflight) + list(self._probes)
+        if not refs:
             return []
-        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        self._refresh()
         done = []
         for ref in ready:
-            job = self.inflight.pop(ref)
-            self.load[job.actor] -= 1
-            result = self._collect(ref, job)
+            if ref not in self.inflight:
+                continue
+            job, i = self.inflight.pop(ref)
+            self.load[i] -= 1
+            result = self._collect(ref, job, i)
             if result is not None:
                 done.append((job.ticket, result))
+        self._dispatch()
         return done
 
-    def _collect(self, ref: ray.ObjectRef, job: _Job) -> CandidateResult | None:
+    def _collect(self, ref: ray.ObjectRef, job: _Job, actor: int) -> CandidateResult | None:
         try:
             result = ray.get(ref)
-            if job.attempts == 1:
-                return result
-            return dataclasses.replace(result, info={**result.info, "attempts": str(job.attempts), "lost": "; ".join(job.errors)[:2000]})
         except _LOST as e:
-            job.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-            if job.attempts <= self.max_retries:
-                log.warning("actor %d lost candidate %d; resubmitting (attempt %d)", job.actor, job.ticket, job.attempts + 1)
+            if actor in self.ready:
+                self._probe(actor)  # no more work for it until it answers again
+            # a call refused by an actor that is restarting never ran: it does not count
+            if not isinstance(e, ActorUnavailableError) or "restarting" not in str(e):
                 job.attempts += 1
-                # prefer another actor: the dead one may be restarting or gone with its node
-                self.load[job.actor] += 1000
-                job_actor, job.actor = job.actor, self._least_loaded()
-                self.load[job_actor] -= 1000
-                self._send(job)
+                job.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            if job.attempts <= self.max_retries:
+                log.warning("actor %d lost candidate %d; resubmitting (retry %d)", actor, job.ticket, job.attempts)
+                self.backlog.appendleft(job)
                 return None
             return CandidateResult(spec=job.spec, state="failed", error=f"actor lost {job.attempts} times: {'; '.join(job.errors)}")
         except RayTaskError as e:  # the evaluator itself raised (it should return failures instead)
             return CandidateResult(spec=job.spec, state="failed", error=str(e)[:2000])
-
-    def nodes(self, timeout: float = 60) -> list[dict[str, Any]]:
-        """Where each actor runs (waits for actors to start)."""
-        return ray.get([a.node.remote() for a in self.actors], timeout=timeout)
+        if not job.attempts:
+            return result
+        return dataclasses.replace(result, info={**result.info, "attempts": str(job.attempts + 1), "lost": "; ".join(job.errors)[:2000]})
 
     def wait_ready(self, timeout: float = 300) -> int:
         """Wait until every actor has loaded the model and data (or ``timeout`` s: on an
         autoscaling cluster some may still be pending); returns how many are ready."""
-        ready, _ = ray.wait([a.node.remote() for a in self.actors], num_returns=len(self.actors), timeout=timeout)
-        return len(ready)
+        self._refresh(timeout)
+        return len(self.ready)
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -273,7 +273,7 @@ class MlflowServer:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 180) -> "MlflowServer":
         self.base.mkdir(parents=True, exist_ok=True)
         cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{self.base / 'mlflow.db'}", "--artifacts-destination", str(self.artifacts)]

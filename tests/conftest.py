@@ -49,3 +49,35 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def search_config(tmp_path, name: str, trials: int, **over):
+    """A small digits search in ``tmp_path``: 2 actors, a quickly trained base model."""
+    from search.config import parse_config
+
+    base = {
+        "name": name,
+        "run_dir": str(tmp_path / "run"),
+        "budget": {"trials": trials},
+        "actors": {"count": 2},
+        "base_training": {"steps": 150},
+        "measure": {"latency_repeats": 3},
+    }
+    return parse_config({**base, **over})
+
+
+def candidate_runs(cfg) -> tuple:
+    """(MlflowClient, candidate runs) of ``cfg``'s experiment; no runs before the store exists.
+
+    The driver writes the Optuna journal only after creating the MLflow store, so reading
+    earlier would race the store's schema migrations.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    if not (cfg.run_path / "optuna.journal").exists():
+        return client, []
+    exp = client.get_experiment_by_name(cfg.name)
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from mlflow.tracking import MlflowClient
 
+from conftest import candidate_runs
 from search.config import load_config
 from search.driver import actor_prefix, run_search
 
@@ -38,15 +38,8 @@ def _write_cfg(tmp_path: Path, trials: int, **extra) -> Path:
     return path
 
 
-def _records(uri: str) -> list:
-    # the driver writes the Optuna journal only after creating the MLflow store: reading earlier races its migrations
-    if not (Path(uri.removeprefix("sqlite:///")).parent / "optuna.journal").exists():
-        return []
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("faults")
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
+def _records(cfg) -> list:
+    return candidate_runs(cfg)[1]
 
 
 def _assert_each_trial_once(runs, budget):
@@ -85,18 +78,18 @@ def test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path,
     )
     try:
         deadline = time.monotonic() + 180
-        while len(_records(cfg.resolved_tracking_uri())) < 3:
+        while len(_records(cfg)) < 3:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the search recorded nothing in 180 s"
             time.sleep(0.2)
     finally:
         _kill_tree(proc.pid, ray_tmp)
         proc.wait(timeout=30)
-    before = _records(cfg.resolved_tracking_uri())
+    before = _records(cfg)
     assert 3 <= len(before) < budget, "the kill did not land mid-search"
 
     out = run_search(cfg, quiet=True)  # the same config again resumes
-    runs = _records(cfg.resolved_tracking_uri())
+    runs = _records(cfg)
     _assert_each_trial_once(runs, budget)
     assert {r.info.run_id for r in before if r.info.status != "RUNNING"} <= {r.info.run_id for r in runs}
     assert out.recorded_total == budget
@@ -110,9 +103,9 @@ def test_actor_killed_mid_search_loses_no_candidate(tmp_path, ray_local):
 
     def killer():
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(_records(cfg.resolved_tracking_uri())) < 2:
+        while time.monotonic() < deadline and len(_records(cfg)) < 2:
             time.sleep(0.1)
-        runs = _records(cfg.resolved_tracking_uri())
+        runs = _records(cfg)
         if runs:
             parent = runs[0].data.tags["mlflow.parentRunId"]
             actor = ray.get_actor(f"{actor_prefix(cfg.name, parent)}-0")
@@ -124,7 +117,7 @@ def test_actor_killed_mid_search_loses_no_candidate(tmp_path, ray_local):
     out = run_search(cfg, quiet=True)
     t.join(timeout=5)
     assert killed, "the actor was never killed"
-    runs = _records(cfg.resolved_tracking_uri())
+    runs = _records(cfg)
     _assert_each_trial_once(runs, budget)
     assert out.evaluated == budget and out.failed == 0
     # the candidates the dead actor held were evaluated again elsewhere, and say so

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.data import DataConfig, load_data
@@ -22,6 +21,7 @@ from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, register_model
 from pipeline.spec import CandidateSpec
+from conftest import candidate_runs, search_config
 from search.cli import main
 from search.config import load_config, parse_config
 from search.driver import run_search
@@ -108,17 +108,10 @@ def test_unreachable_macs_constraint_is_refused(tmp_path, capsys):
     assert "objective.max_macs_ratio: 0.05 is below what any candidate" in capsys.readouterr().err
 
 
-def _runs(cfg):
-    client = MlflowClient(cfg.resolved_tracking_uri())
-    exp = client.get_experiment_by_name(cfg.name)
-    return client, client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
-
-
 @pytest.mark.slow
 def test_disk_full_for_artifacts_stops_cleanly_and_resumes(tmp_path, ray_local):
     budget = 24
-    cfg = parse_config({"name": "diskfull", "run_dir": str(tmp_path / "run"), "budget": {"trials": budget},
-                        "actors": {"count": 2}, "base_training": {"steps": 100}, "measure": {"latency_repeats": 2}})
+    cfg = search_config(tmp_path, "diskfull", budget, base_training={"steps": 100}, measure={"latency_repeats": 2})
     art = cfg.run_path / "artifacts"
     art.mkdir(parents=True)
     # a real full disk: a 256 KiB tmpfs under the artifact store (about 15 candidates fit)
@@ -126,13 +119,13 @@ def test_disk_full_for_artifacts_stops_cleanly_and_resumes(tmp_path, ray_local):
     try:
         with pytest.raises(RecordError, match="No space left on device"):
             run_search(cfg, quiet=True)
-        client, runs = _runs(cfg)
+        client, runs = candidate_runs(cfg)
         assert 0 < len(runs) < budget and all(r.info.status == "FINISHED" for r in runs)
         for r in runs:  # what was recorded is complete
             assert "plan.parquet" in {f.path for f in client.list_artifacts(r.info.run_id)}
         subprocess.run(["mount", "-o", "remount,size=64m", str(art)], check=True)  # space freed
         out = run_search(cfg, quiet=True)
-        _, runs = _runs(cfg)
+        _, runs = candidate_runs(cfg)
         numbers = [int(r.data.tags["trial_number"]) for r in runs]
         assert len(numbers) == len(set(numbers)) and out.recorded_total == budget
         assert sum(r.data.tags["state"] == "ok" for r in runs) == budget
@@ -154,8 +147,7 @@ def test_ctrl_c_finishes_in_flight_candidates_and_resumes(tmp_path, ray_local):
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
-        # the journal appears once the driver has created the MLflow store; reading earlier would race its migrations
-        while not (cfg.run_path / "optuna.journal").exists() or len(_runs(cfg)[1]) < 2:
+        while len(candidate_runs(cfg)[1]) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
@@ -164,11 +156,11 @@ def test_ctrl_c_finishes_in_flight_candidates_and_resumes(tmp_path, ray_local):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", ray_tmp], check=False)
-    client, runs = _runs(cfg)
+    client, runs = candidate_runs(cfg)
     assert 2 <= len(runs) < budget and all(r.info.status in ("FINISHED", "FAILED") for r in runs)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
     out = run_search(cfg, quiet=True)
-    _, runs = _runs(cfg)
+    _, runs = candidate_runs(cfg)
     numbers = [int(r.data.tags["trial_number"]) for r in runs]
     assert len(numbers) == len(set(numbers)) and out.recorded_total == budget

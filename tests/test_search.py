@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
-from search.config import parse_config
+from conftest import candidate_runs, search_config
 from search.driver import run_search
 from search.study import RUN_ID_ATTR
 
@@ -14,21 +13,7 @@ METRICS = {"accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense"
 
 
 def _cfg(tmp_path, trials, **over):
-    base = {
-        "name": "itest",
-        "run_dir": str(tmp_path / "run"),
-        "budget": {"trials": trials},
-        "actors": {"count": 2},
-        "base_training": {"steps": 150},
-        "measure": {"latency_repeats": 3},
-    }
-    return parse_config({**base, **over})
-
-
-def _children(cfg):
-    client = MlflowClient(cfg.resolved_tracking_uri())
-    exp = client.get_experiment_by_name(cfg.name)
-    return client, client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
+    return search_config(tmp_path, "itest", trials, **over)
 
 
 @pytest.mark.slow
@@ -37,7 +22,7 @@ def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
     out = run_search(cfg, quiet=True)
     assert (out.evaluated, out.failed, out.recorded_total) == (8, 0, 8)
 
-    client, runs = _children(cfg)
+    client, runs = candidate_runs(cfg)
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(8))
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -57,7 +42,7 @@ def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
     # the same command with a larger budget resumes: 4 new trials, none repeated
     out2 = run_search(_cfg(tmp_path, 12), quiet=True)
     assert out2.parent_run_id == out.parent_run_id and out2.evaluated == 4 and out2.recorded_total == 12
-    _, runs2 = _children(cfg)
+    _, runs2 = candidate_runs(cfg)
     assert sorted(int(r.data.tags["trial_number"]) for r in runs2) == list(range(12))
     assert run_ids < {r.info.run_id for r in runs2}
     parent = client.get_run(out.parent_run_id)
