@@ -97,19 +97,7 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     check_labels(cfg, splits)
     state = base_state(cfg, splits)
     check_constraint(cfg, splits, state)
-    study = open_study(cfg)
-    parent_id = study.user_attrs.get("parent_run_id")
-    if parent_id is None:
-        parent_id = recorder.start_parent(None, cfg.name, {"run_path": str(cfg.run_path), "sampler": cfg.sampler.name})
-        # the exact config, as data: export rebuilds candidates from it
-        recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
-        study.set_user_attr("parent_run_id", parent_id)
-    else:
-        recorder.start_parent(parent_id, cfg.name, {})
-    told, requeued = repair(study, cfg, recorder, parent_id)
-    if told or requeued:
-        log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)
-
+    study, parent_id = _open_study_and_parent(cfg, recorder)
     started_ray = connect_ray(cfg)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
@@ -122,6 +110,9 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
         t0 = time.monotonic()
         evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
         loop_s = time.monotonic() - t0
+    except BaseException:
+        _try(recorder.finish_parent, parent_id, "FAILED")  # the store itself may be what failed
+        raise
     finally:
         pool.shutdown()
         if started_ray:
@@ -129,6 +120,30 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder):
+    """The study and its MLflow parent run, created or reopened, and repaired after a killed driver."""
+    study = open_study(cfg)
+    parent_id = study.user_attrs.get("parent_run_id")
+    if parent_id is None:
+        parent_id = recorder.start_parent(None, cfg.name, {"run_path": str(cfg.run_path), "sampler": cfg.sampler.name})
+        # the exact config, as data: export rebuilds candidates from it
+        recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
+        study.set_user_attr("parent_run_id", parent_id)
+    else:
+        recorder.start_parent(parent_id, cfg.name, {})
+    told, requeued = repair(study, cfg, recorder, parent_id)
+    if told or requeued:
+        log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)
+    return study, parent_id
+
+
+def _try(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as e:  # best effort while already failing
+        log.debug("%s failed: %s", getattr(fn, "__name__", fn), e)
 
 
 def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: EvaluatorPool, quiet: bool) -> tuple[int, int, bool]:
