@@ -73,14 +73,24 @@ def connect_ray(cfg: SearchConfig) -> bool:
     if cfg.ray_address or os.environ.get("RAY_ADDRESS"):  # a cluster, or a Ray job's driver
         ray.init(address=cfg.ray_address or None, log_to_driver=False)
         return False
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    start_local_ray(num_cpus=os.cpu_count())
     return True
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A single-node Ray whose every process (GCS, raylet, agents, workers) listens on
+    127.0.0.1 only.
+
+    ``_node_ip_address="127.0.0.1"`` alone is not enough: while multi-node support is on,
+    Ray rewrites loopback addresses into the machine's network address and its services
+    listen on all interfaces. A local search needs no other node, so multi-node support
+    is switched off for this process and the ones it starts.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by Ray's processes
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
 
 
 def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:

@@ -46,7 +46,9 @@ def ray_local():
     """A real local Ray with 2 CPUs on 127.0.0.1, shut down after the session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    from search.driver import start_local_ray
+
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -164,3 +164,29 @@ def test_ctrl_c_finishes_in_flight_candidates_and_resumes(tmp_path, ray_local):
     _, runs = candidate_runs(cfg)
     numbers = [int(r.data.tags["trial_number"]) for r in runs]
     assert len(numbers) == len(set(numbers)) and out.recorded_total == budget
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    import ipaddress
+
+    import psutil
+
+    listening = set()
+    for proc in [psutil.Process()] + psutil.Process().children(recursive=True):
+        try:
+            listening |= {(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    assert any("gcs" in name or "raylet" in name for name, _ in listening), listening
+    exposed = {(n, ip) for n, ip in listening if not ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback}
+    assert exposed == set(), f"Ray services listening beyond loopback: {exposed}"
+
+
+def test_corrupt_checkpoint_is_refused_by_the_cli(tmp_path, capsys):
+    ckpt = tmp_path / "model.th"
+    ckpt.write_bytes(b"not a checkpoint at all")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "model": {"name": "digits_cnn", "checkpoint": str(ckpt)}}))
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "error:" in err
