@@ -66,3 +66,22 @@ def test_cli_best_unknown_experiment_is_a_clear_error(store, capsys):
 def test_pareto_front_drops_dominated_rows():
     rows = [{"accuracy": a, "macs": m, "trial": i} for i, (a, m) in enumerate([(0.9, 10), (0.9, 12), (0.8, 5), (0.95, 20), (0.7, 6)])]
     assert [r["trial"] for r in pareto_front(rows)] == [2, 0, 3]
+
+
+def test_cli_curves_fits_and_predicts_pressure(tmp_path, capsys):
+    import math
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rec = Recorder(uri, "curves", artifact_location=(tmp_path / "art").as_uri())
+    parent = rec.start_parent(None, "curves", {})
+    for i, g in enumerate([0.01, 0.03, 0.1, 0.3, 1.0, 3.0]):
+        density = 0.1 * g ** -(0.9 + 0.05 * math.log(g))
+        spec = CandidateSpec(method="hyperflows", target_sparsity=None, knobs={"pressure": g})
+        metrics = {"accuracy": 0.9, "macs": 100.0, "sparsity": 1 - min(density, 1.0), "params": 1.0}
+        rec.record(parent, i, CandidateResult(spec=spec, state="ok", metrics=metrics))
+    assert main(["curves", "--tracking-uri", uri, "--experiment", "curves", "--target-sparsity", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "a0=0.9" in out
+    line = next(l for l in out.splitlines() if l.startswith("pressure for sparsity 0.900"))
+    gamma = float(line.split(":")[1].split()[0])
+    assert gamma == pytest.approx(1.0, rel=0.02)  # the curve above reaches density 0.1 at gamma = 1

@@ -60,8 +60,10 @@ def test_export_rebuilds_the_recorded_candidate(tmp_path, ray_local):
     from search.export import export, load_exported
     from search.query import best
 
-    cfg = _cfg(tmp_path, 4, space={"sparsity": [0.85, 0.95]})
+    # constrained single-objective mode: most accurate candidate with at most 30 % of dense MACs
+    cfg = _cfg(tmp_path, 4, space={"sparsity": [0.85, 0.95]}, objective={"mode": "constrained", "max_macs_ratio": 0.3})
     out = run_search(cfg, quiet=True)
+    assert out.evaluated == 4 and out.failed == 0
     top = best(out.tracking_uri, cfg.name, top=1)[0]
     exported = export(out.tracking_uri, top["run_id"], tmp_path / "exp" / "best.pt")
     assert exported.rebuilt_accuracy == pytest.approx(top["accuracy"], abs=1e-9)
