@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from search.config import SearchConfig
 
@@ -46,18 +46,12 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
 def make_sampler(cfg: SearchConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
     s = cfg.sampler
     seed = s.seed + offset
-    constraints = _constraints if cfg.objective.mode == "constrained" else None
+    # constraints reach the samplers through Trial.set_constraint (see ``tell``)
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, s.startup_trials), constraints_func=constraints)
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True, constraints_func=constraints
-    )
-
-
-def _constraints(trial: FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("constraints", [0.0])
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, s.startup_trials))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials, multivariate=True, constant_liar=True)
 
 
 def objective_values(cfg: SearchConfig, m: dict[str, float]) -> list[float]:
@@ -65,15 +59,15 @@ def objective_values(cfg: SearchConfig, m: dict[str, float]) -> list[float]:
     return [m["accuracy"], m["macs"]] if cfg.objective.mode == "pareto" else [m["accuracy"]]
 
 
-def constraint_values(cfg: SearchConfig, metrics: dict[str, float]) -> list[float]:
-    """Optuna constraint values (<= 0 is feasible) for constrained mode."""
+def constraint_values(cfg: SearchConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """Optuna constraint values by name (<= 0 is feasible) for constrained mode."""
     o = cfg.objective
-    vals = []
+    vals = {}
     if o.max_macs_ratio is not None:
-        vals.append(metrics["macs_ratio"] - o.max_macs_ratio)
+        vals["max_macs_ratio"] = metrics["macs_ratio"] - o.max_macs_ratio
     if o.min_sparsity is not None:
-        vals.append(o.min_sparsity - metrics["sparsity"])
-    return vals or [0.0]
+        vals["min_sparsity"] = o.min_sparsity - metrics["sparsity"]
+    return vals
 
 
 def tell(study: optuna.Study, cfg: SearchConfig, trial: optuna.Trial, run_id: str, state: str, metrics: dict[str, float]) -> None:
@@ -84,7 +78,8 @@ def tell(study: optuna.Study, cfg: SearchConfig, trial: optuna.Trial, run_id: st
             study.tell(trial, state=TrialState.FAIL)
             return
         if cfg.objective.mode == "constrained":
-            trial.set_user_attr("constraints", constraint_values(cfg, metrics))
+            for name, value in constraint_values(cfg, metrics).items():
+                trial.set_constraint(name, value)
         study.tell(trial, objective_values(cfg, metrics))
     except RuntimeError as e:  # optuna refuses to tell a finished trial twice
         log.warning("trial %d: repeated completion ignored (%s)", trial.number, e)
