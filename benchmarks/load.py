@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+# The repository first on sys.path: this folder's search.py would shadow the search package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,6 +39,7 @@ def main() -> None:
     cfg = parse_config({
         "name": "load", "run_dir": run_dir, "budget": {"trials": args.trials}, "actors": {"count": args.actors},
         "sampler": {"name": "random"}, "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
+        "base_training": {"steps": 150},  # the base model's quality does not matter here
     })
     samples: list[dict] = []
     stop = threading.Event()

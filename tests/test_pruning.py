@@ -102,3 +102,12 @@ def test_random_is_seeded_and_differs_from_magnitude(digits_model, ctx):
     c = plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=0.5))
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert any(not torch.equal(a.masks[k], c.masks[k]) for k in a.masks)
+
+
+def test_scores_are_computed_once_per_actor_not_per_candidate(digits_model, ctx):
+    for seed, sparsity in enumerate([0.5, 0.6, 0.7, 0.8, 0.9]):
+        plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=sparsity, seed=seed))
+    assert len(ctx.cache) == 1  # one set of magnitude scores served five candidates
+    for seed in range(40):  # seeded scores are bounded, not one entry per candidate forever
+        plan_candidate(digits_model, ctx, CandidateSpec(method="random", target_sparsity=0.5, seed=seed))
+    assert len(ctx.cache) <= ctx.cache.maxsize

@@ -16,6 +16,7 @@ Two shapes of method exist:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Literal
 
@@ -51,7 +52,8 @@ class PruneContext:
         train_x, train_y: training images and labels, for methods that train.
         example_input: one image batch (1, C, H, W) for tracing and MACs.
         num_classes: number of classes.
-        cache: per-actor cache shared across candidates (importance scores, graphs).
+        cache: per-actor cache shared across candidates (importance scores, graphs),
+            bounded: the least recently used entries go first.
     """
 
     calib_x: torch.Tensor
@@ -60,7 +62,27 @@ class PruneContext:
     train_y: torch.Tensor
     example_input: torch.Tensor
     num_classes: int
-    cache: dict[Hashable, Any] = field(default_factory=dict)
+    cache: "BoundedCache" = field(default_factory=lambda: BoundedCache(32))
+
+
+class BoundedCache(OrderedDict):
+    """A dict that keeps its ``maxsize`` most recently used entries (an actor lives for
+    hundreds of candidates; seeded or knob-dependent scores must not pile up)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __getitem__(self, key: Hashable) -> Any:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
 
 
 class PruningMethod(ABC):
@@ -114,10 +136,15 @@ class ImportanceMethod(PruningMethod):
     allocates = True
     #: knobs that change the scores (others only change selection)
     score_knobs: ClassVar[tuple[str, ...]] = ()
+    #: whether the scores depend on the candidate's seed (random scores do)
+    seeded: ClassVar[bool] = False
 
     def cache_key(self, spec: "CandidateSpec") -> Hashable:
+        """Candidates with equal keys share scores: every candidate's own seed in the key
+        would defeat the cache (and grow it by one set of scores per candidate)."""
         knobs = tuple((k, self.knob(spec, k)) for k in self.score_knobs)
-        return (self.name, spec.granularity, spec.prune_stem, spec.prune_head, knobs, spec.seed)
+        seed = spec.seed if self.seeded else None
+        return (self.name, spec.granularity, spec.prune_stem, spec.prune_head, knobs, seed)
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         """Parameter name -> score of each weight (higher = more important)."""

@@ -19,6 +19,7 @@ class Random(ImportanceMethod):
     """Uniform random scores, seeded by the candidate's ``seed``."""
 
     granularities = ("unstructured", "channel")
+    seeded = True
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(spec.seed)
