@@ -110,7 +110,7 @@ class BenchConfig:
             probe_sparsities=(0.8,),
             screening_weights_unstructured=(0.1,),
             screening_weights_channel=(0.25,),
-            hyperflows_runs=((40.0, 210, 10),),
+            hyperflows_runs=((40.0, 30, 5),),  # exercises the code path; prunes nothing this early
             ocs_knobs={"epochs": 4, "steps_per_epoch": 5, "stability": 0.9, "max_prune_fraction": 0.6},
             recipe_recal_points=(0.8,),
             latency_repeats=5,
@@ -308,6 +308,7 @@ def training_budget(ev: Evaluator, spec: CandidateSpec, wall_s: float) -> dict[s
         batch = OCS_BATCH
     return {
         "optimizer_steps": steps,
+        "knobs_with_defaults": {k: method.knob(spec, k) for k in method.knobs if k in spec.knobs or method.knobs[k].default is not None},
         "batch": batch,
         "images_seen": steps * batch,
         "train_images": len(ev.splits.train),
@@ -864,7 +865,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with Timer() as t:
         assets = common.load_resnet20_cifar(args.shared, cfg.calib_size, cfg.val_size, cfg.seed)
-        ev = common.make_evaluator(assets, cfg.threads, MeasureConfig(latency_batch=1, latency_repeats=cfg.latency_repeats))
+        ev = common.make_evaluator(assets, cfg.threads, MeasureConfig(latency_batch=1, latency_repeats=cfg.latency_repeats, collapse_plot=False))
         if args.cache:
             ev = ResultCache(ev, args.cache)  # type: ignore[assignment]
     phases["load"] = t.s

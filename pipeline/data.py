@@ -72,10 +72,12 @@ class Splits:
     val: Split
     test: Split
     num_classes: int
+    black: tuple[float, ...] | None = None  # a black pixel after normalisation, per channel
 
     def to(self, device: torch.device | str) -> "Splits":
         """The same splits with every tensor on ``device``."""
-        return Splits(self.train.to(device), self.calib.to(device), self.val.to(device), self.test.to(device), self.num_classes)
+        return Splits(self.train.to(device), self.calib.to(device), self.val.to(device), self.test.to(device),
+                      self.num_classes, self.black)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -136,6 +138,7 @@ def load_data(cfg: DataConfig) -> Splits:
         val=Split(norm(tx[val]), torch.from_numpy(ty[val])),
         test=Split(norm(ex), torch.from_numpy(ey)),
         num_classes=num_classes,
+        black=tuple(float(v) for v in -np.divide(*_mean_std(cfg, tx.shape[-1]))),
     )
 
 
@@ -152,11 +155,16 @@ def _validate(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.
     return x, y.astype(np.int64)
 
 
-def _normaliser(cfg: DataConfig, channels: int) -> Callable[[np.ndarray], torch.Tensor]:
+def _mean_std(cfg: DataConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
     mean = np.array(cfg.mean if cfg.mean is not None else [0.5] * channels, dtype=np.float32)
     std = np.array(cfg.std if cfg.std is not None else [0.5] * channels, dtype=np.float32)
     if len(mean) != channels or len(std) != channels:
         raise DataError(f"data.mean/std: need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+    return mean, std
+
+
+def _normaliser(cfg: DataConfig, channels: int) -> Callable[[np.ndarray], torch.Tensor]:
+    mean, std = _mean_std(cfg, channels)
 
     def norm(x: np.ndarray) -> torch.Tensor:
         xf = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)

@@ -124,7 +124,7 @@ class Evaluator:
         m["accuracy_before_recal"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
         var_before = bn_output_variance(model, self._probe)
         stored = {k: v.clone() for k, v in model.state_dict().items()}
-        recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed)
+        recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
         m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch) if recalibrated else m["accuracy_before_recal"]
         if recalibrated and spec.recal.keep_better and m["accuracy"] < m["accuracy_before_recal"]:
             model.load_state_dict(stored)  # the stored statistics scored higher: keep them

@@ -9,8 +9,10 @@ images undoes it without touching a single weight (methods.md, section 1).
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -23,7 +25,9 @@ def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: int = 0) -> bool:
+def recalibrate(
+    model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: int = 0, black: Sequence[float] | None = None
+) -> bool:
     """Recompute the running statistics of every BatchNorm of ``model`` in place.
 
     Args:
@@ -32,6 +36,9 @@ def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: i
             ``spec.images`` are used.
         spec: number of images, batch size, cumulative or EMA, augmentation.
         seed: seeds the augmentation.
+        black: a black pixel after normalisation, per channel (``Splits.black``): the
+            augmentation pads with it, as the training recipe padded raw pixels with 0.
+            None pads with 0 (the mean pixel).
 
     Returns:
         False (with a warning) when the model has no BatchNorm, so nothing was done.
@@ -58,7 +65,7 @@ def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: i
     try:
         for i in range(0, len(x), spec.batch_size):
             xb = x[i : i + spec.batch_size]
-            model(_augment(xb, g) if spec.augment else xb)
+            model(augment(xb, g, spec.pad, black) if spec.augment else xb)
     finally:
         for n, m in bns.items():
             m.momentum = saved[n]
@@ -66,9 +73,18 @@ def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: i
     return True
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to 2 pixels (the CIFAR training recipe)."""
-    flip = torch.rand(len(x), generator=g) < 0.5
-    x = torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
-    dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
-    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+def augment(x: torch.Tensor, g: torch.Generator, pad: int, black: Sequence[float] | None = None) -> torch.Tensor:
+    """Per-image random horizontal flips and random (H, W) crops of ``x`` (N, C, H, W)
+    padded by ``pad`` pixels of ``black`` on every side."""
+    n, c, h, w = x.shape
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if pad == 0:
+        return x
+    fill = torch.zeros(c, device=x.device, dtype=x.dtype) if black is None else torch.tensor(black, device=x.device, dtype=x.dtype)
+    padded = F.pad(x - fill[:, None, None], (pad, pad, pad, pad)) + fill[:, None, None]
+    dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 2 * pad)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
+    return cropped.gather(3, cols)

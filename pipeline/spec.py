@@ -33,8 +33,10 @@ class RecalSpec(Frozen):
             batches (momentum=None); ``ema`` keeps the statistics and updates them
             with ``momentum``.
         momentum: EMA momentum, used only when ``mode == "ema"``.
-        augment: random horizontal flip and 2-pixel shifts of calibration images
-            (the stored statistics of CIFAR checkpoints come from augmented images).
+        augment: per-image random horizontal flips and random crops of the image
+            padded by ``pad`` black pixels: the CIFAR training recipe the stored
+            statistics came from, black borders included.
+        pad: border of the augmentation's crops, pixels (4 is the CIFAR recipe).
         keep_better: after recalibrating, compare with the stored statistics on
             the validation split and keep whichever scores higher.
     """
@@ -44,6 +46,7 @@ class RecalSpec(Frozen):
     mode: Literal["cumulative", "ema"] = "cumulative"
     momentum: float = Field(0.1, gt=0, le=1)
     augment: bool = False
+    pad: int = Field(4, ge=0)
     keep_better: bool = False
 
 

@@ -163,6 +163,7 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "recal_images": str(spec.recal.images),
         "recal_mode": spec.recal.mode,
         "recal_augment": str(spec.recal.augment),
+        "recal_pad": str(spec.recal.pad),
         "finetune_steps": str(spec.finetune_steps),
         "seed": str(spec.seed),
         "spec": spec.to_json(),

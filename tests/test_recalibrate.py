@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.measure import accuracy
-from pipeline.recalibrate import batchnorms, recalibrate
+from pipeline.recalibrate import augment, batchnorms, recalibrate
 from pipeline.spec import CandidateSpec, RecalSpec
 
 
@@ -64,3 +64,42 @@ def test_model_without_batchnorm_is_skipped_with_a_warning():
         warnings.simplefilter("always")
         assert recalibrate(model, torch.randn(8, 1, 8, 8), RecalSpec()) is False
     assert any("no BatchNorm" in str(x.message) for x in w)
+
+
+def test_augment_crops_each_image_from_a_black_padded_copy():
+    black = (-2.0, -1.0, -0.5)
+    n, pad = 64, 4
+    x = 10 + torch.arange(n * 3 * 8 * 8, dtype=torch.float32).reshape(n, 3, 8, 8)  # unique, never black
+    out = augment(x, torch.Generator().manual_seed(0), pad=pad, black=black)
+    assert out.shape == x.shape
+    offsets = set()
+    for i in range(n):
+        border = out[i] < 10
+        assert torch.equal(out[i][border], torch.tensor(black)[:, None, None].expand(3, 8, 8)[border])
+        matches = []
+        for img in (x[i], x[i].flip(-1)):
+            padded = torch.nn.functional.pad(img + 100, (pad,) * 4) - 100  # -100 marks the border
+            for dy in range(2 * pad + 1):
+                for dx in range(2 * pad + 1):
+                    crop = padded[:, dy : dy + 8, dx : dx + 8]
+                    if torch.equal(torch.where(crop == -100, out[i], crop), out[i]) and torch.equal(crop == -100, border):
+                        matches.append((dy, dx))
+        assert len(matches) == 1, f"image {i}: not a crop of its padded (flipped) source"
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # one offset per image, not one per batch
+
+
+def test_augment_without_pad_only_flips():
+    x = torch.randn(32, 1, 5, 5)
+    out = augment(x, torch.Generator().manual_seed(1), pad=0)
+    flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(len(x))]
+    assert all(flipped[i] or torch.equal(out[i], x[i]) for i in range(len(x)))
+    assert 0 < sum(flipped) < len(x)
+
+
+def test_splits_know_the_normalised_black_pixel():
+    from pipeline.data import DataConfig, load_data
+
+    s = load_data(DataConfig(name="digits", mean=(0.25,), std=(0.5,), calib_size=32, val_size=32, test_size=32))
+    assert s.black == (-0.5,)
+    assert s.to("cpu").black == (-0.5,)
