@@ -83,17 +83,16 @@ class BenchConfig:
     screening_weights_unstructured: tuple[float, ...] = (0.05, 0.1)
     screening_weights_channel: tuple[float, ...] = (0.25, 0.5)
     # hyperflows: (pressure, steps, regrowth_steps) runs; each row is reported at its
-    # achieved sparsity, in the column of the nearest target
-    # pressure 40 prunes ~91 % of the weights by step 550 (trajectory measured on the
-    # training split; knob range in the search space is 1e-4..1, where p=1 prunes 3.5 % by
-    # step 325): one run aimed at the 90 % point fits the default budget
-    hyperflows_runs: tuple[tuple[float, int, int], ...] = ((40.0, 550, 50),)
+    # achieved sparsity, in the column of the nearest target. Trajectory on the training
+    # split at the default flow_lr 3e-3 (prep): pressure 10 prunes 10 % by step 100, 54 %
+    # by 200, 75 % by 300, 84 % by 375; pressure 40 prunes 90 % by step 200 but fast
+    # enough that the random initial presence decides more than the flow.
+    hyperflows_runs: tuple[tuple[float, int, int], ...] = ((10.0, 190, 40), (10.0, 270, 50), (10.0, 360, 50), (10.0, 560, 60))
     # OCS: 8 "epochs" x 15 steps; stability 0.9 lets the structure freeze at the earliest
     # epoch (4) so the remaining steps train the pruned network; max_prune_fraction 0.6
     # (0.7 where 0.6 cannot reach the MACs target). Chosen on validation at 2x: default
     # knobs (never stable) 38.2 %, stability 0.98 40.4 %, 0.9 69.3 %, 0.9 + cap 0.6 71.3 %.
     ocs_knobs: dict[str, float] = field(default_factory=lambda: {"epochs": 8, "steps_per_epoch": 15, "stability": 0.9, "max_prune_fraction": 0.6})
-    recipe_recal_points: tuple[float, ...] = (0.8, 0.9, 2.0)  # where the pad-crop recalibration diagnostic runs
     latency_repeats: int = 20  # the evaluator's latency_ms (batch 1)
     latency_b64_repeats: int = 3  # the extra batch-64 latency of structured candidates
     latency_rounds: int = 3  # structured latency: lowest median of this many rounds
@@ -110,9 +109,8 @@ class BenchConfig:
             probe_sparsities=(0.8,),
             screening_weights_unstructured=(0.1,),
             screening_weights_channel=(0.25,),
-            hyperflows_runs=((40.0, 30, 5),),  # exercises the code path; prunes nothing this early
+            hyperflows_runs=((10.0, 30, 5),),  # exercises the code path; prunes nothing this early
             ocs_knobs={"epochs": 4, "steps_per_epoch": 5, "stability": 0.9, "max_prune_fraction": 0.6},
-            recipe_recal_points=(0.8,),
             latency_repeats=5,
             latency_b64_repeats=1,
             latency_rounds=1,
@@ -474,58 +472,6 @@ def _reachable(ev: Evaluator, setting: Setting, reduction: float, cap: float) ->
     return lowest <= graph.dense_macs / reduction
 
 
-def recipe_augmented(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0, pad: int = 4) -> torch.Tensor:
-    """Calibration images as the CIFAR training recipe sees them: each image zero-padded by
-    ``pad`` pixels (black, in pixel space), randomly cropped back to its size and randomly
-    flipped, independently per image. ``x`` is normalised (N, C, H, W)."""
-    g = torch.Generator().manual_seed(seed)
-    n, c, h, w = x.shape
-    black = ((0.0 - torch.tensor(mean)) / torch.tensor(std)).view(1, c, 1, 1)
-    padded = black.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
-    padded[:, :, pad:pad + h, pad:pad + w] = x
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
-    flips = torch.rand(n, generator=g) < 0.5
-    out = torch.empty_like(x)
-    for k in range(n):
-        i, j = int(offsets[k, 0]), int(offsets[k, 1])
-        crop = padded[k, :, i:i + h, j:j + w]
-        out[k] = crop.flip(-1) if flips[k] else crop
-    return out
-
-
-def recipe_recal_diagnostic(ev: Evaluator, cfg: BenchConfig, settings: dict[str, Setting], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Recalibration on pad-4 crop + flip images (per image; the recipe the stored statistics
-    came from) instead of the pipeline's ``augment`` (2-pixel wrap-around roll, one shift per
-    batch). Not a pipeline option: evidence for a suggested change. Same image count, batch
-    size and cumulative averaging as the chosen setting; the reported rows at
-    ``cfg.recipe_recal_points`` are recalibrated again from their plans."""
-    out = []
-    v, t = ev.splits.val, ev.splits.test
-    for row in rows:
-        if row["state"] != "ok" or not row["selected"] or row["point"] not in cfg.recipe_recal_points or row["method"] == "random":
-            continue
-        rc = RecalSpec(**{**row["recal"], "augment": False, "keep_better": False})
-        imgs = recipe_augmented(ev.ctx.calib_x[: rc.images], common.MEAN, common.STD, seed=cfg.seed)
-        model = common.plan_model(ev, row["_plan"])
-        recalibrate(model, imgs, rc)
-        d = {"label": row["label"], "granularity": row["granularity"], "point": row["point"], "images": rc.images,
-             "val_after": measure.accuracy(model, v.x, v.y), "test_after": measure.accuracy(model, t.x, t.y),
-             "pipeline_val_after": row["val_accuracy"], "pipeline_test_after": row["test_accuracy"],
-             "pipeline_recal": row["recal"]}
-        out.append(d)
-        log(f"  pad-crop recal {row['label']:<24} @ {row['point']}: val {pct(d['val_after'])} (pipeline {pct(d['pipeline_val_after'])}), "
-            f"test {pct(d['test_after'])} (pipeline {pct(d['pipeline_test_after'])})")
-    # the dense network itself
-    rc = settings["unstructured"].recal
-    imgs = recipe_augmented(ev.ctx.calib_x[: rc.images], common.MEAN, common.STD, seed=cfg.seed)
-    dense = copy.deepcopy(ev.base)
-    recalibrate(dense, imgs, RecalSpec(images=rc.images, batch_size=rc.batch_size))
-    out.append({"label": "dense (unpruned)", "granularity": "none", "point": 0.0, "images": rc.images,
-                "val_after": measure.accuracy(dense, v.x, v.y), "test_after": measure.accuracy(dense, t.x, t.y)})
-    log(f"  pad-crop recal dense: test {pct(out[-1]['test_after'])}")
-    return out
-
-
 def raw_l1_diagnostic(ev: Evaluator, cfg: BenchConfig, setting: Setting, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Global L1 channel ranking *without* the per-group mean normalisation that
     ``structure.select_channels`` applies to one-shot methods (``normalize=False``; raw
@@ -745,18 +691,6 @@ def markdown(result: dict[str, Any]) -> str:
              pct(d["val_after"]), f"{pct(d['test_before'])} → {pct(d['test_after'])}"]
             for d in result["raw_l1_diagnostic"]
         ]))
-    if result.get("recipe_recal_diagnostic"):
-        out.append("\n## Diagnostic: recalibrating on images augmented like the training recipe\n")
-        out.append("The stored statistics come from training with per-image 4-pixel zero-padded random crops and flips. "
-                   "The pipeline's `augment` rolls each batch by one shared shift of at most 2 pixels with wrap-around "
-                   "(no black border). Here the same candidates (same plans) are recalibrated on the same number of "
-                   "calibration images augmented like the recipe (per image: pad 4 black, random crop, random flip), "
-                   "`augment=False`. Not a pipeline option: evidence for a suggested change; not used for the tables above.\n\n")
-        out.append(md_table(["candidate", "point", "images", "val after (pipeline setting)", "val after (recipe crops)",
-                             "test after (pipeline setting)", "test after (recipe crops)"], [
-            [d["label"], d["point"], d["images"], pct(d.get("pipeline_val_after")), pct(d["val_after"]),
-             pct(d.get("pipeline_test_after")), pct(d["test_after"])] for d in result["recipe_recal_diagnostic"]
-        ]))
     d = result["dense"]
     out.append("\n## Dense reference\n")
     rc = d["recalibrated"]["recal"]
@@ -830,7 +764,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--render", type=Path, default=None, metavar="JSON",
                     help="only re-render methods.md (findings included) from an existing methods.json")
     ap.add_argument("--hyperflows", action="append", default=None, metavar="PRESSURE:STEPS:REGROWTH",
-                    help="hyperflows runs instead of the default (repeatable), e.g. --hyperflows 40:550:50 --hyperflows 40:480:50")
+                    help="hyperflows runs instead of the default (repeatable), e.g. --hyperflows 10:560:60 --hyperflows 40:200:40")
     return ap.parse_args(argv)
 
 
@@ -892,7 +826,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     phases["channel"] = t.s
     with Timer() as t:
         diag = raw_l1_diagnostic(ev, cfg, settings["channel"], rows)
-        recipe = recipe_recal_diagnostic(ev, cfg, settings, rows)
     phases["diagnostics"] = t.s
 
     result: dict[str, Any] = {
@@ -914,7 +847,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dense": dense,
         "rows": strip_private(rows),
         "raw_l1_diagnostic": diag,
-        "recipe_recal_diagnostic": recipe,
         "phases_s": phases,
         "runtime_s": time.perf_counter() - t_start,
         "cached_candidates_reused": getattr(ev, "hits", 0),
@@ -939,16 +871,14 @@ NOTES = """\
 Numbers marked *(prep)* were measured on validation while preparing this benchmark (same
 splits, 2 threads); the others come from this run's tables above.
 
-1. **Recalibration augmentation does not match the recipe the stored statistics came from.**
-   `recalibrate._augment` rolls each *batch* by one shared shift of at most 2 pixels with
-   wrap-around (`torch.roll`), plus per-image flips. The checkpoint was trained on per-image
-   4-pixel zero-padded random crops, so its BatchNorm statistics include black borders.
-   Recalibrating the same candidates on recipe-style crops (diagnostic table above) recovers
-   far more: *(prep)* global magnitude, validation after recalibration with 512 images —
-   80 %: plain 72.7, pipeline `augment` 74.2, recipe crops 81.7; 90 %: 44.4 / 44.7 / 52.9;
-   50 %: 92.7 / 93.7 / 98.8; channels at 2x: 47.1 / 46.5 / 47.4. Suggest: per-image
-   pad-and-crop with the pad value of a black pixel (pad before normalising, or pad with
-   `-mean/std`), `pad` as a `RecalSpec` field (4 for CIFAR), one shift per image.
+1. **Recalibration augmentation now follows the recipe the stored statistics came from.**
+   The checkpoint was trained on per-image 4-pixel zero-padded random crops and flips, so its
+   BatchNorm statistics include black borders. `RecalSpec.augment` used to roll each batch by
+   one shared shift of at most 2 pixels with wrap-around; it now crops every image from a copy
+   padded by `RecalSpec.pad` (default 4) black pixels (`Splits.black`, the normalised value of
+   pixel 0) and flips it. *(prep, global magnitude, 512 images, test split)*: 80 %: plain
+   72.0, new `augment` 80.1; 90 %: 43.8 / 49.1 (2048 images: 50.3); channels at 2x: 46.6 / 45.5
+   (augmentation does not help channel pruning; the choice is made on validation).
 2. **Global channel ranking normalises each group by its mean score** (`select_channels(...,
    normalize=True)`, used by every one-shot method). For rank-based scores (screening) this
    makes every group's scores identically distributed, so "global" screening is close to a
@@ -958,21 +888,13 @@ splits, 2 threads); the others come from this run's tables above.
    fraction, recalibration images, L1 vs L2) should be written down next to it.
    Suggest: make the normalisation a visible choice (scope `global_raw` or a knob), since it
    decides the per-layer allocation.
-3. **Hyperflows' pressure range does not fit ResNet-20, and its budget has a hard floor.**
-   The loss adds `gamma * mean(m)`, so each presence parameter feels `gamma / N`
-   (N = 270k weights), and Adam normalises every element: a weight drifts down at the full
-   1e-3 per step only when `gamma / N` exceeds the noise of its flow. *(prep, training split,
-   no regrowth)*: gamma = 1 (the top of the search range `Knob(1e-4, 1.0)`) pruned 3.5 % by
-   step 325 (42 % would be pruned if every weight drifted at full rate); gamma = 10: 7.5 % by
-   step 275 (of 25 %); gamma = 40: 24 % at step 300, 85 % at 500, 91 % at 550; gamma = 100:
-   63 % at step 400 (of 67 %: every weight drifts, so the random initial presence decides).
-   With `m0 ~ U[0.2, 0.5]` and lr 1e-3 nothing prunes before step 200 and sparsity S needs at
-   least 200 + 300 S steps whatever gamma is: 350-470 steps of batch 64 for 50-90 %, minutes
-   each on 2 CPU cores, which is why this benchmark runs one hyperflows point by default.
-   Suggest: widen the pressure range to about 1..300 (log) or scale the pressure term by N,
-   make the presence learning rate / initial range knobs, and let the plan carry the weights
-   trained with the mask (`PrunePlan.weights`, as OCS does): today the mask is applied to
-   weights it was not trained with.
+3. **Hyperflows' pressure depends on the model's size.** The loss adds `gamma * mean(m)`,
+   so each presence parameter feels `gamma / N` (N = 270k weights on ResNet-20, 45k on the
+   digits CNN), and Adam normalises every element. With the default `flow_lr` 3e-3 (the
+   paper's 1e-3 prunes nothing within 200 steps) gamma = 10 prunes 54 % by step 200 and 84 %
+   by step 375 on ResNet-20 *(prep, training split)*, while the knob's default range stops at
+   1 (set `space.knobs.hyperflows.pressure` for large models; the power-law steering then
+   places it). The plan carries the weights trained with the mask (`PrunePlan.weights`).
 4. **OCS' stability rule never fires within a short cycle.** With the default threshold 0.999
    and 8 epochs x 15 steps, the running stability went 0.942, 0.956, 0.977, 0.986, 0.994
    (epochs 4-8), so the structure is cut after the last epoch, when the cosine learning rate
