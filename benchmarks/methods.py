@@ -162,7 +162,7 @@ def light_accuracy(ev: Evaluator, model: torch.nn.Module, recal: RecalSpec, seed
     returned, as ``Evaluator.evaluate`` does."""
     v = ev.splits.val
     m = copy.deepcopy(model)
-    recalibrate(m, ev.ctx.calib_x, recal, seed=seed)
+    recalibrate(m, ev.ctx.calib_x, recal, seed=seed, black=ev.splits.black)
     acc = measure.accuracy(m, v.x, v.y, ev.cfg.eval_batch)
     if recal.keep_better and recal.images:
         acc = max(acc, measure.accuracy(model, v.x, v.y, ev.cfg.eval_batch))
@@ -383,7 +383,7 @@ def dense_reference(ev: Evaluator, setting: Setting) -> dict[str, Any]:
         "latency_b1_1thread_ms": robust_latency_ms(ev.base, ev.splits.input_shape, 1, 1, 3, ev.cfg.latency_repeats),
     }
     m = copy.deepcopy(ev.base)
-    recalibrate(m, ev.ctx.calib_x, setting.recal)
+    recalibrate(m, ev.ctx.calib_x, setting.recal, black=ev.splits.black)
     out["recalibrated"] = {"recal": setting.recal.model_dump(), "test_accuracy": measure.accuracy(m, t.x, t.y)}
     return out
 
@@ -497,7 +497,7 @@ def raw_l1_diagnostic(ev: Evaluator, cfg: BenchConfig, setting: Setting, rows: l
         macs, _ = measure.macs(model, ev.ctx.example_input)
         row = {"reduction": r, "normalize": False, "macs_ratio": macs / ev.dense_macs, "kept_per_stage": _kept_per_stage(kept),
                "test_before": measure.accuracy(model, t.x, t.y)}
-        recalibrate(model, ev.ctx.calib_x, setting.recal)
+        recalibrate(model, ev.ctx.calib_x, setting.recal, black=ev.splits.black)
         row["val_after"] = measure.accuracy(model, v.x, v.y)
         row["test_after"] = measure.accuracy(model, t.x, t.y)
         out.append(row)
