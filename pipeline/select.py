@@ -41,16 +41,34 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, 
 
 
 def layerwise_masks(
-    scores: dict[str, torch.Tensor], sparsity: float, ratios: dict[str, float] | None = None
+    scores: dict[str, torch.Tensor],
+    sparsity: float,
+    ratios: dict[str, float] | None = None,
+    base: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Masks that remove ``sparsity * ratios[name]`` of each tensor separately.
+    """Masks that prune each tensor separately, ``sparsity`` of all weights in total.
 
-    ``ratios`` (default 1 for every name) lets a per-stage allocation scale each
-    layer's share; each layer's sparsity is clipped to [0, 1).
+    Without ``ratios`` and ``base`` every tensor loses the fraction ``sparsity``. With
+    them, tensor ``name`` loses ``c * ratios[name] * base[name]`` (defaults 1), clipped
+    to [0, 1) per tensor, and the common factor ``c`` is found by bisection so that the
+    total removed is ``round(sparsity * N)`` up to per-tensor rounding (N: all scored
+    weights). ``base`` is a prior per-tensor fraction, e.g. a global ranking's.
     """
-    ratios = ratios or {}
-    out = {}
-    for name, s in scores.items():
-        layer_sparsity = min(max(sparsity * ratios.get(name, 1.0), 0.0), 1.0 - 1.0 / s.numel())
-        out[name] = _bottom_k_mask(s, int(round(layer_sparsity * s.numel())))
-    return out
+    if not ratios and not base:
+        return {n: _bottom_k_mask(s, _count(sparsity, s.numel())) for n, s in scores.items()}
+    share = {n: max((ratios or {}).get(n, 1.0), 0.0) * (base or {}).get(n, 1.0) for n in scores}
+    want = round(sparsity * sum(s.numel() for s in scores.values()))
+
+    def counts(c: float) -> dict[str, int]:
+        return {n: _count(c * share[n], s.numel()) for n, s in scores.items()}
+
+    lo, hi = 0.0, max((1.0 / v for v in share.values() if v > 0), default=0.0)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(counts(mid).values()) < want else (lo, mid)
+    return {n: _bottom_k_mask(scores[n], k) for n, k in counts(hi).items()}
+
+
+def _count(fraction: float, numel: int) -> int:
+    """Weights to remove for ``fraction`` of ``numel``; at least one always stays."""
+    return int(round(min(max(fraction, 0.0), 1.0 - 1.0 / numel) * numel))

@@ -66,8 +66,11 @@ class CandidateSpec(Frozen):
         knobs: method-specific numeric knobs (``pressure``, ``steps``,
             ``screening_weight``, ...); see each method's ``knobs`` attribute.
         allocation: optional per-stage multipliers on the pruned fraction (a network
-            pruning space): stage ``layer1: 0.5`` prunes that stage half as much as
-            the global target; keys are stage names (first dotted component).
+            pruning space): ``layer1: 0.5`` prunes that stage's layers half as much,
+            relative to the others, as ``scope`` alone would (the global ranking's
+            per-layer fractions, or the uniform layerwise one); the fractions are then
+            rescaled together so that the target is still met. Keys are stage names
+            (first dotted component).
         prune_stem: whether the first conv may be pruned.
         prune_head: whether the classifier may be pruned.
         recal: the recalibration setting.

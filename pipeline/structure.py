@@ -417,8 +417,10 @@ def select_channels(
             the target is met (exact to one channel). 'layerwise': every group removes
             the same fraction f, found by bisection.
         ratios: stage -> multiplier on the removed fraction (per-stage allocation).
-            When non-empty, selection is per group (fraction f * ratio, as
-            ``ImportanceMethod.plan`` does for unstructured allocation), whatever ``scope``.
+            When non-empty, group g loses the fraction ``f * ratio * base_g``, where
+            ``base_g`` is what ``scope`` alone removes from g (global: the global
+            ranking's fraction at the target; layerwise: 1), and the common factor f
+            is found by bisection so that the target is met.
         max_prune_fraction: no group loses more than this fraction; one channel always stays.
         normalize: in global scope, divide each group's scores by their mean. Turn it
             off for scores already comparable across groups (OCS saliency, which is
@@ -445,10 +447,13 @@ def select_channels(
 
     stage = {g.name: g.stage for g in graph.groups}
     mult = {g: max((ratios or {}).get(stage[g], 1.0), 0.0) for g in sizes}
-    if ratios or scope == "layerwise":
+    if scope == "layerwise":
         removed = _layerwise_removal(sizes, caps, mult, macs_of, budget)
     else:
         removed = _global_removal(scores, sizes, caps, macs_of, budget, normalize)
+        if ratios and removed is not None:  # the global split, reshaped per stage
+            base = {g: mult[g] * removed[g] / sizes[g] for g in sizes}
+            removed = _layerwise_removal(sizes, caps, base, macs_of, budget)
     if removed is None:
         # a stage with multiplier 0 never prunes, so it is not in the lowest reachable point
         lowest = macs_of({g: caps[g] if mult[g] > 0 else 0 for g in sizes}) / graph.dense_macs

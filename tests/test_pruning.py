@@ -111,3 +111,37 @@ def test_scores_are_computed_once_per_actor_not_per_candidate(digits_model, ctx)
     for seed in range(40):  # seeded scores are bounded, not one entry per candidate forever
         plan_candidate(digits_model, ctx, CandidateSpec(method="random", target_sparsity=0.5, seed=seed))
     assert len(ctx.cache) <= ctx.cache.maxsize
+
+
+def test_allocation_reshapes_the_split_and_keeps_the_target():
+    torch.manual_seed(0)
+    scores = {"layer1.a": torch.rand(400), "layer2.b": torch.rand(300) * 2, "layer3.c": torch.rand(300) * 3}
+    ratios = {"layer1.a": 0.0, "layer2.b": 1.0, "layer3.c": 2.0}
+    masks = layerwise_masks(scores, 0.4, ratios)
+    removed = {n: int((~m).sum()) for n, m in masks.items()}
+    assert removed["layer1.a"] == 0
+    assert sum(removed.values()) == pytest.approx(400, abs=2)  # 40 % of 1000 weights
+    assert removed["layer3.c"] / 300 == pytest.approx(2 * removed["layer2.b"] / 300, abs=0.01)
+    # a prior split with unit ratios reproduces the global ranking exactly
+    glob = global_masks(scores, 0.4)
+    split = {n: int((~m).sum()) / m.numel() for n, m in glob.items()}
+    same = layerwise_masks(scores, 0.4, None, split)
+    assert all(torch.equal(same[n], glob[n]) for n in scores)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "screening"])
+def test_global_allocation_meets_the_target_sparsity(digits_model, ctx, method):
+    from pipeline.layers import stage_of
+
+    plain = plan_candidate(digits_model, ctx, CandidateSpec(method=method, target_sparsity=0.8, prune_stem=False, prune_head=False))
+    stages = sorted({stage_of(n) for n in plain.masks})
+    alloc = {stages[0]: 0.5}
+    plan = plan_candidate(digits_model, ctx, CandidateSpec(method=method, target_sparsity=0.8, allocation=alloc, prune_stem=False, prune_head=False))
+    total = sum(m.numel() for m in plan.masks.values())
+    assert sum(int((~m).sum()) for m in plan.masks.values()) / total == pytest.approx(0.8, abs=0.005)
+
+    def frac(p, stage):
+        ms = [m for n, m in p.masks.items() if stage_of(n) == stage]
+        return sum(int((~m).sum()) for m in ms) / sum(m.numel() for m in ms)
+
+    assert frac(plan, stages[0]) < frac(plain, stages[0])  # the halved stage is pruned less

@@ -362,6 +362,11 @@ def test_layerwise_allocation_ratios():
     l4 = [g for g in graph.groups if g.stage == "layer4"]
     assert len(alloc[l4[0].name]) / l4[0].size < len(alloc[l3[0].name]) / l3[0].size
     assert graph.macs({k: len(v) for k, v in alloc.items()}) <= 0.6 * graph.dense_macs
+    # global scope with unit ratios keeps the global ranking's split
+    glob = S.select_channels(graph, scores, 0.6)
+    unit = S.select_channels(graph, scores, 0.6, ratios={"layer1": 1.0})
+    assert sum(abs(len(unit[g]) - len(glob[g])) for g in glob) <= len(glob)
+    assert graph.macs({k: len(v) for k, v in unit.items()}) <= 0.6 * graph.dense_macs
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])

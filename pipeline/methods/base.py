@@ -163,10 +163,20 @@ class ImportanceMethod(PruningMethod):
         if key not in ctx.cache:
             ctx.cache[key] = self.weight_scores(model, ctx, spec)
         scores = ctx.cache[key]
-        if spec.scope == "global" and not spec.allocation:
-            return PrunePlan(masks=global_masks(scores, spec.target_sparsity))
-        ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores}
-        return PrunePlan(masks=layerwise_masks(scores, spec.target_sparsity, ratios))
+        base = self.global_split(model, ctx, spec, scores) if spec.scope == "global" else None
+        ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores} if spec.allocation else None
+        return PrunePlan(masks=layerwise_masks(scores, spec.target_sparsity, ratios, base))
+
+    def global_split(
+        self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Parameter name -> fraction of it that global scope removes at ``spec.target_sparsity``.
+
+        The default ranks ``scores`` across all tensors; methods whose scores do not
+        compare across layers override it. Allocation ratios then reshape this split.
+        """
+        masks = global_masks(scores, spec.target_sparsity)
+        return {n: int((~m).sum()) / m.numel() for n, m in masks.items()}
 
     def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         from pipeline import structure

@@ -36,8 +36,7 @@ from torch import nn
 from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.methods.magnitude import filter_norms
 from pipeline.methods.registry import register_method
-from pipeline.plan import PrunePlan
-from pipeline.select import global_masks, layerwise_masks
+from pipeline.select import global_masks
 
 if TYPE_CHECKING:
     from pipeline.spec import CandidateSpec
@@ -54,16 +53,12 @@ class Screening(ImportanceMethod):
     knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5)}
     score_knobs = ("screening_weight",)
 
-    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
-        if spec.granularity != "unstructured" or spec.scope != "global" or spec.allocation or spec.target_sparsity is None:
-            return super().plan(model, ctx, spec)
-        key = self.cache_key(spec)
-        if key not in ctx.cache:
-            ctx.cache[key] = self.weight_scores(model, ctx, spec)
+    def global_split(
+        self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
         # each layer loses what global magnitude pruning would take from it (module docstring)
         budget = global_masks({n: w.detach().abs() for n, w in weights_of(model, spec).items()}, spec.target_sparsity)
-        share = {n: int((~m).sum()) / m.numel() for n, m in budget.items()}
-        return PrunePlan(masks=layerwise_masks(ctx.cache[key], 1.0, share))
+        return {n: int((~m).sum()) / m.numel() for n, m in budget.items()}
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)
