@@ -42,9 +42,11 @@ def _row(run: Any) -> dict[str, Any]:
         "state": t.get("state", ""),
         "method": p.get("method", ""),
         "granularity": p.get("granularity", ""),
+        "scope": p.get("scope", ""),
         "node": t.get("node", ""),
         "error": t.get("error", ""),
         "knobs": {k.removeprefix("knob."): float(v) for k, v in p.items() if k.startswith("knob.")},
+        "allocation": {k.removeprefix("alloc."): float(v) for k, v in p.items() if k.startswith("alloc.")},
     }
     row.update(run.data.metrics)
     return row
@@ -115,5 +117,6 @@ def to_parquet(rows: list[dict[str, Any]], path: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat = [{**{k: v for k, v in r.items() if k != "knobs"}, "knobs": json.dumps(r.get("knobs", {}))} for r in rows]
+    nested = ("knobs", "allocation")  # JSON text: their keys differ between methods
+    flat = [{k: json.dumps(v) if k in nested else v for k, v in r.items()} for r in rows]
     pq.write_table(pa.Table.from_pylist(flat), path)

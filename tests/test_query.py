@@ -22,7 +22,7 @@ def store(tmp_path):
     parent = rec.start_parent(None, "known", {})
     ids = []
     for i, (acc, macs, sp, method) in enumerate(KNOWN):
-        spec = CandidateSpec(method=method, target_sparsity=sp)
+        spec = CandidateSpec(method=method, target_sparsity=sp, allocation={"layer1": 0.5} if i == 2 else {})
         metrics = {"accuracy": acc, "accuracy_before_recal": acc / 2, "macs": macs, "macs_dense": 2000.0, "sparsity": sp, "params": 10.0, "latency_ms": 1.0}
         ids.append(rec.record(parent, i, CandidateResult(spec=spec, state="ok", metrics=metrics)))
     rec.record(parent, 99, CandidateResult(spec=CandidateSpec(), state="failed", error="boom"))
@@ -50,11 +50,14 @@ def test_cli_best_json_matches_the_store(store, capsys):
     assert main(["best", "--tracking-uri", uri, "--experiment", "known", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["run_id"], r["accuracy"], r["macs"]) for r in rows] == [(ids[i], KNOWN[i][0], KNOWN[i][1]) for i in (0, 2, 3)]
+    assert [(r["scope"], r["allocation"]) for r in rows] == [("global", {}), ("global", {"layer1": 0.5}), ("global", {})]
     out = tmp / "best.parquet"
     assert main(["best", "--tracking-uri", uri, "--experiment", "known", "--format", "parquet", "-o", str(out)]) == 0
     import pyarrow.parquet as pq
 
-    assert pq.read_table(out).column("run_id").to_pylist() == [ids[0], ids[2], ids[3]]
+    table = pq.read_table(out)
+    assert table.column("run_id").to_pylist() == [ids[0], ids[2], ids[3]]
+    assert [json.loads(a) for a in table.column("allocation").to_pylist()] == [{}, {"layer1": 0.5}, {}]
 
 
 def test_cli_best_unknown_experiment_is_a_clear_error(store, capsys):
