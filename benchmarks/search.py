@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--targeted-trained", type=int, default=12, help="candidates of the targeted hyperflows search (minutes each)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where to write search.json/.md (default: benchmarks/results, or a temporary folder with --quick)")
     args = ap.parse_args()
-    n_tp = 4 if args.quick else 12
+    n_tp = 4 if args.quick else 24
     n_q = 6 if args.quick else args.candidates
     n_t = 6 if args.quick else args.targeted
     n_tt = 2 if args.quick else args.targeted_trained
@@ -214,7 +214,7 @@ TARGETED = {
         "space": {"methods": ["ocs", "screening", "magnitude"], "granularity": ["channel"], "scope": ["global", "layerwise"],
                   "macs_ratio": [0.47, 0.5], "prune_stem": False, "prune_head": False,
                   "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]},
-                            "ocs": {"epochs": [8, 8], "steps_per_epoch": [15, 15], "stability": [0.85, 0.97],
+                            "ocs": {"epochs": [8, 8], "steps_per_epoch": [15, 15], "stability": [0.88, 0.97],
                                     "max_prune_fraction": [0.5, 0.75], "reg": [0.0, 1e-3]}},
                   "allocation": ALLOC},
         "objective": {"mode": "constrained", "max_macs_ratio": 0.5},
