@@ -36,7 +36,6 @@ from torch import nn
 from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.methods.magnitude import filter_norms
 from pipeline.methods.registry import register_method
-from pipeline.select import global_masks
 
 if TYPE_CHECKING:
     from pipeline.spec import CandidateSpec
@@ -57,8 +56,8 @@ class Screening(ImportanceMethod):
         self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         # each layer loses what global magnitude pruning would take from it (module docstring)
-        budget = global_masks({n: w.detach().abs() for n, w in weights_of(model, spec).items()}, spec.target_sparsity)
-        return {n: int((~m).sum()) / m.numel() for n, m in budget.items()}
+        magnitudes = {n: w.detach().abs() for n, w in weights_of(model, spec).items()}
+        return super().global_split(model, ctx, spec, magnitudes)
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)
