@@ -23,7 +23,10 @@ test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 
 bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmarks/results/
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/methods.py
+	$(PY) benchmarks/methods.py      # about 10 min on 2 cores
+	$(PY) benchmarks/search.py       # about 45 min; reads methods.json for its comparison
+	$(PY) benchmarks/load.py
+	$(PY) benchmarks/peers.py        # about 1 hour
 
 clean:
 	rm -rf runs .pytest_cache
