@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -54,19 +55,28 @@ def main() -> None:
     ap.add_argument("--targeted", type=int, default=30, help="candidates per targeted one-shot search")
     ap.add_argument("--targeted-trained", type=int, default=12, help="candidates of the targeted hyperflows search (minutes each)")
     ap.add_argument("--out-dir", type=Path, default=None, help="where to write search.json/.md (default: benchmarks/results, or a temporary folder with --quick)")
+    ap.add_argument("--only", nargs="+", choices=list(TARGETED), default=None,
+                    help="re-run only these targeted searches and merge them into the existing search.json")
     args = ap.parse_args()
     n_tp = 4 if args.quick else 24
     n_q = 6 if args.quick else args.candidates
     n_t = 6 if args.quick else args.targeted
     n_tt = 2 if args.quick else args.targeted_trained
     out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "prunesearch-bench-quick" if args.quick else RESULTS_DIR)
-    assets = load_resnet20_cifar(args.shared, CALIB, 200 if args.quick else VAL)
-    sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
-
-    result: dict[str, Any] = {"machine": machine_info(), "calib_images": CALIB, "val_images": len(assets.splits.val)}
-    result["throughput"] = throughput(args, assets, sparsities)
-    result["quality"] = quality(args, n_q)
-    result["targeted"] = targeted(args, n_t, n_tt)
+    if args.only:
+        result = json.loads((out_dir / "search.json").read_text())
+        result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
+        result.setdefault("rerun", []).append({"keys": args.only, "machine": machine_info()})
+    else:
+        assets = load_resnet20_cifar(args.shared, CALIB, 200 if args.quick else VAL)
+        sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
+        result = {"machine": machine_info(), "calib_images": CALIB, "val_images": len(assets.splits.val)}
+        result["throughput"] = throughput(args, assets, sparsities)
+        result["quality"] = quality(args, n_q)
+        result["targeted"] = targeted(args, n_t, n_tt)
+    best90 = [result["targeted"][k]["best"] for k in ("at_90pct_sparsity", "at_90pct_sparsity_hyperflows") if result["targeted"][k]["best"]]
+    # the user's answer at 90 %: the better of the two searches, chosen on validation
+    result["targeted"]["at_90pct_sparsity_any"] = {"best": max(best90, key=lambda b: b["accuracy"], default=None)}
     methods_json = RESULTS_DIR / "methods.json"
     if methods_json.exists():
         result["methods_benchmark_best"] = best_single_method(methods_json)
@@ -238,12 +248,14 @@ TARGETED = {
 }
 
 
-def targeted(args, n: int, n_trained: int) -> dict[str, Any]:
+def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dict[str, Any]:
     """Constrained TPE searches for the best network at 2x fewer MACs and at 90 % sparsity."""
     from search.query import candidate_rows
 
     out: dict[str, Any] = {"candidates": n, "candidates_trained": n_trained}
     for key, overrides in TARGETED.items():
+        if only and key not in only:
+            continue
         trials = n_trained if "hyperflows" in overrides["space"]["methods"] else n
         log(f"targeted: {key}, {trials} candidates")
         outcome = _search(args, {**overrides, "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(4, trials // 3)},
@@ -259,16 +271,11 @@ def targeted(args, n: int, n_trained: int) -> dict[str, Any]:
                     "sparsities": sorted(round(r["sparsity"], 4) for r in rows),
                     "wall_s": outcome.loop_s, "failed": outcome.failed}
         log(f"  best on validation: {best}")
-    # the user's answer at 90 %: the better of the two searches, chosen on validation
-    pair = [out[k]["best"] for k in ("at_90pct_sparsity", "at_90pct_sparsity_hyperflows") if out[k]["best"]]
-    out["at_90pct_sparsity_any"] = {"best": max(pair, key=lambda b: b["accuracy"], default=None)}
     return out
 
 
 def best_single_method(path: Path) -> dict[str, Any]:
     """Best test accuracy of any single method of the methods benchmark at 2x MACs and 90 %."""
-    import json
-
     rows = [r for r in json.loads(path.read_text()).get("rows", []) if r.get("state") == "ok" and r.get("test_accuracy") is not None]
 
     def top(granularity: str, point: float, ok):

@@ -43,7 +43,9 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         if rng is not None or knob.default is None:
             knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", knob, rng)
     allocation = {}
-    if method.allocates:
+    # the scope's own split is a point of the space too: with ranges alone a search
+    # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
+    if method.allocates and space.allocation and trial.suggest_categorical("allocate", [True, False]):
         allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
     return CandidateSpec(
         method=method_name,

@@ -64,3 +64,12 @@ def test_every_declared_knob_is_in_the_search_space(name):
     for k, kn in m.knobs.items():
         assert kn.low <= spec.knobs[k] <= kn.high
     get_method(name).check(spec)
+
+
+def test_allocation_is_searched_with_the_scope_split_as_one_choice():
+    from optuna.trial import FixedTrial
+
+    cfg = parse_config({"space": {"methods": ["magnitude"], "allocation": {"layer1": [0.5, 1.5]}}})
+    on = suggest(FixedTrial({"magnitude.scope": "global", "target_sparsity": 0.8, "allocate": True, "alloc.layer1": 0.7}), cfg)
+    off = suggest(FixedTrial({"magnitude.scope": "global", "target_sparsity": 0.8, "allocate": False}), cfg)
+    assert on.allocation == {"layer1": 0.7} and off.allocation == {}
