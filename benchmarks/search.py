@@ -343,6 +343,8 @@ def markdown(r: dict[str, Any]) -> str:
         [x["target"], (f"{x['value']:.3f}" if isinstance(x["value"], float) else x["value"])
          + (f" vs {pct(x['single'])} ({x['single_label']})" if x.get("single") is not None else ""), x["met"]] for x in r["targets"]])]
     lines += ["", f"Load average at the end: {r.get('loadavg_at_end')}."]
+    for rr in r.get("rerun", []):
+        lines.append(f"Re-run with `--only` on {rr['machine']['date']} at commit {rr['machine'].get('git_commit', '?')}: {', '.join(rr['keys'])}.")
     return "\n".join(lines) + "\n"
 
 
