@@ -47,7 +47,9 @@ class SpaceConfig(Frozen):
         knobs: per method, ranges of its knobs to search (others keep defaults),
             e.g. ``{hyperflows: {pressure: [0.001, 0.3]}}``.
         allocation: per stage, range of the multiplier on its pruned fraction
-            (a network pruning space), e.g. ``{layer1: [0.5, 1.5]}``.
+            (a network pruning space), e.g. ``{layer1: [0.5, 1.5]}``. Each trial
+            also chooses (parameter ``allocate``) whether to use it at all, so the
+            scope's own split stays in the space.
         prune_stem, prune_head: whether the first conv / the classifier are pruned.
         target_sparsity: for methods whose sparsity is an outcome (hyperflows): the
             sparsity the user wants; the fitted power law places pressure there.
