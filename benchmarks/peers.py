@@ -86,9 +86,9 @@ from pipeline.spec import CandidateSpec, RecalSpec  # noqa: E402
 
 CALIB, VAL = 512, 1000
 # prunesearch's recalibration for every tool that gets one (the project's ResNet-20 config):
-# reset statistics, cumulative average over the 512 calibration images, flips and 2-pixel
-# shifts (the checkpoint's statistics come from augmented images), keep the stored
-# statistics when they score higher on validation.
+# reset statistics, cumulative average over the 512 calibration images, per-image flips
+# and crops from a copy padded by 4 black pixels (the recipe the checkpoint's statistics
+# came from), keep the stored statistics when they score higher on validation.
 RECAL = RecalSpec(images=CALIB, batch_size=128, mode="cumulative", augment=True, keep_better=True)
 SPARSITIES = (0.7, 0.8, 0.9)
 MACS_TARGETS = (2 / 3, 0.5, 0.4)  # 1.5x, 2x, 2.5x fewer MACs
@@ -809,7 +809,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"Same images for every tool: {st['calib_images']} calibration and {st['val_images']} validation images from "
         f"`train_exact.npz` (selection), {n_test} test images (`test_exact.npz`, report only; standard error about "
         f"{100 * se(0.7, n_test):.1f} points at 70 %). Recalibration (every \"+ recal\" and prunesearch): reset, "
-        f"cumulative average over {st['recalibration']['images']} calibration images, flips and 2-px shifts, keep the "
+        f"cumulative average over {st['recalibration']['images']} calibration images, flips and black-padded 4-px crops, keep the "
         f"stored statistics when they score higher on validation. prunesearch: {st['candidates_per_search']} candidates "
         "per point (TPE, 2 Ray actors of 1 thread, Ray started by the search). Accuracies are top-1 %.", "",
         "## 1. Unstructured, no fine-tuning (test accuracy)", "",
