@@ -553,8 +553,8 @@ def part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool
         log(f"  best val {c['accuracy']:.4f} test {c['test_accuracy']:.4f} MACs ratio {c['macs_ratio']:.3f}, {tm.s:.0f} s")
 
         log(f"structured {t:.3f}: prunesearch search ({args.candidates} candidates); load {loadavg()}")
-        # scope: layerwise only. With a per-stage allocation, select_channels selects per
-        # group whatever the scope, so 'global' would be a second name for the same candidates.
+        # scope: layerwise only, the better channel scope on this model (methods benchmark,
+        # magnitude at 2x: 54.3 % layerwise, 46.6 % global)
         space = {"methods": ["magnitude", "screening"], "granularity": ["channel"], "scope": ["layerwise"],
                  "macs_ratio": [max(t - 0.01, 0.01), t], "prune_stem": False, "prune_head": False,
                  "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]}},
