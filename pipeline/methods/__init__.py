@@ -9,5 +9,6 @@ from pipeline.methods import random as _random  # noqa: E402,F401
 from pipeline.methods import screening as _screening  # noqa: E402,F401
 from pipeline.methods import hyperflows as _hyperflows  # noqa: E402,F401
 from pipeline.methods import ocs as _ocs  # noqa: E402,F401
+from pipeline.methods import activation as _activation  # noqa: E402,F401
 
 __all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "get_method", "list_methods", "register_method"]

@@ -33,14 +33,13 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from pipeline.activations import hooked_pass, per_weight
 from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.methods.magnitude import filter_norms
 from pipeline.methods.registry import register_method
 
 if TYPE_CHECKING:
     from pipeline.spec import CandidateSpec
-
-_BATCH = 256  # calibration images per forward pass
 
 
 @register_method("screening")
@@ -64,7 +63,7 @@ class Screening(ImportanceMethod):
         modules = dict(model.named_modules())
         layer = {n: n.rsplit(".", 1)[0] for n in weights}  # "conv1.weight" -> "conv1"
         f_in = cached_f(model, ctx, sorted(layer.values()), inputs=True)
-        f = {n: _per_weight(f_in[layer[n]], w, modules[layer[n]]) for n, w in weights.items()}
+        f = {n: per_weight(f_in[layer[n]], w, modules[layer[n]]) for n, w in weights.items()}
         mag = {n: w.detach().abs() for n, w in weights.items()}
         return rank_mix(f, mag, self.knob(spec, "screening_weight"))
 
@@ -85,7 +84,6 @@ def cached_f(model: nn.Module, ctx: PruneContext, names: list[str], inputs: bool
     return ctx.cache[key]
 
 
-@torch.no_grad()
 def unit_f(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], inputs: bool) -> dict[str, torch.Tensor]:
     """F statistic of every unit of the modules ``names``, one eval pass over ``x``.
 
@@ -99,30 +97,14 @@ def unit_f(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str],
     """
     k = int(y.max()) + 1
     sums = {n: ClassSums(k) for n in names}
-    labels: dict[str, torch.Tensor] = {}  # "y": labels (B,) of the batch being run
 
-    def hook(name: str, linear: bool):
-        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            a = (args[0] if inputs else out).detach()
-            # one value per image and unit: Linear units are the last dim, conv/BN dim 1
-            a = a.reshape(len(a), -1, a.shape[-1]).mean(1) if linear else a.reshape(len(a), a.shape[1], -1).mean(2)
-            sums[name].add(a, labels["y"])
+    def add(name: str, mod: nn.Module, a: torch.Tensor, rows: slice) -> None:
+        # one value per image and unit: Linear units are the last dim, conv/BN dim 1
+        linear = isinstance(mod, nn.Linear)
+        a = a.reshape(len(a), -1, a.shape[-1]).mean(1) if linear else a.reshape(len(a), a.shape[1], -1).mean(2)
+        sums[name].add(a, y[rows])
 
-        return fn
-
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(hook(n, isinstance(modules[n], nn.Linear))) for n in names]
-    training = {m: m.training for m in model.modules()}  # restored below: never mutate the base model
-    model.eval()
-    try:
-        for i in range(0, len(x), _BATCH):
-            labels["y"] = y[i : i + _BATCH]
-            model(x[i : i + _BATCH])
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in training.items():
-            m.train(t)
+    hooked_pass(model, x, names, add, inputs)
     return {n: sums[n].f() for n in names}
 
 
@@ -186,12 +168,3 @@ def _ranks(t: torch.Tensor) -> torch.Tensor:
     """Average ranks of ``t``'s entries scaled to [0, 1] (ties share one), shaped like ``t``."""
     r = rankdata(t.detach().reshape(-1).double().numpy(), method="average") - 1
     return torch.from_numpy(r / max(t.numel() - 1, 1)).reshape(t.shape)
-
-
-def _per_weight(f_in: torch.Tensor, w: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """The F of each weight's input unit, shaped like ``w`` (grouped convs included)."""
-    out, per = w.shape[0], w.shape[1]
-    groups = getattr(module, "groups", 1)
-    first = (torch.arange(out) // (out // groups)) * per  # first input channel of each filter's group
-    f = f_in[first[:, None] + torch.arange(per)]  # (out, per)
-    return f.reshape(f.shape + (1,) * (w.dim() - 2)).expand(w.shape)

@@ -1,0 +1,77 @@
+"""What a model's modules see on calibration images: one eval pass with forward hooks.
+
+Shared by the methods that score units from data (screening, activation). The model is
+run in eval mode without gradients and its train/eval flags are restored afterwards:
+a method never mutates the base model it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+BATCH = 256  # calibration images per forward pass
+
+#: ``fn(name, module, activation, rows)``: ``activation`` is the module's first input
+#: (``inputs=True``) or its output, for the calibration images ``rows`` (a slice of x)
+Hook = Callable[[str, nn.Module, torch.Tensor, slice], None]
+
+
+@torch.no_grad()
+def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, inputs: bool, batch: int = BATCH) -> None:
+    """Run ``model`` over ``x`` (N, C, H, W) in batches, calling ``fn`` at every call of
+    each module in ``names`` (a module called twice per forward reports twice)."""
+    modules = dict(model.named_modules())
+    rows = {"now": slice(0, 0)}
+
+    def hook(name: str):
+        def run(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            fn(name, mod, (args[0] if inputs else out).detach(), rows["now"])
+
+        return run
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        for i in range(0, len(x), batch):
+            rows["now"] = slice(i, min(i + batch, len(x)))
+            model(x[rows["now"]])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in training.items():
+            m.train(t)
+
+
+def unit_dim(a: torch.Tensor, module: nn.Module) -> int:
+    """The dimension of ``a`` that holds ``module``'s units: a Linear's last, a conv's/BN's 1."""
+    return a.dim() - 1 if isinstance(module, nn.Linear) else 1
+
+
+def input_rms(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """Root mean square of each input channel (conv) or feature (Linear) of the modules
+    ``names``, over the images ``x`` and all spatial positions: name -> float64 (C_in,)."""
+    ss: dict[str, torch.Tensor] = {}
+    count: dict[str, int] = {}
+
+    def add(name: str, mod: nn.Module, a: torch.Tensor, rows: slice) -> None:
+        a = a.double().movedim(unit_dim(a, mod), -1)
+        a = a.reshape(-1, a.shape[-1])
+        ss[name] = ss.get(name, 0) + (a * a).sum(0)
+        count[name] = count.get(name, 0) + a.shape[0]
+
+    hooked_pass(model, x, names, add, inputs=True)
+    return {n: (ss[n] / count[n]).sqrt() for n in names}
+
+
+def per_weight(unit: torch.Tensor, w: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """The value ``unit`` (C_in,) of each weight's input unit, shaped like ``w`` (grouped
+    convs included: a filter of group g sees only that group's input channels)."""
+    out, per = w.shape[0], w.shape[1]
+    groups = getattr(module, "groups", 1)
+    first = (torch.arange(out) // (out // groups)) * per  # first input channel of each filter's group
+    v = unit[first[:, None] + torch.arange(per)]  # (out, per)
+    return v.reshape(v.shape + (1,) * (w.dim() - 2)).expand(w.shape)
