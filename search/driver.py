@@ -161,7 +161,7 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
     steering = PressureSteering(cfg)
     if steering.active:
         for row in candidate_rows(recorder.uri, cfg.experiment, filters=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
-            steering.observe(row["knobs"], row["state"], row.get("sparsity"))
+            steering.observe(row["method"], row["knobs"], row["state"], row.get("sparsity"))
     deadline = time.monotonic() + cfg.budget.wall_time_s if cfg.budget.wall_time_s else float("inf")
     progress = Progress(total=max(remaining, 0), quiet=quiet)
     trials = {}

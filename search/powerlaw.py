@@ -153,7 +153,8 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
     decreasing branch only and reported as 0 / inf where unbounded.
 
     Raises:
-        ValueError: target outside (0, 1) or outside the curve's reachable range.
+        ValueError: target outside (0, 1), outside the curve's reachable range, or
+            beyond a factor e^60 from the fitted pressures (a flat fit).
     """
     if not 0 < target_density < 1:
         raise ValueError(f"target density must be in (0, 1), got {target_density}")
@@ -174,6 +175,13 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
     # Root with a0 + 2 a1 L = +sq >= 0, i.e. the one on the decreasing branch; the
     # rationalised form avoids cancellation when a1 is tiny (and covers a1 = 0).
     L0 = -2 * (y0 - lnc) / (a0 + sq) if a0 + sq > 0 else (-a0 + sq) / (2 * a1)
+    fitted = (math.log(fit.gamma_min), math.log(fit.gamma_max)) if fit.gamma_min > 0 else (0.0, 0.0)  # range unknown: around 1
+    if not (math.isfinite(L0) and fitted[0] - _MAX_SPAN <= L0 <= fitted[1] + _MAX_SPAN):
+        # a flat fit (every density near 1: the slope is noise) puts the target at a
+        # pressure like e^1000; that is no prediction, and exp() of it would overflow
+        raise ValueError(f"target density {target_density:g} lies at pressure e^{L0:.4g}, more than a factor "
+                         f"e^{_MAX_SPAN:g} beyond the fitted pressures [{fit.gamma_min:.4g}, {fit.gamma_max:.4g}]: "
+                         f"the fitted curve is too flat to predict it (slope a0={a0:.3g}, a1={a1:.3g})")
     p = 3 if fit.quadratic else 2
     cov = np.asarray(fit.cov, dtype=float)
     dof = fit.n - p

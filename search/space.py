@@ -17,7 +17,7 @@ from pipeline.spec import CandidateSpec
 if TYPE_CHECKING:
     import optuna
 
-    from search.config import SearchConfig
+    from search.config import SearchConfig, SpaceConfig
 
 
 def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
@@ -38,10 +38,8 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     elif method.target == "sparsity":
         target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
     knobs = {}
-    for name, knob in method.knobs.items():
-        rng = space.knobs.get(method_name, {}).get(name)
-        if rng is not None or knob.default is None:
-            knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", knob, rng)
+    for name in searched_knobs(space, method_name):
+        knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", method.knobs[name], space.knobs.get(method_name, {}).get(name))
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
@@ -61,6 +59,14 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         finetune_steps=cfg.finetune_steps,
         seed=cfg.seed + trial.number,
     )
+
+
+def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
+    """Knobs of ``method_name`` that are trial parameters (named ``method.knob``): those
+    given a range in ``space.knobs`` or without a default; the others keep their default."""
+    method = get_method(method_name)
+    ranges = space.knobs.get(method_name, {})
+    return [name for name, knob in method.knobs.items() if name in ranges or knob.default is None]
 
 
 def _categorical(trial: "optuna.Trial", name: str, choices: list[str]) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
+import pytest
 
+from search import powerlaw
 from search.config import parse_config
 from search.steering import PressureSteering
 
@@ -22,7 +25,7 @@ def test_steering_proposes_the_pressure_of_the_target_density():
     steering = PressureSteering(_cfg(0.9), every=2)
     rng = np.random.default_rng(0)
     for g in np.geomspace(0.005, 2.0, 8):
-        steering.observe({"pressure": float(g)}, "ok", 1 - _density(g) * math.exp(rng.normal(0, 0.02)))
+        steering.observe("hyperflows", {"pressure": float(g)}, "ok", 1 - _density(g) * math.exp(rng.normal(0, 0.02)))
     proposals = [steering.propose() for _ in range(6)]
     assert [p is None for p in proposals] == [True, False] * 3  # one trial in two is steered
     true_gamma = next(g for g in np.geomspace(0.01, 10, 200000) if _density(g) <= 0.1)
@@ -34,18 +37,75 @@ def test_steering_proposes_the_pressure_of_the_target_density():
 def test_steering_names_the_method_when_the_space_has_several():
     steering = PressureSteering(_cfg(0.9, ("magnitude", "hyperflows")), every=1)
     for g in (0.01, 0.1, 0.5, 1.0):
-        steering.observe({"pressure": g}, "ok", 1 - _density(g))
+        steering.observe("hyperflows", {"pressure": g}, "ok", 1 - _density(g))
     assert steering.propose()["method"] == "hyperflows"
 
 
 def test_steering_waits_for_points_and_ignores_failures():
     steering = PressureSteering(_cfg(0.9), every=1)
     for g in (0.01, 0.1, 1.0):
-        steering.observe({"pressure": g}, "ok", 1 - _density(g))
-    steering.observe({"pressure": 3.0}, "failed", None)
-    assert steering.fit is None and steering.propose() is None
+        steering.observe("hyperflows", {"pressure": g}, "ok", 1 - _density(g))
+    steering.observe("hyperflows", {"pressure": 3.0}, "failed", None)
+    assert not steering.fits and steering.propose() is None
 
 
 def test_steering_is_off_without_a_target_or_pressure_method():
     assert not PressureSteering(parse_config({"space": {"methods": ["hyperflows"]}})).active
     assert not PressureSteering(parse_config({"space": {"methods": ["magnitude"], "target_sparsity": 0.9}})).active
+
+
+def test_steering_survives_a_flat_fit(caplog):
+    # every candidate below the threshold pressure: densities about 0.999, the slope is noise
+    steering = PressureSteering(_cfg(0.9), every=1)
+    rng = np.random.default_rng(0)
+    for g in (0.001, 0.003, 0.01, 0.03, 0.1):
+        steering.observe("hyperflows", {"pressure": g}, "ok", 1 - 0.999 * math.exp(rng.normal(0, 1e-4)))
+    assert steering.fits  # the fit itself exists ...
+    with caplog.at_level(logging.INFO, logger="search.steering"):
+        assert steering.propose() is None  # ... but predicts nothing, and nothing escapes
+    assert "too flat" in caplog.text or "not reachable" in caplog.text, caplog.text
+
+
+def test_flat_fit_is_no_prediction_not_an_overflow():
+    fit = powerlaw.fit_pressure([0.001, 0.01, 0.1, 1.0], [0.9990, 0.99905, 0.9991, 0.99895], quadratic=False)
+    assert 0 < fit.a0 < 1e-3
+    with pytest.raises(ValueError, match="too flat"):
+        powerlaw.predict_pressure(fit, 0.1)
+
+
+def _two_budgets(steering):
+    """Points of two hyperflows budgets: 300 steps prunes far less at a pressure than 1000 steps."""
+    rng = np.random.default_rng(1)
+    for g in np.geomspace(0.005, 8.0, 8):
+        for steps, c in ((300, 0.3), (1000, 0.05)):
+            d = _density(g, c=c, a0=0.8 if steps == 300 else 1.2, a1=0.05) * math.exp(rng.normal(0, 0.02))
+            steering.observe("hyperflows", {"pressure": float(g), "steps": steps}, "ok", 1 - d)
+
+
+def test_fits_are_made_per_budget_and_recover_each_curve():
+    steering = PressureSteering(_cfg(0.9), every=1)
+    _two_budgets(steering)
+    fits = {dict(b)["steps"]: f for (m, b), f in steering.fits.items()}
+    assert sorted(fits) == [300.0, 1000.0]
+    assert fits[300.0].c == pytest.approx(0.3, rel=0.1) and fits[300.0].a0 == pytest.approx(0.8, abs=0.05)
+    assert fits[1000.0].c == pytest.approx(0.05, rel=0.1) and fits[1000.0].a0 == pytest.approx(1.2, abs=0.05)
+    assert min(f.r2 for f in fits.values()) > 0.99
+    pooled = powerlaw.fit_pressure(*zip(*[p for pts in steering.points.values() for p in pts]))
+    assert pooled.r2 < 0.8  # the pooled fit describes neither budget
+
+
+def test_a_steered_trial_runs_at_the_budget_whose_curve_chose_its_pressure():
+    cfg = parse_config({"space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
+                                  "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000]}}}})
+    steering = PressureSteering(cfg, every=1)
+    _two_budgets(steering)
+    seen = set()
+    for _ in range(20):
+        p = steering.propose()
+        steps = p["hyperflows.steps"]
+        c, a0 = (0.3, 0.8) if steps == 300 else (0.05, 1.2)
+        true_gamma = next(g for g in np.geomspace(1e-3, 10, 100000) if _density(g, c=c, a0=a0, a1=0.05) <= 0.1)
+        assert abs(math.log(p["hyperflows.pressure"] / true_gamma)) < 0.3, (p, true_gamma)
+        assert isinstance(steps, int) and "hyperflows.flow_lr" not in p  # flow_lr is not searched: it keeps its default
+        seen.add(steps)
+    assert seen == {300, 1000}

@@ -100,6 +100,12 @@ class PruningMethod(ABC):
     needs_labels: ClassVar[bool] = False
     trains: ClassVar[bool] = False
     knobs: ClassVar[dict[str, Knob]] = {}
+    #: for ``target == "outcome"``: the knob that steers the outcome (power-law steering
+    #: fits density against it), or None
+    steered_knob: ClassVar[str | None] = None
+    #: knobs that set how far the steered knob gets (a training budget): steering fits
+    #: one curve per combination of their values
+    budget_knobs: ClassVar[tuple[str, ...]] = ()
 
     def check(self, spec: "CandidateSpec") -> None:
         """Raise ``ValueError`` naming the field if ``spec`` asks for something unsupported."""

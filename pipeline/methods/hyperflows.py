@@ -64,6 +64,9 @@ class Hyperflows(PruningMethod):
         "regrowth_steps": Knob(0, 1000, integer=True, default=100),
         "flow_lr": Knob(1e-4, 3e-2, log=True, default=3e-3),
     }
+    steered_knob = "pressure"
+    # density at a given pressure depends on how long the presence parameters move and how fast
+    budget_knobs = ("steps", "regrowth_steps", "flow_lr")
 
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         net, presence = train_presence(
