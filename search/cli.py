@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `prunesearch best | head`: the reader left; no traceback at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:  # map known input errors to a clear message and exit code 2
         if _is_input_error(e):
             print(f"error: {e}", file=sys.stderr)
@@ -62,10 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar (for jobs)")
     r.set_defaults(func=_run)
 
-    b = sub.add_parser("best", help="print the Pareto-best candidates (accuracy vs effective MACs)")
+    b = sub.add_parser("best", help="print the Pareto-best feasible candidates (accuracy vs effective MACs); exit 1 if none matches")
     _store_args(b)
-    b.add_argument("--top", type=int, default=10)
+    b.add_argument("--top", type=_positive_int, help="at most this many rows (default 10; with --all, every row)")
+    b.add_argument("--all", action="store_true", help="every candidate passing the filters, not only the Pareto front (and no --top limit unless given)")
+    b.add_argument("--sort", default="accuracy", help="METRIC[:asc|:desc], e.g. latency_ms:asc (default accuracy, descending)")
     b.add_argument("--max-macs", type=float, help="keep candidates with at most this many effective MACs")
+    b.add_argument("--max-macs-ratio", type=float, help="effective MACs at most this fraction of the dense model's")
+    b.add_argument("--max-latency-ms", type=float, help="measured latency_ms at most this (per latency_batch images)")
+    b.add_argument("--granularity", choices=["unstructured", "channel"], help="keep one granularity")
+    b.add_argument(
+        "--feasibility", choices=["feasible", "infeasible", "any"], default="feasible",
+        help="candidates meeting the search's constraints (default), the others, or both",
+    )
     b.add_argument("--min-accuracy", type=float, help="keep candidates with at least this validation accuracy (fraction)")
     b.add_argument("--method", help="keep one method")
     b.add_argument("--min-sparsity", type=float, help="weight sparsity at least (fraction)")
@@ -101,7 +113,18 @@ def _parser() -> argparse.ArgumentParser:
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
-    p.add_argument("--experiment", default="demo", help="experiment (search name), default 'demo'")
+    p.add_argument("--experiment", help="experiment (search name); default: the only search in the store")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _store_hint(args: argparse.Namespace) -> str:
+    where = args.tracking_uri or str(Path(args.run_dir).expanduser().resolve())
+    return f"(read {where}; pass --run-dir DIR or --tracking-uri URI to read another store)"
 
 
 def _uri(args: argparse.Namespace) -> str:
@@ -119,8 +142,12 @@ def _search(cfg, quiet: bool) -> int:
 
     out = run_search(cfg, quiet=quiet)
     print(f"\n{out.evaluated} candidates evaluated ({out.failed} failed); {out.recorded_total} recorded in study {cfg.name!r}.")
-    print("\nPareto-best candidates (accuracy on the validation split, MACs per image):")
-    print(format_table(best(out.tracking_uri, out.experiment, top=10)))
+    rows = best(out.tracking_uri, out.experiment, top=10)  # feasible ones: in constrained mode, those meeting the constraints
+    if rows:
+        print("\nPareto-best feasible candidates (accuracy on the validation split, MACs per image):")
+        print(format_table(rows))
+    else:
+        print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
     if out.tracking_uri.startswith("sqlite:///"):
         print(f"\nBrowse every candidate:  mlflow ui --backend-store-uri {out.tracking_uri} --host 127.0.0.1")
     return 130 if out.interrupted else 0
@@ -148,9 +175,19 @@ def _run(args: argparse.Namespace) -> int:
 def _best(args: argparse.Namespace) -> int:
     from search import query
 
-    rows = query.best(
-        _uri(args), args.experiment, args.top, args.max_macs, args.min_accuracy, args.method, args.min_sparsity, args.max_sparsity
-    )
+    feasible = {"feasible": True, "infeasible": False, "any": None}[args.feasibility]
+    try:
+        rows = query.best(
+            _uri(args), args.experiment, args.top or (None if args.all else 10), args.max_macs, args.min_accuracy,
+            args.method, args.min_sparsity, args.max_sparsity, args.max_macs_ratio, args.max_latency_ms, args.granularity,
+            feasible, front=not args.all, sort=args.sort,
+        )
+    except query.QueryError as e:
+        raise query.QueryError(f"{e} {_store_hint(args)}") from None
+    if not rows:
+        what = "candidate" if args.all else "Pareto-front candidate"
+        print(f"no {what} matches these filters (feasibility: {args.feasibility}); loosen them or add --all", file=sys.stderr)
+        return 1
     if args.format == "json":
         print(query.to_json(rows))
     elif args.format == "parquet":
@@ -186,7 +223,10 @@ def _curves(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from search.export import export
+    from search.query import QueryError, has_run
 
+    if not has_run(_uri(args), args.run_id):
+        raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
     out = export(_uri(args), args.run_id, args.output, allow_import=args.allow_import)
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     print(f"wrote {out.path} (load with search.export.load_exported) and {out.torchscript} (torch.jit.load)")

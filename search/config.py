@@ -65,6 +65,7 @@ class SpaceConfig(Frozen):
     prune_stem: bool = True
     prune_head: bool = True
     target_sparsity: float | None = Field(None, gt=0, lt=1)
+    reconstruct: list[Literal["none", "lsq"]] = ["none"]
 
     @field_validator("sparsity")
     @classmethod

@@ -29,7 +29,7 @@ from search.report import finish_report
 from search.query import candidate_rows
 from search.space import suggest
 from search.steering import PressureSteering
-from search.study import open_study, recorded_trials, repair, tell
+from search.study import derived_metrics, open_study, recorded_trials, repair, tell, trial_tags
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,9 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                     _warn_every(60, "no evaluator actor is ready yet (%d pending placement); waiting", len(pool.actors))
                 for number, result in pool.wait(timeout=1.0):
                     trial = trials.pop(number)
-                    steered = {"steered": "power-law"} if trial.user_attrs.get("steered") else {}
                     # a RecordError here stops the search: unrecorded trials stay RUNNING and resume re-queues them
-                    run_id = recorder.record(parent_id, number, result, steered)
+                    extra = derived_metrics(cfg, result.state, dict(result.metrics))
+                    run_id = recorder.record(parent_id, number, result, trial_tags(trial), extra)
                     tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
                     steering.observe_result(result)
                     evaluated += 1

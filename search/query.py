@@ -9,22 +9,24 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
+FLAGS = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
 
 
 class QueryError(LookupError):
     """The store has no such experiment or no candidate matching the query."""
 
 
-def candidate_rows(tracking_uri: str, experiment: str, finished_only: bool = True, filters: str = "") -> list[dict[str, Any]]:
+def candidate_rows(tracking_uri: str, experiment: str | None, finished_only: bool = True, filters: str = "") -> list[dict[str, Any]]:
     """One dict per candidate run of ``experiment``: run id, trial, method, params and metrics.
 
+    ``experiment`` None: the only search in the store (see ``default_experiment``).
     ``filters`` is extra MLflow filter syntax ANDed on (``metrics.macs < 1e6``).
     """
     client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = experiment or default_experiment(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise QueryError(f"no experiment {experiment!r} in {tracking_uri}; experiments there: {names}")
+        raise QueryError(f"no experiment {experiment!r} in {tracking_uri}; searches there: {search_experiments(tracking_uri)}")
     clauses = ["tags.`prunesearch.role` = 'candidate'"]
     if finished_only:
         clauses.append("attributes.status = 'FINISHED'")
@@ -32,6 +34,37 @@ def candidate_rows(tracking_uri: str, experiment: str, finished_only: bool = Tru
         clauses.append(filters)
     runs = client.search_runs([exp.experiment_id], filter_string=" and ".join(clauses), max_results=50000)
     return [_row(r) for r in runs]
+
+
+def search_experiments(tracking_uri: str) -> list[str]:
+    """Names of the experiments in the store that hold a prunesearch search, sorted."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exps = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not exps:
+        return []
+    runs = client.search_runs(list(exps), filter_string="tags.`prunesearch.role` = 'search'", max_results=50000)
+    return sorted({exps[r.info.experiment_id] for r in runs})
+
+
+def default_experiment(tracking_uri: str) -> str:
+    """The store's only search; a ``QueryError`` listing them when there are none or several."""
+    names = search_experiments(tracking_uri)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise QueryError(f"no prunesearch search in {tracking_uri}; run a search first, or point to another store")
+    raise QueryError(f"{tracking_uri} holds {len(names)} searches, choose one with --experiment: {', '.join(names)}")
+
+
+def has_run(tracking_uri: str, run_id: str) -> bool:
+    """Whether the store holds a run with this id."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def _row(run: Any) -> dict[str, Any]:
@@ -47,6 +80,7 @@ def _row(run: Any) -> dict[str, Any]:
         "error": t.get("error", ""),
         "knobs": {k.removeprefix("knob."): float(v) for k, v in p.items() if k.startswith("knob.")},
         "allocation": {k.removeprefix("alloc."): float(v) for k, v in p.items() if k.startswith("alloc.")},
+        "baseline": t.get("baseline") == "1",
     }
     row.update(run.data.metrics)
     return row
@@ -69,41 +103,76 @@ def pareto_front(rows: list[dict[str, Any]], maximize: str = "accuracy", minimiz
 
 def best(
     tracking_uri: str,
-    experiment: str,
-    top: int = 10,
+    experiment: str | None = None,
+    top: int | None = 10,
     max_macs: float | None = None,
     min_accuracy: float | None = None,
     method: str | None = None,
     min_sparsity: float | None = None,
     max_sparsity: float | None = None,
+    max_macs_ratio: float | None = None,
+    max_latency_ms: float | None = None,
+    granularity: str | None = None,
+    feasible: bool | None = True,
+    front: bool = True,
+    sort: str = "accuracy",
 ) -> list[dict[str, Any]]:
-    """The Pareto-best candidates (accuracy vs effective MACs) satisfying the filters,
-    best accuracy first, at most ``top`` of them."""
-    clauses = []
-    if max_macs is not None:
-        clauses.append(f"metrics.macs <= {float(max_macs)!r}")
-    if min_accuracy is not None:
-        clauses.append(f"metrics.accuracy >= {float(min_accuracy)!r}")
-    if min_sparsity is not None:
-        clauses.append(f"metrics.sparsity >= {float(min_sparsity)!r}")
-    if max_sparsity is not None:
-        clauses.append(f"metrics.sparsity <= {float(max_sparsity)!r}")
-    if method is not None:
-        clauses.append(f"params.method = '{method.replace(chr(39), '')}'")
+    """The best candidates satisfying the filters, at most ``top`` (None: all) of them.
+
+    Args:
+        max_macs, max_macs_ratio: effective MACs per image at most (absolute / fraction of dense).
+        min_accuracy: validation accuracy at least (fraction).
+        min_sparsity, max_sparsity: weight sparsity bounds (fraction of prunable weights).
+        max_latency_ms: measured latency at most (ms per ``latency_batch`` images).
+        feasible: True keeps candidates meeting the search's constraints (metric
+            ``feasible`` = 1; records without the metric count as feasible), False
+            the others, None both.
+        front: keep only the Pareto front (max accuracy, min effective MACs) of what
+            passes the filters; False keeps every candidate.
+        sort: ``METRIC[:asc|:desc]`` (see ``parse_sort``); ties go to fewer MACs.
+    """
+    bounds = [("macs", "<=", max_macs), ("accuracy", ">=", min_accuracy), ("sparsity", ">=", min_sparsity),
+              ("sparsity", "<=", max_sparsity), ("macs_ratio", "<=", max_macs_ratio), ("latency_ms", "<=", max_latency_ms)]
+    clauses = [f"metrics.{m} {op} {float(v)!r}" for m, op, v in bounds if v is not None]
+    for param, value in (("method", method), ("granularity", granularity)):
+        if value is not None:
+            clauses.append(f"params.{param} = '{value.replace(chr(39), '')}'")
     rows = [r for r in candidate_rows(tracking_uri, experiment, filters=" and ".join(clauses)) if "accuracy" in r and "macs" in r]
-    front = pareto_front(rows)
-    return sorted(front, key=lambda r: (-r["accuracy"], r["macs"]))[:top]
+    if feasible is not None:
+        rows = [r for r in rows if (r.get("feasible", 1.0) == 1.0) == feasible]
+    metric, descending = parse_sort(sort)
+    if rows and not any(metric in r for r in rows):
+        names = sorted({k for r in rows for k, v in r.items() if isinstance(v, float)})
+        raise QueryError(f"--sort: no candidate has metric {metric!r}; metrics: {', '.join(names)}")
+    chosen = pareto_front(rows) if front else rows
+    sign = -1.0 if descending else 1.0
+    ordered = sorted(chosen, key=lambda r: (metric not in r, sign * r.get(metric, 0.0), r["macs"], r["trial"]))
+    return ordered if top is None else ordered[:top]
+
+
+#: metrics where more is better: sorted descending unless told otherwise
+HIGHER_IS_BETTER = ("accuracy", "accuracy_before_recal", "test_accuracy", "sparsity", "feasible")
+
+
+def parse_sort(text: str) -> tuple[str, bool]:
+    """``METRIC[:asc|:desc]`` -> (metric, descending). Without a direction, accuracies,
+    sparsity and ``feasible`` sort descending, everything else (MACs, latency, ...) ascending."""
+    metric, _, direction = text.partition(":")
+    if direction not in ("", "asc", "desc") or not metric:
+        raise QueryError(f"--sort {text!r}: expected METRIC, METRIC:asc or METRIC:desc (e.g. latency_ms:asc)")
+    return metric, direction == "desc" or (not direction and metric in HIGHER_IS_BETTER)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of ``rows`` (run id, method, and the main metrics)."""
-    head = ["run_id", "trial", "method", "gran"] + COLUMNS
+    head = ["run_id", "trial", "method", "gran"] + COLUMNS + list(FLAGS)
     lines = [head]
     for r in rows:
         cells = [r["run_id"], str(r["trial"]), r["method"], r["granularity"][:4]]
         for c in COLUMNS:
             v = r.get(c)
             cells.append("" if v is None else (f"{v:.4f}" if abs(v) < 100 else f"{v:.4g}"))
+        cells += [words.get(r.get(c), "") for c, words in FLAGS.items()]
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)

@@ -9,7 +9,9 @@ Child runs carry:
   as ``knob.NAME``, ``recal_images``, ...) and the full ``spec`` JSON;
 - metrics: accuracy, accuracy_before_recal, sparsity, macs, macs_dense, params,
   latency_ms, prune_s, recal_s, eval_s, ... (numbers users sort on);
-- tags: ``mlflow.parentRunId``, ``trial_number``, ``state``, ``error``, ``node``;
+- metrics added by the driver: ``feasible`` (1 or 0: meets the objective's constraints);
+- tags: ``mlflow.parentRunId``, ``trial_number``, ``state``, ``error``, ``node``, and
+  ``baseline`` = "1" / ``steered`` for trials not chosen by the sampler;
 - artifacts: ``plan.parquet`` (masks / kept channels / trained weights), ``spec.json``,
   ``bn_variance.parquet`` and ``bn_variance.png`` (the signal-collapse diagnostic).
 """
@@ -70,8 +72,12 @@ class Recorder:
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def record(self, parent_id: str, trial_number: int, result: CandidateResult, tags: dict[str, str] | None = None) -> str:
-        """Write one candidate as a finished child run (plus extra ``tags``); returns its run id."""
+    def record(
+        self, parent_id: str, trial_number: int, result: CandidateResult, tags: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> str:
+        """Write one candidate as a finished child run, plus extra ``tags`` and ``metrics``
+        (what the driver derives, e.g. ``feasible``); returns its run id."""
         spec = result.spec
         tags = {
             PARENT_TAG: parent_id,
@@ -88,7 +94,7 @@ class Recorder:
             rid = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags).info.run_id
             self.client.log_batch(
                 rid,
-                metrics=[Metric(k, float(v), 0, 0) for k, v in result.metrics.items()] + _knob_metrics(spec),
+                metrics=[Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **(metrics or {})}.items()] + _knob_metrics(spec),
                 params=[Param(k, v) for k, v in spec_params(spec).items()],
                 tags=[RunTag(f"info.{k}", v[:5000]) for k, v in result.info.items()],
             )

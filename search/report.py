@@ -20,17 +20,24 @@ log = logging.getLogger(__name__)
 
 
 def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: optuna.Study) -> None:
-    """Log front, plots, curve fits and summary metrics to the parent run."""
+    """Log front, plots, curve fits and summary metrics to the parent run.
+
+    ``best_accuracy``, ``pareto_size`` and ``pareto.parquet`` count feasible candidates
+    only (metric ``feasible``); curve fits use every measured candidate.
+    """
     of_parent = f"tags.`mlflow.parentRunId` = '{parent_id}'"
     rows = [r for r in candidate_rows(recorder.uri, cfg.experiment, filters=of_parent) if "accuracy" in r]
     failed = len(candidate_rows(recorder.uri, cfg.experiment, finished_only=False, filters=f"tags.state = 'failed' and {of_parent}"))
-    summary = {"candidates": float(len(rows)), "candidates_failed": float(failed)}
-    if rows:
-        front = pareto_front(rows)
-        summary.update(best_accuracy=max(r["accuracy"] for r in rows), pareto_size=float(len(front)))
+    # the summaries answer for candidates that meet the constraints (all of them in pareto mode)
+    feasible = [r for r in rows if r.get("feasible", 1.0) == 1.0]
+    summary = {"candidates": float(len(rows)), "candidates_failed": float(failed), "candidates_feasible": float(len(feasible))}
+    front = pareto_front(feasible)
+    if feasible:
+        summary.update(best_accuracy=max(r["accuracy"] for r in feasible), pareto_size=float(len(front)))
         with tempfile.TemporaryDirectory() as d:
             to_parquet(front, str(Path(d) / "pareto.parquet"))
             recorder.log_parent_artifact(parent_id, "pareto.parquet", (Path(d) / "pareto.parquet").read_bytes())
+    if rows:
         recorder.log_parent_artifact(parent_id, "population.png", population_plot(rows, front))
     fits = fit_curves(rows)
     for name, fit in fits.items():

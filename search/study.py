@@ -10,6 +10,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from search.baselines import BASELINE_ATTR, enqueue_baselines
 from search.config import SearchConfig
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ RUN_ID_ATTR = "mlflow_run_id"
 
 def open_study(cfg: SearchConfig) -> optuna.Study:
     """Create the study, or load it when the same run folder is used again (resume).
+
+    A new study gets its baseline trials enqueued first (``search.baselines``).
 
     Storage: ``optuna_storage`` if set (an RDB URL for clusters), else a journal file
     in the run folder written by this driver alone.
@@ -40,6 +43,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
         )
     # reseed by progress so a resumed random/NSGA-II sampler does not replay its first draws
     study.sampler = make_sampler(cfg, offset=len(study.trials))
+    enqueue_baselines(study, cfg)  # a new study only
     return study
 
 
@@ -68,6 +72,30 @@ def constraint_values(cfg: SearchConfig, metrics: dict[str, float]) -> dict[str,
     if o.min_sparsity is not None:
         vals["min_sparsity"] = o.min_sparsity - metrics["sparsity"]
     return vals
+
+
+def is_feasible(cfg: SearchConfig, metrics: dict[str, float]) -> bool:
+    """Whether a measured candidate meets the constraints (always, in pareto mode).
+
+    The same test as Optuna's (every constraint value <= 0), so ``best`` and the
+    summaries agree with ``study.best_trial``.
+    """
+    return cfg.objective.mode != "constrained" or all(v <= 0 for v in constraint_values(cfg, metrics).values())
+
+
+def derived_metrics(cfg: SearchConfig, state: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics the driver adds to a candidate's record: ``feasible`` (1 or 0) of an ok one."""
+    return {"feasible": float(is_feasible(cfg, metrics))} if state == "ok" else {}
+
+
+def trial_tags(trial: optuna.Trial) -> dict[str, str]:
+    """MLflow tags saying how a trial was chosen: ``baseline`` = "1", ``steered`` = "power-law"."""
+    tags = {}
+    if trial.user_attrs.get(BASELINE_ATTR):
+        tags["baseline"] = "1"
+    if trial.user_attrs.get("steered"):
+        tags["steered"] = "power-law"
+    return tags
 
 
 def tell(study: optuna.Study, cfg: SearchConfig, trial: optuna.Trial, run_id: str, state: str, metrics: dict[str, float]) -> None:
@@ -107,6 +135,7 @@ def repair(study: optuna.Study, cfg: SearchConfig, recorder: "Recorder", parent_
             told += 1
         else:
             study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params)
+            # the re-run keeps what chose it (baseline, steered)
+            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k in (BASELINE_ATTR, "steered")})
             requeued += 1
     return told, requeued

@@ -1,0 +1,96 @@
+"""Every search starts from the baselines: their parameters, and a real Optuna journal study."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+import pytest
+
+from search.baselines import BASELINE_ATTR, MARGIN, baseline_params, targets
+from search.config import parse_config
+from search.space import suggest
+from search.study import open_study
+
+WIDE = {
+    "methods": ["magnitude", "random", "hyperflows", "ocs"],
+    "granularity": ["unstructured", "channel"],
+    "scope": ["global", "layerwise"],
+    "allocation": {"layer1": [0.5, 1.5]},
+    "knobs": {"magnitude": {"norm": [1, 2]}},
+    "reconstruct": ["none", "lsq"],
+}
+
+
+def _cfg(tmp_path=None, space=None, **over):
+    base = {"space": space or WIDE, **({"run_dir": str(tmp_path / "run")} if tmp_path else {})}
+    return parse_config({**base, **over}, check_paths=False)
+
+
+def test_one_baseline_per_method_scope_granularity_and_reconstruction():
+    params = baseline_params(_cfg())
+    # magnitude, random: 2 granularities x 2 scopes x 2 reconstructions; hyperflows, ocs: 1 x 1 x 2
+    assert len(params) == 8 + 8 + 2 + 2
+    keys = [(p["method"], p.get(f"{p['method']}.granularity"), p.get(f"{p['method']}.scope"), p["reconstruct"]) for p in params]
+    assert len(set(keys)) == len(keys)
+    assert {p["reconstruct"] for p in params} == {"none", "lsq"}
+
+
+def test_baseline_params_are_exactly_what_the_space_asks_for():
+    cfg = _cfg(objective={"mode": "constrained", "max_macs_ratio": 0.5, "min_sparsity": 0.6})
+    for p in baseline_params(cfg):
+        trial = optuna.trial.FixedTrial(p)
+        spec = suggest(trial, cfg)
+        # every parameter is asked for under that name (reconstruct once the space asks for it)
+        assert set(trial.params) - {"reconstruct"} == set(p) - {"reconstruct"}, p
+        assert trial.params.get("reconstruct", p["reconstruct"]) == p["reconstruct"]
+        assert spec.allocation == {}
+        if spec.method == "magnitude":
+            assert spec.knobs == {"norm": 1.0}  # the default, though the space searches it
+        if spec.method == "hyperflows":  # no default: the geometric middle of its range
+            assert spec.knobs["pressure"] == pytest.approx(math.sqrt(1e-4 * 1.0))
+            assert spec.target_sparsity is None and spec.target_macs_ratio is None
+        elif spec.granularity == "unstructured":
+            assert spec.target_sparsity == pytest.approx(0.6 + MARGIN)
+        else:
+            assert spec.target_macs_ratio == pytest.approx(0.5 - MARGIN)
+
+
+def test_single_choices_are_not_params():
+    params = baseline_params(_cfg(space={"methods": ["magnitude"]}))
+    assert params == [{"target_sparsity": pytest.approx((0.3 + 0.97) / 2)}]
+
+
+def test_targets_by_mode_clamped_into_the_space():
+    space = {"sparsity": [0.4, 0.7], "macs_ratio": [0.3, 0.6], "target_sparsity": 0.5}
+    assert targets(_cfg(space=space)) == (0.5, pytest.approx(0.45))  # pareto: target_sparsity, middle of the MACs range
+    only_macs = _cfg(space=space, objective={"mode": "constrained", "max_macs_ratio": 0.2})
+    assert targets(only_macs) == (0.7, 0.3)  # 1 - 0.2 and 0.2 - margin, both clamped
+    only_sparsity = _cfg(space=space, objective={"mode": "constrained", "min_sparsity": 0.55})
+    assert targets(only_sparsity) == (pytest.approx(0.55 + MARGIN), pytest.approx(0.45))
+
+
+def test_a_new_study_starts_with_the_baselines_and_a_resumed_one_does_not_enqueue_again(tmp_path, caplog):
+    cfg = _cfg(tmp_path, name="base", budget={"trials": 4})
+    with caplog.at_level(logging.WARNING, logger="search.baselines"):
+        study = open_study(cfg)
+    expected = baseline_params(cfg)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == len(expected) == 20 and all(t.user_attrs[BASELINE_ATTR] for t in waiting)
+    assert "budget.trials is 4 but the space has 20 baselines" in caplog.text
+    # the first trials asked are the baselines, in order, with their parameters
+    for p in expected[:3]:
+        trial = study.ask()
+        spec = suggest(trial, cfg)
+        assert trial.user_attrs[BASELINE_ATTR]
+        assert trial.params == {k: v for k, v in p.items() if k in trial.params} and set(p) - set(trial.params) <= {"reconstruct"}
+        assert spec.allocation == {}
+        study.tell(trial, [0.5, 100.0])
+    # resuming (the same run folder) loads the study and enqueues nothing
+    again = open_study(cfg)
+    assert len(again.trials) == len(expected)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in again.trials) == 3
+    nxt = again.ask()
+    suggest(nxt, cfg)
+    assert nxt.params == {k: v for k, v in expected[3].items() if k != "reconstruct"}  # the waiting baselines run first
