@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "ray", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, inside the handler below, not at exit
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
