@@ -95,3 +95,39 @@ def test_a_new_study_starts_with_the_baselines_and_a_resumed_one_does_not_enqueu
     suggest(nxt, cfg)
     assert nxt.params == {k: v for k, v in expected[3].items() if k in nxt.params}  # the waiting baselines run first
     assert set(expected[3]) - set(nxt.params) <= {"reconstruct"}
+
+
+@pytest.mark.slow
+def test_a_constrained_search_starts_from_its_baselines_and_reports_only_feasible_candidates(tmp_path, ray_local):
+    from conftest import candidate_runs, search_config
+    from search.driver import run_search
+    from search.query import best
+
+    space = {"methods": ["magnitude", "random"], "sparsity": [0.5, 0.98]}
+    over = {"space": space, "objective": {"mode": "constrained", "min_sparsity": 0.96}}
+    cfg = search_config(tmp_path, "feasible", 6, **over)
+    out = run_search(cfg, quiet=True)
+    assert (out.evaluated, out.failed) == (6, 0)
+
+    study = open_study(cfg)
+    first = sorted(study.trials, key=lambda t: t.number)[:2]
+    assert [t.params for t in first] == [{"method": m, "target_sparsity": 0.96 + MARGIN} for m in ("magnitude", "random")]
+    assert all(t.user_attrs[BASELINE_ATTR] for t in first) and not any(BASELINE_ATTR in t.user_attrs for t in study.trials[2:])
+    client, runs = candidate_runs(cfg)
+    by_trial = {int(r.data.tags["trial_number"]): r for r in runs}
+    assert sorted(n for n, r in by_trial.items() if r.data.tags.get("baseline") == "1") == [0, 1]
+    for r in runs:  # the feasible metric is the constraint
+        assert r.data.metrics["feasible"] == float(r.data.metrics["sparsity"] >= 0.96)
+    assert by_trial[0].data.metrics["feasible"] == by_trial[1].data.metrics["feasible"] == 1.0  # rounding stays inside
+    infeasible = [r.data.metrics["accuracy"] for r in runs if r.data.metrics["feasible"] == 0]
+    feasible_best = max(r.data.metrics["accuracy"] for r in runs if r.data.metrics["feasible"] == 1)
+    assert infeasible and max(infeasible) > feasible_best  # the sampler found a more accurate, infeasible candidate
+    assert study.best_trial.value == feasible_best  # Optuna's answer, which best and the summary now agree with
+    rows = best(out.tracking_uri, cfg.name)
+    assert rows and all(r["feasible"] == 1.0 for r in rows) and rows[0]["accuracy"] == feasible_best
+    assert client.get_run(out.parent_run_id).data.metrics["best_accuracy"] == feasible_best
+
+    out2 = run_search(search_config(tmp_path, "feasible", 7, **over), quiet=True)  # resumed: no baseline again
+    assert out2.evaluated == 1 and out2.recorded_total == 7
+    _, runs = candidate_runs(cfg)
+    assert sum(r.data.tags.get("baseline") == "1" for r in runs) == 2 and len(open_study(cfg).trials) == 7
