@@ -131,3 +131,19 @@ def test_a_constrained_search_starts_from_its_baselines_and_reports_only_feasibl
     assert out2.evaluated == 1 and out2.recorded_total == 7
     _, runs = candidate_runs(cfg)
     assert sum(r.data.tags.get("baseline") == "1" for r in runs) == 2 and len(open_study(cfg).trials) == 7
+
+
+def test_a_baseline_lost_by_a_killed_driver_is_requeued_as_a_baseline(tmp_path):
+    from search.records import Recorder
+    from search.study import repair
+
+    cfg = _cfg(tmp_path, name="lost", space={"methods": ["magnitude", "random"]})
+    study = open_study(cfg)
+    trial = study.ask()  # a baseline in flight when the driver died: RUNNING, never recorded
+    suggest(trial, cfg)
+    rec = Recorder(cfg.resolved_tracking_uri(), cfg.name, artifact_location=(tmp_path / "art").as_uri())
+    assert repair(study, cfg, rec, rec.start_parent(None, cfg.name, {})) == (0, 1)
+    again = study.ask()
+    assert again.user_attrs[BASELINE_ATTR] and suggest(again, cfg).method == "random"  # the other baseline still waits first
+    requeued = study.ask()
+    assert requeued.user_attrs[BASELINE_ATTR] and suggest(requeued, cfg).method == "magnitude"
