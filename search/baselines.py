@@ -36,7 +36,7 @@ BASELINE_ATTR = "baseline"  # Optuna user attribute of a baseline trial; MLflow 
 MARGIN = 1e-3  # fraction inside a constraint where baselines sit
 
 
-def baseline_params(cfg: "SearchConfig") -> list[dict[str, Any]]:
+def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
     """Optuna parameters of every baseline trial of ``cfg``, in the order they run.
 
     The names are exactly those ``search.space.suggest`` asks for; a choice with a single
@@ -69,7 +69,7 @@ def baseline_params(cfg: "SearchConfig") -> list[dict[str, Any]]:
     return out
 
 
-def targets(cfg: "SearchConfig") -> tuple[float, float]:
+def targets(cfg: SearchConfig) -> tuple[float, float]:
     """(target sparsity, MACs ratio) of the baselines, clamped into the space's ranges."""
     space, o = cfg.space, cfg.objective
     if o.mode == "constrained":
@@ -81,7 +81,7 @@ def targets(cfg: "SearchConfig") -> tuple[float, float]:
     return _clamp(sparsity, space.sparsity), _clamp(macs, space.macs_ratio)
 
 
-def enqueue_baselines(study: "optuna.Study", cfg: "SearchConfig") -> int:
+def enqueue_baselines(study: optuna.Study, cfg: SearchConfig) -> int:
     """Enqueue the baselines into a study that has no trial yet; returns how many.
 
     A study with trials (a resumed one, also when its baselines are still waiting) gets
@@ -116,7 +116,7 @@ def _knob_value(knob: Knob, rng: tuple[float, float] | None) -> float:
     else:
         v = (low + high) / 2
     v = _clamp(v, (low, high))
-    return int(round(v)) if knob.integer else v
+    return round(v) if knob.integer else v
 
 
 def _clamp(v: float, rng: tuple[float, float]) -> float:
