@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.methods import Knob, get_method
 
+from search.space import searched_knobs
+
 if TYPE_CHECKING:
     import optuna
 
@@ -58,10 +60,8 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
                 p["target_sparsity"] = sparsity
             elif method.target == "sparsity":
                 p["macs_ratio"] = macs_ratio
-            for knob_name, knob in method.knobs.items():
-                rng = space.knobs.get(name, {}).get(knob_name)
-                if rng is not None or knob.default is None:
-                    p[f"{name}.{knob_name}"] = _knob_value(knob, rng)
+            for knob_name in searched_knobs(space, name):
+                p[f"{name}.{knob_name}"] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
             if method.allocates and space.allocation:
                 p["allocate"] = False
             _choice(p, "reconstruct", recon, space.reconstruct)
