@@ -129,6 +129,16 @@ def _store_hint(args: argparse.Namespace) -> str:
     return f"(read {where}; pass --run-dir DIR or --tracking-uri URI to read another store)"
 
 
+def _hinted(args: argparse.Namespace, query_fn, *a, **kw):
+    """``query_fn(*a, **kw)``; a ``QueryError`` (no such experiment, several searches) names the store read."""
+    from search.query import QueryError
+
+    try:
+        return query_fn(*a, **kw)
+    except QueryError as e:
+        raise QueryError(f"{e} {_store_hint(args)}") from None
+
+
 def _uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
         return args.tracking_uri
@@ -178,14 +188,11 @@ def _best(args: argparse.Namespace) -> int:
     from search import query
 
     feasible = {"feasible": True, "infeasible": False, "any": None}[args.feasibility]
-    try:
-        rows = query.best(
-            _uri(args), args.experiment, args.top or (None if args.all else 10), args.max_macs, args.min_accuracy,
-            args.method, args.min_sparsity, args.max_sparsity, args.max_macs_ratio, args.max_latency_ms, args.granularity,
-            feasible, front=not args.all, sort=args.sort,
-        )
-    except query.QueryError as e:
-        raise query.QueryError(f"{e} {_store_hint(args)}") from None
+    rows = _hinted(
+        args, query.best, _uri(args), args.experiment, args.top or (None if args.all else 10), args.max_macs,
+        args.min_accuracy, args.method, args.min_sparsity, args.max_sparsity, args.max_macs_ratio, args.max_latency_ms,
+        args.granularity, feasible, front=not args.all, sort=args.sort,
+    )
     if not rows:
         what = "candidate" if args.all else "Pareto-front candidate"
         print(f"no {what} matches these filters (feasibility: {args.feasibility}); loosen them or add --all", file=sys.stderr)
@@ -207,7 +214,7 @@ def _curves(args: argparse.Namespace) -> int:
     from search.query import candidate_rows
     from search.report import fit_curves
 
-    fits = fit_curves([r for r in candidate_rows(_uri(args), args.experiment) if "accuracy" in r])
+    fits = fit_curves([r for r in _hinted(args, candidate_rows, _uri(args), args.experiment) if "accuracy" in r])
     if not fits:
         raise ValueError(f"experiment {args.experiment!r} has too few candidates for a fit (need 3 of a kind)")
     for name, fit in fits.items():
