@@ -110,3 +110,13 @@ def test_scores_do_not_depend_on_seed_or_cache():
         b = plan_candidate(model, fresh, CandidateSpec(method="activation", granularity=g, seed=2, **kw))
         assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks) and a.masks.keys() == b.masks.keys()
         assert all(torch.equal(a.channels[k], b.channels[k]) for k in a.channels) and a.channels.keys() == b.channels.keys()
+
+
+def test_unstructured_global_scope_splits_sparsity_between_layers_as_magnitude_does():
+    model, ctx = _planted()
+    spec = CandidateSpec(method="activation", target_sparsity=0.7)
+    act = plan_candidate(model, ctx, spec).masks
+    mag = plan_candidate(model, ctx, spec.model_copy(update={"method": "magnitude"})).masks
+    assert act.keys() == mag.keys()
+    assert {n: int(m.sum()) for n, m in act.items()} == {n: int(m.sum()) for n, m in mag.items()}
+    assert any(not torch.equal(act[n], mag[n]) for n in act)  # the activations choose other weights

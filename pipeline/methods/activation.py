@@ -13,10 +13,13 @@ filter's scale out and multiplies its own gamma in. These scores look at the sig
   this is ``rms_c * ||W[:, c]||``; with several, the root of the summed squares is the
   size of c's contribution to all consumers' outputs together.
 - ``activation``, unstructured: ``|W_ij| * rms_j``, where ``rms_j`` is the RMS of the
-  layer's input channel / feature j over images and positions, broadcast over the kernel.
-  Global scope ranks these raw scores across layers: an RMS (not Wanda's norm over all
-  N * H * W positions, which grows with the feature map) keeps them on one scale, "the
-  typical size of this weight's term in an output", measured on ResNet-20 (README).
+  layer's input channel / feature j over images and positions, broadcast over the kernel
+  (Wanda's norm over all N * H * W positions differs by a per-layer constant only).
+  Wanda compares weights within one output row, not across layers: in global scope each
+  layer loses what global magnitude pruning takes from it, and the score chooses which
+  of its weights go. Measured on the shared ResNet-20 at 80 % sparsity (test top-1 after
+  recalibration): ranking the raw scores across layers 32.8 %, each tensor's scores
+  divided by their mean 72.1 %, the magnitude split 79.5 % (global magnitude 79.4 %).
 - ``bn_activation``, channel granularity only, data-free: the RMS of channel c is that of
   ``relu(z)``, ``z ~ N(beta_c, gamma_c^2)`` from the BatchNorm after the producer:
   ``E[relu(z)^2] = (mu^2 + s^2) Phi(mu/s) + mu s phi(mu/s)``. It assumes the ReLU that
@@ -46,6 +49,7 @@ class Activation(ImportanceMethod):
     """Calibration RMS of each unit as its consumer sees it, times the consumer's weights on it."""
 
     granularities = ("unstructured", "channel")
+    global_split_by = "magnitude"  # see the module docstring
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)

@@ -144,6 +144,10 @@ class ImportanceMethod(PruningMethod):
     score_knobs: ClassVar[tuple[str, ...]] = ()
     #: whether the scores depend on the candidate's seed (random scores do)
     seeded: ClassVar[bool] = False
+    #: what unstructured global scope ranks across tensors to split the sparsity between
+    #: them: the method's ``scores``, or ``magnitude`` (|w|) when they only compare within a
+    #: tensor; the scores then choose which weights of each tensor go
+    global_split_by: ClassVar[Literal["scores", "magnitude"]] = "scores"
 
     def cache_key(self, spec: "CandidateSpec") -> Hashable:
         """Candidates with equal keys share scores: every candidate's own seed in the key
@@ -178,9 +182,11 @@ class ImportanceMethod(PruningMethod):
     ) -> dict[str, float]:
         """Parameter name -> fraction of it that global scope removes at ``spec.target_sparsity``.
 
-        The default ranks ``scores`` across all tensors; methods whose scores do not
-        compare across layers override it. Allocation ratios then reshape this split.
+        Ranks ``scores`` (or |w|, per ``global_split_by``) across all tensors; methods
+        with another rule override it. Allocation ratios then reshape this split.
         """
+        if self.global_split_by == "magnitude":
+            scores = {n: w.detach().abs() for n, w in weights_of(model, spec).items()}
         masks = global_masks(scores, spec.target_sparsity)
         return {n: int((~m).sum()) / m.numel() for n, m in masks.items()}
 

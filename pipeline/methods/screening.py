@@ -50,13 +50,7 @@ class Screening(ImportanceMethod):
     needs_labels = True
     knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5)}
     score_knobs = ("screening_weight",)
-
-    def global_split(
-        self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]
-    ) -> dict[str, float]:
-        # each layer loses what global magnitude pruning would take from it (module docstring)
-        magnitudes = {n: w.detach().abs() for n, w in weights_of(model, spec).items()}
-        return super().global_split(model, ctx, spec, magnitudes)
+    global_split_by = "magnitude"  # each layer loses what global magnitude takes from it (module docstring)
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)
