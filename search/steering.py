@@ -12,8 +12,12 @@ the budget as much as on pressure (digits: per-budget fits R^2 0.93-0.99, all bu
 pooled 0.70), so one curve is fitted per method and budget, and a steered trial is
 enqueued at the budget whose curve chose its pressure.
 
-Steering never ends a search: a fit that cannot predict (too few points, a flat curve
-with every density near 1, a target out of reach) means "no proposal", logged with why.
+Budget knobs searched on a continuum rarely repeat a value: while no budget has enough
+points for a fit, the steered trials go to the best-filled budget at log-uniform
+pressures, so that its curve can be fitted.
+
+Steering never ends a search: a fit that cannot predict (a flat curve with every density
+near 1, a target out of reach) means "no proposal", logged with why.
 """
 
 from __future__ import annotations
@@ -83,8 +87,10 @@ class PressureSteering:
     def propose(self) -> dict[str, Any] | None:
         """Fixed parameters for the next trial, or None to leave it to the sampler."""
         self.asked += 1
-        if not self.active or not self.fits or self.asked % self.every:
+        if not self.active or self.asked % self.every:
             return None
+        if not self.fits:
+            return self._seed_a_budget()
         target = 1.0 - self.cfg.space.target_sparsity
         usable = {}
         for curve, fit in self.fits.items():
@@ -95,16 +101,34 @@ class PressureSteering:
         if not usable:
             return None
         curve = sorted(usable)[self.rng.randrange(len(usable))]
-        return self._params(curve, usable[curve])
-
-    def _params(self, curve: Curve, est: powerlaw.PressureEstimate) -> dict[str, Any]:
-        method, budget = curve
-        name = _steered(curve)
-        knob = get_method(method).knobs[name]
-        low, high = self.cfg.space.knobs.get(method, {}).get(name, (knob.low, knob.high))
+        est = usable[curve]
+        low, high = self._range(curve)
         lo, hi = max(est.low, low), min(est.high, high)
         gamma = est.gamma if not (0 < lo < hi and math.isfinite(hi)) else math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
-        params: dict[str, Any] = {f"{method}.{name}": min(max(gamma, low), high)}
+        return self._params(curve, gamma)
+
+    def _seed_a_budget(self) -> dict[str, Any] | None:
+        """Enough candidates for a fit, but spread over budgets that rarely repeat (budget
+        knobs searched on a continuum): one more at the budget with the most points (the
+        first seen among equals), at a pressure drawn log-uniformly from the space, so
+        that one budget's curve can be fitted. None while fewer than ``min_points``."""
+        if sum(len(p) for p in self.points.values()) < self.min_points:
+            return None
+        curve = max(self.points, key=lambda c: len(self.points[c]))
+        if len(self.points[curve]) >= self.min_points:
+            return None  # that curve has its points and still no fit: the sampler decides
+        low, high = self._range(curve)
+        return self._params(curve, math.exp(self.rng.uniform(math.log(low), math.log(high))))
+
+    def _range(self, curve: Curve) -> tuple[float, float]:
+        method, name = curve[0], _steered(curve)
+        knob = get_method(method).knobs[name]
+        return self.cfg.space.knobs.get(method, {}).get(name, (knob.low, knob.high))
+
+    def _params(self, curve: Curve, gamma: float) -> dict[str, Any]:
+        method, budget = curve
+        low, high = self._range(curve)
+        params: dict[str, Any] = {f"{method}.{_steered(curve)}": min(max(gamma, low), high)}
         searched = searched_knobs(self.cfg.space, method)  # the others keep their default, as fitted
         params.update({f"{method}.{k}": _typed(get_method(method).knobs[k], v) for k, v in budget if k in searched})
         if len(self.cfg.space.methods) > 1:

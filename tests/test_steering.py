@@ -109,3 +109,19 @@ def test_a_steered_trial_runs_at_the_budget_whose_curve_chose_its_pressure():
         assert isinstance(steps, int) and "hyperflows.flow_lr" not in p  # flow_lr is not searched: it keeps its default
         seen.add(steps)
     assert seen == {300, 1000}
+
+
+def test_budgets_that_never_repeat_get_one_budget_filled_until_it_can_be_fitted():
+    cfg = parse_config({"space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
+                                  "knobs": {"hyperflows": {"pressure": [0.11, 10.0], "steps": [100, 2000]}}}})
+    steering = PressureSteering(cfg, every=1)
+    density = lambda g: _density(g, a1=0.0)  # noqa: E731  (0.1 / g: below 1 on the whole range)
+    for i, g in enumerate((0.2, 0.4, 0.8, 1.6, 3.2)):  # a fresh steps value each time, as TPE samples them
+        steering.observe("hyperflows", {"pressure": g, "steps": 300 + i}, "ok", 1 - density(g))
+    assert not steering.fits
+    for _ in range(3):  # the best-filled budget (the first seen among equals) gets the steered trials
+        p = steering.propose()
+        assert p["hyperflows.steps"] == 300 and 0.11 <= p["hyperflows.pressure"] <= 10.0
+        steering.observe("hyperflows", {"pressure": p["hyperflows.pressure"], "steps": 300}, "ok", 1 - density(p["hyperflows.pressure"]))
+    assert [dict(b)["steps"] for _, b in steering.fits] == [300.0]
+    assert steering.propose()["hyperflows.pressure"] == pytest.approx(1.0, rel=1e-6)  # D = 0.1 at gamma = 1
