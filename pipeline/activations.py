@@ -7,7 +7,7 @@ a method never mutates the base model it is given.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -145,4 +145,4 @@ def _name(curve: Curve) -> str:
 
 
 def _typed(knob: Any, value: float) -> float | int:
-    return int(round(value)) if knob.integer else value
+    return round(value) if knob.integer else value
