@@ -120,3 +120,17 @@ def test_unstructured_global_scope_splits_sparsity_between_layers_as_magnitude_d
     assert act.keys() == mag.keys()
     assert {n: int(m.sum()) for n, m in act.items()} == {n: int(m.sum()) for n, m in mag.items()}
     assert any(not torch.equal(act[n], mag[n]) for n in act)  # the activations choose other weights
+
+
+def test_bn_activation_without_batchnorm_models_the_conv_output_from_its_filter_and_bias():
+    model, ctx = _planted()
+    model.bn1 = nn.Identity()
+    model.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    groups = channel_graph(model, ctx.example_input).groups
+    assert groups[0].name == "conv1" and groups[0].norm is None
+    spec = CandidateSpec(method="bn_activation", granularity="channel", target_sparsity=None, target_macs_ratio=0.5)
+    s = get_method("bn_activation").channel_scores(model, ctx, spec, groups)["conv1"]
+    w = model.conv1.weight.detach()
+    col = model.conv2.weight.detach().double().pow(2).sum((0, 2, 3)).sqrt()
+    expected = relu_rms(model.conv1.bias.detach(), w.reshape(8, -1).norm(dim=1)) * col
+    torch.testing.assert_close(s.double(), expected, rtol=1e-6, atol=0)

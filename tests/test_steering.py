@@ -125,3 +125,21 @@ def test_budgets_that_never_repeat_get_one_budget_filled_until_it_can_be_fitted(
         steering.observe("hyperflows", {"pressure": p["hyperflows.pressure"], "steps": 300}, "ok", 1 - density(p["hyperflows.pressure"]))
     assert [dict(b)["steps"] for _, b in steering.fits] == [300.0]
     assert steering.propose()["hyperflows.pressure"] == pytest.approx(1.0, rel=1e-6)  # D = 0.1 at gamma = 1
+
+
+def test_a_steered_proposal_becomes_that_candidate_through_optuna():
+    import optuna
+
+    from search.space import suggest
+
+    cfg = parse_config({"space": {"methods": ["magnitude", "hyperflows"], "target_sparsity": 0.9,
+                                  "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000], "flow_lr": [1e-4, 3e-2]}}}})
+    steering = PressureSteering(cfg, every=1)
+    for g in np.geomspace(0.005, 8.0, 6):
+        steering.observe("hyperflows", {"pressure": float(g), "steps": 400, "flow_lr": 0.002}, "ok", 1 - _density(g))
+    params = steering.propose()
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial(params, user_attrs={"steered": True})
+    spec = suggest(study.ask(), cfg)
+    assert spec.method == "hyperflows"
+    assert spec.knobs == {"pressure": params["hyperflows.pressure"], "steps": 400.0, "flow_lr": 0.002}
