@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from pipeline.preprocess import Preprocessing, normalise
 from pipeline.spec import Frozen
 
 
@@ -165,13 +166,40 @@ def _mean_std(cfg: DataConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _normaliser(cfg: DataConfig, channels: int) -> Callable[[np.ndarray], torch.Tensor]:
     mean, std = _mean_std(cfg, channels)
+    return lambda x: normalise(x, mean, std)
 
-    def norm(x: np.ndarray) -> torch.Tensor:
-        xf = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        xf = (xf - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(xf.transpose(0, 3, 1, 2)))
 
-    return norm
+def preprocessing(cfg: DataConfig, splits: Splits) -> Preprocessing:
+    """The preprocessing ``load_data`` applied for ``cfg``, as plain data for an export."""
+    c = splits.input_shape[0]
+    mean, std = _mean_std(cfg, c)
+    order = {1: "L", 3: "RGB"}.get(c, f"C{c}")
+    return Preprocessing(tuple(float(v) for v in mean), tuple(float(v) for v in std), splits.input_shape, order,
+                         splits.num_classes, cfg.image_size if cfg.name == "imagefolder" else None, class_names(cfg))
+
+
+def class_names(cfg: DataConfig) -> tuple[str, ...] | None:
+    """Label index -> class name where the data set names its classes (``npz`` does not)."""
+    if cfg.name == "digits":
+        return tuple(str(i) for i in range(10))
+    if cfg.name == "imagefolder":
+        from torchvision.datasets.folder import find_classes
+
+        return tuple(find_classes(str(_require(cfg.path, "data.path")))[0])
+    if cfg.name in ("cifar10", "cifar100"):
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cfg.name.upper())  # CIFAR10 / CIFAR100
+        return tuple(cls(str(_require(cfg.path, "data.path")), train=False, download=False).classes)
+    return None
+
+
+def fit_image(img, size: int):
+    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``size`` x ``size``
+    (what ``imagefolder`` does to every image, and what an export's transform repeats)."""
+    from torchvision.transforms import functional as F
+
+    return F.center_crop(F.resize(img, size), size)
 
 
 def _require(path: str | None, field: str) -> Path:
@@ -237,10 +265,9 @@ def _cifar100(cfg: DataConfig):
 
 def _image_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
-    from torchvision.transforms import functional as F
 
     ds = torchvision.datasets.ImageFolder(str(root))
-    xs = [np.asarray(F.center_crop(F.resize(img.convert("RGB"), size), size)) for img, _ in ds]
+    xs = [np.asarray(fit_image(img.convert("RGB"), size)) for img, _ in ds]
     return np.stack(xs).astype(np.uint8), np.array(ds.targets)
 
 

@@ -7,3 +7,20 @@ import os as _os
 _os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+_os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no MLflow bars inside ours, nor in notebooks
+
+# The Python API (search/api.py), imported on first use so `import search.cli` stays light.
+# Names must differ from this package's modules (`search.config` is one), which shadow them.
+_API = {
+    "load_config": "search.api", "run": "search.api", "results": "search.api", "Results": "search.api",
+    "load_exported": "search.export", "prune": "pipeline.prune", "macs": "pipeline.measure",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'search' has no attribute {name!r}")

@@ -9,9 +9,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-# No progress bars from MLflow's artifact uploads inside ours (telemetry: search/__init__.py).
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 log = logging.getLogger("prunesearch")
 
 
@@ -93,9 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-sparsity", type=float, help="weight sparsity to predict the pressure for (fraction)")
     c.set_defaults(func=_curves)
 
-    e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt (state dict + recipe) and .ts")
+    e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model")
     e.add_argument("run_id", help="the candidate's MLflow run id (see `prunesearch best`)")
-    e.add_argument("-o", "--output", required=True, help="output .pt file; TorchScript goes beside it as .ts")
+    e.add_argument("-o", "--output", help="output .pt file; .pt2 (torch.export), .json (preprocessing) and .onnx go beside it")
+    e.add_argument("--onnx", action="store_true", help="also write FILE.onnx (needs: pip install 'prunesearch[onnx]')")
+    e.add_argument("--log-model", action="store_true", help="log the rebuilt network as MLflow model runs:/RUN_ID/model (pt2 format)")
+    e.add_argument("--register", metavar="NAME", help="log it and register it as a new version of MLflow model NAME")
     e.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
     e.add_argument("--allow-import", action="store_true", help="trust and import a model class named in the record (model 'import')")
@@ -236,9 +236,16 @@ def _export(args: argparse.Namespace) -> int:
 
     if not has_run(_uri(args), args.run_id):
         raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
-    out = export(_uri(args), args.run_id, args.output, allow_import=args.allow_import)
+    out = export(_uri(args), args.run_id, args.output, allow_import=args.allow_import, onnx=args.onnx,
+                 log_model=args.log_model, register=args.register)
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
-    print(f"wrote {out.path} (load with search.export.load_exported) and {out.torchscript} (torch.jit.load)")
+    if out.path:
+        checked = ", ".join(f"{k} max |logit diff| {v:.1e}" for k, v in out.max_abs_diff.items())
+        extra = f" and {out.onnx}" if out.onnx else ""
+        print(f"wrote {out.path} (search.export.load_exported), {out.program} (torch.export.load), {out.preprocessing}{extra}; {checked}")
+    if out.model_uri:
+        reg = f"; registered as {args.register!r} version {out.registered_version}" if out.registered_version else ""
+        print(f"logged MLflow model {out.model_uri} (mlflow.pytorch.load_model){reg}")
     return 0
 
 

@@ -1,123 +1,176 @@
-"""Export: rebuild a recorded candidate from its record alone and write a loadable model.
+"""Export: write a rebuilt candidate in formats that run without prunesearch.
 
-The record holds plain data only: the search config (``config.json`` on the parent
-run), the candidate spec (``spec.json``) and its plan (``plan.parquet``). Rebuilding
-creates the base model from its checkpoint (or the run folder's cached base model),
-applies the plan through ``Evaluator.rebuild`` (the code path the search used),
-recalibrates, and checks that the accuracy reproduces the recorded one. No code
-stored in a record is ever executed or unpickled.
-
-The written ``.pt`` file is a dict of tensors and plain data, loadable with
-``torch.load(path, weights_only=True)`` and rebuilt into a module by ``load_exported``;
-a TorchScript file is written beside it for runtimes without prunesearch.
+``export`` rebuilds a record (``search.rebuild``) and writes, beside each other:
+- ``FILE.pt``: state dict plus recipe (architecture, kept channels, preprocessing),
+  plain data loadable with ``torch.load(path, weights_only=True)``; ``load_exported``
+  turns it into a module and a transform;
+- ``FILE.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), the
+  network as a graph: needs torch only, no model code;
+- ``FILE.json``: the preprocessing (mean, std, input shape, channel order, classes);
+- ``FILE.onnx`` (``onnx=True``): the dynamo ONNX exporter's graph, input ``images``
+  (N, C, H, W) float32, output ``logits`` (N, classes).
+Each graph format is checked against the PyTorch outputs on validation images.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-import warnings
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from mlflow.tracking import MlflowClient
 from torch import nn
 
-from pipeline.data import load_data
-from pipeline.evaluator import Evaluator
+from pipeline.data import preprocessing
 from pipeline.models import ModelConfig, build_model
-from pipeline.plan import PrunePlan
-from pipeline.spec import CandidateSpec
+from pipeline.preprocess import Preprocessing
 
-from search.basemodel import base_state
-from search.config import SearchConfig
-from search.records import PARENT_TAG
+from search.rebuild import ExportError, Rebuilt, rebuild, refuse_imports
 
-FORMAT = "prunesearch-export/1"
+log = logging.getLogger(__name__)
 
+FORMAT = "prunesearch-export/2"
+_CHECK_IMAGES = 64  # validation images on which every format must give the PyTorch logits
+_ATOL = 1e-4
 
-class ExportError(RuntimeError):
-    """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
+__all__ = ["ExportError", "Exported", "Loaded", "export", "load_exported"]
 
 
 @dataclass(frozen=True)
 class Exported:
-    path: Path
-    torchscript: Path
+    """What ``export`` wrote and checked.
+
+    ``max_abs_diff``: per graph format, the largest absolute logit difference from the
+    PyTorch module on validation images (ONNX only where onnxruntime is installed).
+    """
+
+    path: Path | None
+    program: Path | None
+    preprocessing: Path | None
+    onnx: Path | None
     recorded_accuracy: float
     rebuilt_accuracy: float
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    registered_version: str | None = None
 
 
-def export(tracking_uri: str, run_id: str, output: str | Path, tolerance: float = 1e-6, allow_import: bool = False) -> Exported:
-    """Rebuild candidate ``run_id`` and write ``output`` (.pt) and ``output``.ts.
+class Loaded(NamedTuple):
+    """``load_exported``'s answer: ``logits = model(transform(images))``."""
 
-    A record whose model is ``import`` names a Python class; rebuilding it imports and
-    runs that code, so it is refused unless ``allow_import`` says the user trusts it.
+    model: nn.Module
+    transform: Preprocessing
+
+
+def export(
+    tracking_uri: str,
+    run_id: str,
+    output: str | Path | None,
+    tolerance: float = 1e-6,
+    allow_import: bool = False,
+    onnx: bool = False,
+    log_model: bool = False,
+    register: str | None = None,
+) -> Exported:
+    """Rebuild candidate ``run_id`` and write ``output`` (.pt) with .pt2, .json (and .onnx) beside it;
+    with ``log_model`` (or ``register``) also log it as an MLflow model into its run.
 
     Raises:
-        ExportError: missing record pieces, failed candidate, or accuracy that does
-            not reproduce within ``tolerance`` (a fraction).
+        ExportError: see ``search.rebuild.rebuild``; also a graph format whose outputs
+            differ from the PyTorch module's by more than 1e-4.
     """
-    client = MlflowClient(tracking_uri)
+    if output is None and not (log_model or register):
+        raise ExportError("nothing to do: give an output file (-o FILE.pt) or --log-model / --register NAME")
+    rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
+    pre = preprocessing(rb.cfg.data, rb.splits)
+    check = rb.splits.val.x[:_CHECK_IMAGES]
+    paths: dict[str, Path | None] = {"pt": None, "pt2": None, "json": None, "onnx": None}
+    diffs: dict[str, float] = {}
+    if output is not None:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        paths.update(pt=out, pt2=out.with_suffix(".pt2"), json=out.with_suffix(".json"))
+        _write_pt(rb, pre, out)
+        diffs["pt2"] = _write_program(rb.model, check, paths["pt2"])
+        if onnx:
+            paths["onnx"] = out.with_suffix(".onnx")
+            d = _write_onnx(rb.model, check, paths["onnx"])
+            if d is not None:
+                diffs["onnx"] = d
+        sidecar = {"format": FORMAT, "run_id": run_id, "recorded_accuracy": rb.recorded_accuracy, "preprocessing": pre.to_dict(),
+                   "input": "images (N, C, H, W) float32, normalised", "output": "logits (N, num_classes)"}
+        paths["json"].write_text(json.dumps(sidecar, indent=2))
+    uri = version = None
+    if log_model or register:
+        from search.mlmodel import log_candidate_model
+
+        uri, version = log_candidate_model(tracking_uri, run_id, rb.model, check[:2], pre, register)
+    return Exported(paths["pt"], paths["pt2"], paths["json"], paths["onnx"], rb.recorded_accuracy, rb.rebuilt_accuracy, diffs, uri, version)
+
+
+def _write_pt(rb: Rebuilt, pre: Preprocessing, out: Path) -> None:
+    recipe = {"format": FORMAT, "model": rb.cfg.model.model_dump_json(), "spec": rb.spec.to_json(), "run_id": rb.run_id,
+              "channels": {k: v.tolist() for k, v in rb.plan.channels.items()}, "input_shape": list(rb.splits.input_shape),
+              "preprocessing": pre.to_dict()}
+    torch.save({"recipe": json.dumps(recipe), "state_dict": rb.model.state_dict()}, out)
+
+
+def _batch_dim() -> tuple[dict[int, object]]:
+    return ({0: torch.export.Dim.AUTO},)  # any batch size; the exporter keeps it symbolic
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    diff = float((got - want).abs().max())
+    if not diff <= _ATOL:
+        raise ExportError(f"the {name} export's logits differ from the PyTorch module's by {diff:.3g} (more than {_ATOL})")
+    return diff
+
+
+@torch.no_grad()
+def _write_program(model: nn.Module, x: torch.Tensor, path: Path) -> float:
+    program = torch.export.export(model, (x,), dynamic_shapes=_batch_dim())
+    torch.export.save(program, path)
+    return _check("torch.export", torch.export.load(path).module()(x), model(x))
+
+
+@torch.no_grad()
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
     try:
-        run = client.get_run(run_id)
-    except Exception as e:
-        raise ExportError(f"no run {run_id!r} in {tracking_uri} ({type(e).__name__})") from None
-    if run.data.tags.get("state") != "ok":
-        raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
-    with tempfile.TemporaryDirectory() as d:
-        cfg = SearchConfig.model_validate_json(_artifact(client, run.data.tags[PARENT_TAG], "config.json", d))
-        spec = CandidateSpec.from_json(_artifact(client, run_id, "spec.json", d))
-        plan = PrunePlan.from_parquet(_artifact(client, run_id, "plan.parquet", d))
-    _refuse_imports(cfg.model, allow_import, f"run {run_id}")
-    splits = load_data(cfg.data)
-    evaluator = Evaluator(cfg.model, base_state(cfg, splits), splits, cfg.measure.model_copy(update={"latency_repeats": 1}), threads=torch.get_num_threads(), device="cpu")
-    model, result = evaluator.rebuild(spec, plan)
-    recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
-    if abs(recorded - rebuilt) > tolerance:
-        raise ExportError(f"rebuilt accuracy {rebuilt:.6f} differs from the recorded {recorded:.6f}; the base model or data changed since the search")
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recipe = {"format": FORMAT, "model": cfg.model.model_dump_json(), "spec": spec.to_json(), "run_id": run_id,
-              "channels": {k: v.tolist() for k, v in plan.channels.items()}, "input_shape": list(splits.input_shape)}
-    torch.save({"recipe": json.dumps(recipe), "state_dict": model.state_dict()}, out)
-    ts = out.with_suffix(".ts")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream yet still the most portable format
-        torch.jit.trace(model.eval(), splits.val.x[:1]).save(str(ts))
-    return Exported(out, ts, recorded, rebuilt)
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        raise ExportError("ONNX export needs the packages onnx and onnxscript: pip install 'prunesearch[onnx]'") from None
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                      dynamic_shapes=_batch_dim(), verbose=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: %s is written but its outputs are not checked", path)
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _check("ONNX", torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x))
 
 
-def load_exported(path: str | Path, allow_import: bool = False) -> nn.Module:
-    """Rebuild an exported candidate as an ``nn.Module`` (weights_only loading, no pickled
-    code; an ``import`` model class is refused unless ``allow_import``)."""
+def load_exported(path: str | Path, allow_import: bool = False) -> Loaded:
+    """Rebuild an exported candidate: ``model, transform = load_exported("best.pt")``.
+
+    ``model`` is an ``nn.Module`` in eval mode; ``transform`` (a ``Preprocessing``) maps
+    uint8 (N, H, W, C) / (H, W, C) numpy images, float ones in [0, 1], or PIL images to
+    the normalised float32 (N, C, H, W) batch the model was scored on. Loading uses
+    ``weights_only=True`` (no pickled code); an ``import`` model class is refused
+    unless ``allow_import``.
+    """
     blob = torch.load(path, map_location="cpu", weights_only=True)
     recipe = json.loads(blob["recipe"])
     if recipe.get("format") != FORMAT:
-        raise ExportError(f"{path} is not a prunesearch export (format {recipe.get('format')!r})")
+        raise ExportError(f"{path} is not a prunesearch export of format {FORMAT!r} (found {recipe.get('format')!r}); export it again")
     model_cfg = ModelConfig.model_validate_json(recipe["model"])
-    _refuse_imports(model_cfg, allow_import, str(path))
+    refuse_imports(model_cfg, allow_import, str(path))
     base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
     if recipe["channels"]:
         from pipeline.structure import shrink
 
         base = shrink(base, {k: torch.tensor(v, dtype=torch.int64) for k, v in recipe["channels"].items()})
     base.load_state_dict(blob["state_dict"])
-    return base.eval()
-
-
-def _refuse_imports(model_cfg: ModelConfig, allow: bool, where: str) -> None:
-    if model_cfg.name == "import" and not allow:
-        raise ExportError(
-            f"{where} names model class {model_cfg.import_path!r}; rebuilding it would import and run that code. "
-            "Pass --allow-import (allow_import=True) only if you trust it"
-        )
-
-
-def _artifact(client: MlflowClient, run_id: str, name: str, folder: str) -> str | bytes:
-    try:
-        local = Path(client.download_artifacts(run_id, name, folder))
-    except Exception as e:
-        raise ExportError(f"run {run_id} has no artifact {name!r} ({type(e).__name__}); was it recorded by prunesearch?") from None
-    return local.read_bytes() if name.endswith(".parquet") else local.read_text()
+    return Loaded(base.eval(), Preprocessing.from_dict(recipe["preprocessing"]))

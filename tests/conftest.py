@@ -83,3 +83,13 @@ def candidate_runs(cfg) -> tuple:
     if exp is None:
         return client, []
     return client, client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'candidate'", max_results=1000)
+
+
+@pytest.fixture(scope="session")
+def digits_search(tmp_path_factory, ray_local):
+    """One small real digits search (3 candidates, 1 actor) shared by the API and export tests:
+    its ``search.api.Results``."""
+    import search as ps
+
+    cfg = search_config(tmp_path_factory.mktemp("digits_search"), "digits-api", 3, actors={"count": 1})
+    return ps.run(cfg)

@@ -69,7 +69,7 @@ def test_export_rebuilds_the_recorded_candidate(tmp_path, ray_local):
     assert exported.rebuilt_accuracy == pytest.approx(top["accuracy"], abs=1e-9)
 
     # the .pt loads with weights_only=True into a module with the recorded sparsity and accuracy
-    model = load_exported(exported.path)
+    model, _ = load_exported(exported.path)
     from pipeline.data import load_data
     from pipeline.measure import accuracy, weight_sparsity
     from pipeline.layers import prunable_weights
@@ -79,5 +79,5 @@ def test_export_rebuilds_the_recorded_candidate(tmp_path, ray_local):
     assert weight_sparsity(model, names, total) == pytest.approx(top["sparsity"], abs=1e-6)
     splits = load_data(cfg.data)
     assert accuracy(model, splits.val.x, splits.val.y) == pytest.approx(top["accuracy"], abs=1e-9)
-    scripted = torch.jit.load(str(exported.torchscript))
-    assert torch.allclose(scripted(splits.val.x[:8]), model(splits.val.x[:8]), atol=1e-5)
+    program = torch.export.load(exported.program).module()
+    assert torch.allclose(program(splits.val.x[:8]), model(splits.val.x[:8]), atol=1e-5)
