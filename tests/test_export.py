@@ -110,7 +110,7 @@ def test_logged_candidate_loads_with_mlflow_pytorch_and_is_registered(exported, 
     with torch.no_grad():
         assert torch.allclose(logged(batch), model(batch), atol=1e-5)
         assert torch.allclose(registered(batch), model(batch), atol=1e-5)
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 8, 8]
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
     assert info.metadata["preprocessing"]["mean"] == [0.5]
     assert MlflowClient(res.tracking_uri).get_model_version("digits-best", "1").run_id == rid
 
