@@ -14,6 +14,7 @@ Each graph format is checked against the PyTorch outputs on validation images.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -141,8 +142,9 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
     except ImportError:
         raise ExportError("ONNX export needs the packages onnx and onnxscript: pip install 'prunesearch[onnx]'") from None
-    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes=_batch_dim(), verbose=False)
+    with quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):  # INFO lines for every rewrite pass
+        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=_batch_dim(), external_data=False, verbose=False)  # one self-contained file
     try:
         import onnxruntime
     except ImportError:
@@ -150,6 +152,20 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return _check("ONNX", torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x))
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str):
+    """Raise the named loggers to WARNING for the block (libraries that log INFO per step)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def load_exported(path: str | Path, allow_import: bool = False) -> Loaded:

@@ -11,7 +11,6 @@ batch; the preprocessing that produces it is the model's ``metadata``.
 from __future__ import annotations
 
 import contextlib
-import logging
 
 import mlflow
 import numpy as np
@@ -19,6 +18,8 @@ import torch
 from torch import nn
 
 from pipeline.preprocess import Preprocessing
+
+from search.export import quiet_loggers
 
 ARTIFACT = "model"
 
@@ -38,10 +39,11 @@ def log_candidate_model(
 
     c, h, w = pre.input_shape
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, h, w), "images")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, pre.num_classes), "logits")]),
+        # unnamed tensors: pyfunc then passes a plain array, not a dict, to the model
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, h, w))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, pre.num_classes))]),
     )
-    with _tracking(tracking_uri), mlflow.start_run(run_id=run_id), _quiet():
+    with _tracking(tracking_uri), mlflow.start_run(run_id=run_id), quiet_loggers("mlflow"):  # INFO per saved model
         info = mlflow.pytorch.log_model(
             model.eval(),
             name=ARTIFACT,
@@ -65,14 +67,3 @@ def _tracking(uri: str):
         yield
     finally:
         mlflow.set_tracking_uri(old)
-
-
-@contextlib.contextmanager
-def _quiet():
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # MLflow logs INFO lines on every model it saves
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -103,6 +103,7 @@ def test_logged_candidate_loads_with_mlflow_pytorch_and_is_registered(exported, 
         logged = mlflow.pytorch.load_model(f"runs:/{rid}/model")
         registered = mlflow.pytorch.load_model("models:/digits-best/1")
         info = mlflow.models.get_model_info(f"runs:/{rid}/model")
+        served = mlflow.pyfunc.load_model(f"runs:/{rid}/model")
     finally:
         mlflow.set_tracking_uri(None)
     model, _ = load_exported(out)
@@ -110,6 +111,7 @@ def test_logged_candidate_loads_with_mlflow_pytorch_and_is_registered(exported, 
     with torch.no_grad():
         assert torch.allclose(logged(batch), model(batch), atol=1e-5)
         assert torch.allclose(registered(batch), model(batch), atol=1e-5)
+        assert np.allclose(served.predict(batch.numpy()), model(batch).numpy(), atol=1e-5)
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
     assert info.metadata["preprocessing"]["mean"] == [0.5]
     assert MlflowClient(res.tracking_uri).get_model_version("digits-best", "1").run_id == rid
