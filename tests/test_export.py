@@ -63,6 +63,10 @@ FRESH = textwrap.dedent(
     with torch.no_grad():
         out["pt"] = float((model(transform(x)).argmax(1).numpy() == y).mean())
     out["classes"] = transform.class_names
+    from pipeline.layers import prunable_weights
+    from pipeline.measure import weight_sparsity
+    weights = prunable_weights(model)
+    out["sparsity"] = weight_sparsity(model, list(weights), sum(w.numel() for w in weights.values()))
     print(json.dumps(out))
     """
 )
@@ -85,6 +89,7 @@ def test_export_reproduces_the_recorded_accuracy_in_a_fresh_process(exported, tm
     assert abs(got["onnx"] - recorded) <= 1 / len(y)  # float rounding may flip one near-tie
     assert got["classes"] == [str(i) for i in range(10)]
     meta = json.loads(out.with_suffix(".json").read_text())["preprocessing"]
+    assert got["sparsity"] == pytest.approx(float(res.frame.set_index("run_id").loc[rid, "sparsity"]), abs=1e-6)
     assert meta["mean"] == [0.5] and meta["std"] == [0.5] and meta["input_shape"] == [1, 8, 8] and meta["channel_order"] == "L"
 
 

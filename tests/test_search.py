@@ -51,33 +51,3 @@ def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
 
     # a third run with the budget already spent evaluates nothing
     assert run_search(_cfg(tmp_path, 12), quiet=True).evaluated == 0
-
-
-@pytest.mark.slow
-def test_export_rebuilds_the_recorded_candidate(tmp_path, ray_local):
-    import torch
-
-    from search.export import export, load_exported
-    from search.query import best
-
-    # constrained single-objective mode: most accurate candidate with at most 30 % of dense MACs
-    cfg = _cfg(tmp_path, 4, space={"sparsity": [0.85, 0.95]}, objective={"mode": "constrained", "max_macs_ratio": 0.3})
-    out = run_search(cfg, quiet=True)
-    assert out.evaluated == 4 and out.failed == 0
-    top = best(out.tracking_uri, cfg.name, top=1)[0]
-    exported = export(out.tracking_uri, top["run_id"], tmp_path / "exp" / "best.pt")
-    assert exported.rebuilt_accuracy == pytest.approx(top["accuracy"], abs=1e-9)
-
-    # the .pt loads with weights_only=True into a module with the recorded sparsity and accuracy
-    model, _ = load_exported(exported.path)
-    from pipeline.data import load_data
-    from pipeline.measure import accuracy, weight_sparsity
-    from pipeline.layers import prunable_weights
-
-    names = list(prunable_weights(model))
-    total = sum(p.numel() for p in prunable_weights(model).values())
-    assert weight_sparsity(model, names, total) == pytest.approx(top["sparsity"], abs=1e-6)
-    splits = load_data(cfg.data)
-    assert accuracy(model, splits.val.x, splits.val.y) == pytest.approx(top["accuracy"], abs=1e-9)
-    program = torch.export.load(exported.program).module()
-    assert torch.allclose(program(splits.val.x[:8]), model(splits.val.x[:8]), atol=1e-5)
