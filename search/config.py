@@ -169,6 +169,7 @@ class SearchConfig(Frozen):
     ray_address: str | None = None
     tracking_uri: str | None = None
     optuna_storage: str | None = None
+    log_models: bool = False  # at the end, log the Pareto front's networks as MLflow models (runs:/RUN/model)
     seed: int = 0
 
     @model_validator(mode="after")

@@ -129,6 +129,10 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
             ray.shutdown()
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
+    if cfg.log_models and not interrupted:
+        from search.mlmodel import log_front_models
+
+        log_front_models(recorder.uri, cfg.experiment, parent_id)
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 
 

@@ -11,6 +11,7 @@ batch; the preprocessing that produces it is the model's ``metadata``.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import mlflow
 import numpy as np
@@ -22,6 +23,7 @@ from pipeline.preprocess import Preprocessing
 from search.export import quiet_loggers
 
 ARTIFACT = "model"
+log = logging.getLogger(__name__)
 
 
 def log_candidate_model(
@@ -67,3 +69,24 @@ def _tracking(uri: str):
         yield
     finally:
         mlflow.set_tracking_uri(old)
+
+
+def log_front_models(tracking_uri: str, experiment: str, parent_id: str) -> list[str]:
+    """Log every Pareto-front candidate of search ``parent_id`` as an MLflow model in its
+    run (``log_models: true``), each rebuilt and checked as ``export`` does. A candidate
+    that cannot be rebuilt is logged as a warning; the search's records stay as they are.
+
+    Returns the model URIs logged.
+    """
+    from search.export import ExportError, export
+    from search.query import candidate_rows, pareto_front
+
+    rows = candidate_rows(tracking_uri, experiment, filters=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    uris = []
+    for row in pareto_front([r for r in rows if "accuracy" in r and "macs" in r]):
+        try:
+            uris.append(export(tracking_uri, row["run_id"], None, log_model=True).model_uri)
+        except ExportError as e:
+            log.warning("not logged as an MLflow model: %s", e)
+    log.info("logged %d Pareto-front candidates as MLflow models", len(uris))
+    return uris

@@ -88,9 +88,11 @@ def candidate_runs(cfg) -> tuple:
 @pytest.fixture(scope="session")
 def digits_search(tmp_path_factory, ray_local):
     """One small real digits search shared by the API and export tests (3 candidates, 1 actor;
-    constrained mode: most accurate with at most 30 % of dense MACs): its ``search.api.Results``."""
+    constrained mode: most accurate with at most 30 % of dense MACs; the Pareto front logged as
+    MLflow models): its ``search.api.Results``."""
     import search as ps
 
     cfg = search_config(tmp_path_factory.mktemp("digits_search"), "digits-api", 3, actors={"count": 1},
-                        space={"sparsity": [0.85, 0.95]}, objective={"mode": "constrained", "max_macs_ratio": 0.3})
+                        space={"sparsity": [0.85, 0.95]}, objective={"mode": "constrained", "max_macs_ratio": 0.3},
+                        log_models=True)
     return ps.run(cfg)

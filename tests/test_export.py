@@ -30,6 +30,25 @@ def exported(digits_search, tmp_path_factory):
     return res, rid, out
 
 
+@pytest.mark.slow
+def test_search_logs_its_pareto_front_as_mlflow_models(digits_search):
+    import mlflow
+    import mlflow.pytorch
+
+    res = digits_search  # ran with log_models: true; runs before the export below logs anything
+    front = set(res.pareto.run_id)
+    mlflow.set_tracking_uri(res.tracking_uri)
+    try:
+        for rid in res.frame.run_id:
+            if rid in front:
+                assert mlflow.pytorch.load_model(f"runs:/{rid}/model")(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+            else:
+                with pytest.raises(Exception):
+                    mlflow.pytorch.load_model(f"runs:/{rid}/model")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def _raw_val_images(cfg) -> tuple[np.ndarray, np.ndarray]:
     """The validation split's images as a user holds them: float pixels in [0, 1], (N, H, W, C),
     before any normalisation (the split rule of ``load_data``; checked against its labels)."""
