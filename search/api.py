@@ -77,7 +77,7 @@ class Results:
     def frame(self) -> pd.DataFrame:
         """Every candidate of this search, one row each, by trial: ``run_id``, ``trial``,
         ``state``, ``method``, ``granularity``, ``scope``, ``knob.NAME``, ``alloc.STAGE``,
-        every metric, and ``feasible`` (recorded, else: ok and within the objective's constraints)."""
+        every metric, and ``feasible`` (the recorded metric; for older records the driver's test)."""
         of_parent = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
         rows = query.candidate_rows(self.tracking_uri, self.experiment, finished_only=False, filters=of_parent)
         flat = []
@@ -101,8 +101,10 @@ class Results:
         return df.set_index("run_id").loc[ids].reset_index()
 
     def best(self, top: int = 10, **filters: Any) -> pd.DataFrame:
-        """``query.best`` over this experiment (``max_macs``, ``min_accuracy``, ``method``,
-        ``min_sparsity``, ``max_sparsity``): Pareto-best first by accuracy."""
+        """``query.best`` over this experiment, as a DataFrame: its filters (``max_macs``,
+        ``max_macs_ratio``, ``max_latency_ms``, ``min_accuracy``, ``method``, ``granularity``,
+        ``min_sparsity``, ``max_sparsity``, ``feasible``, ``front``, ``sort``); by default the
+        feasible Pareto front, most accurate first."""
         return pd.DataFrame(query.best(self.tracking_uri, self.experiment, top, **filters))
 
     def rebuild(self, run_id: str, allow_import: bool = False) -> nn.Module:
@@ -117,12 +119,10 @@ class Results:
         return export(self.tracking_uri, run_id, output, **kwargs)
 
     def _feasible(self, row: dict[str, Any]) -> bool:
-        obj = self.cfg.objective
-        if row["state"] != "ok" or "accuracy" not in row:
-            return False
-        if obj.max_macs_ratio is not None and not row.get("macs_ratio", float("inf")) <= obj.max_macs_ratio:
-            return False
-        return obj.min_sparsity is None or row.get("sparsity", 0.0) >= obj.min_sparsity
+        """For records without the ``feasible`` metric: the driver's own test on an ok candidate."""
+        from search.study import is_feasible
+
+        return row["state"] == "ok" and "accuracy" in row and is_feasible(self.cfg, row)
 
 
 __all__ = ["ExportError", "Results", "load_config", "results", "run"]
