@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline.modes import eval_mode
+
 BATCH = 256  # calibration images per forward pass
 
 #: ``fn(name, module, activation, rows)``: ``activation`` is the module's first input
@@ -33,17 +35,14 @@ def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, i
         return run
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    training = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        for i in range(0, len(x), batch):
-            rows["now"] = slice(i, min(i + batch, len(x)))
-            model(x[rows["now"]])
+        with eval_mode(model):
+            for i in range(0, len(x), batch):
+                rows["now"] = slice(i, min(i + batch, len(x)))
+                model(x[rows["now"]])
     finally:
         for h in handles:
             h.remove()
-        for m, t in training.items():
-            m.train(t)
 
 
 def unit_dim(a: torch.Tensor, module: nn.Module) -> int:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from pipeline.modes import eval_mode
 from pipeline.recalibrate import batchnorms
 
 
@@ -25,14 +26,12 @@ def bn_output_variance(model: nn.Module, images: torch.Tensor) -> dict[str, floa
         m.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, float(o.float().var())))
         for name, m in batchnorms(model).items()
     ]
-    was_training = model.training
-    model.eval()
     try:
-        model(images)
+        with eval_mode(model):
+            model(images)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return out
 
 

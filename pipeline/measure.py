@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.modes import eval_mode
 from pipeline.spec import Frozen
 
 
@@ -76,14 +77,12 @@ def macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
         effective[0] += positions * int(torch.count_nonzero(m.weight))
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
     try:
-        model(example_input[:1].to(next(model.parameters()).device))
+        with eval_mode(model):
+            model(example_input[:1].to(next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return dense[0], effective[0]
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from pipeline.modes import eval_mode
 from pipeline.spec import RecalSpec
 
 
@@ -56,20 +57,18 @@ def recalibrate(
             m.momentum = None  # cumulative moving average over all batches
         else:
             m.momentum = spec.momentum
-    was_training = model.training
-    model.eval()  # dropout and friends stay off; only BN layers gather statistics
-    for m in bns.values():
-        m.train()
     g = torch.Generator().manual_seed(seed)
     x = images[: spec.images]
     try:
-        for i in range(0, len(x), spec.batch_size):
-            xb = x[i : i + spec.batch_size]
-            model(augment(xb, g, spec.pad, black) if spec.augment else xb)
+        with eval_mode(model):  # dropout and friends stay off; only BN layers gather statistics
+            for m in bns.values():
+                m.train()
+            for i in range(0, len(x), spec.batch_size):
+                xb = x[i : i + spec.batch_size]
+                model(augment(xb, g, spec.pad, black) if spec.augment else xb)
     finally:
         for n, m in bns.items():
             m.momentum = saved[n]
-        model.train(was_training)
     return True
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.bisection import smallest_passing
+
 
 def _bottom_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of ``scores``' shape with the ``k`` lowest entries False.
@@ -62,11 +64,10 @@ def layerwise_masks(
     def counts(c: float) -> dict[str, int]:
         return {n: _count(c * share[n], s.numel()) for n, s in scores.items()}
 
-    lo, hi = 0.0, max((1.0 / v for v in share.values() if v > 0), default=0.0)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(counts(mid).values()) < want else (lo, mid)
-    return {n: _bottom_k_mask(scores[n], k) for n, k in counts(hi).items()}
+    hi = max((1.0 / v for v in share.values() if v > 0), default=0.0)  # every tensor at its cap
+    c = smallest_passing(lambda c: sum(counts(c).values()) >= want, 0.0, hi, steps=60)
+    c = hi if c is None else c  # the target is out of reach: every tensor at its cap
+    return {n: _bottom_k_mask(scores[n], k) for n, k in counts(c).items()}
 
 
 def _count(fraction: float, numel: int) -> int:

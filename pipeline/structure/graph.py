@@ -1,4 +1,4 @@
-"""Physical (structured) channel pruning of conv nets, with its own dependency analysis.
+"""Which output channels of a conv net can be removed together: the fx dependency analysis.
 
 A *channel group* is a ``Conv2d`` (``groups=1``) whose output channels can be removed
 on their own: every path from its output, through its BatchNorm, elementwise
@@ -10,19 +10,17 @@ networks safe: the residual stream (including the CIFAR option-A shortcut
 ``F.pad(x[:, :, ::2, ::2], ...)``, which general pruners cannot follow) is never
 pruned; only block-internal channels are.
 
-The graph comes from ``torch.fx.symbolic_trace``; shapes (for MACs only) from one
-forward of ``example_input``. Membership is decided from the graph alone, so
-``shrink`` finds the same groups without an input.
+The graph comes from ``torch.fx.symbolic_trace``; shapes (for the MACs model of
+``pipeline.structure.macs`` only) from one forward of ``example_input``. Membership is
+decided from the graph alone, so ``surgery.shrink`` finds the same groups without an input.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import operator
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Iterator, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +28,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pipeline.layers import stage_of
+from pipeline.modes import eval_mode
+from pipeline.structure.macs import MacTerm, count_macs, mac_terms
 
-__all__ = [
-    "ChannelGraph",
-    "ChannelGroup",
-    "UnsupportedModelError",
-    "cached_graph",
-    "channel_graph",
-    "check_forward",
-    "select_channels",
-    "shrink",
-]
+__all__ = ["ChannelGraph", "ChannelGroup", "UnsupportedModelError", "cached_graph", "channel_graph"]
 
 
 class UnsupportedModelError(ValueError):
@@ -67,15 +58,6 @@ class ChannelGroup:
     stage: str
 
 
-class _Term(NamedTuple):
-    """MACs of one conv/linear call: ``coef * out * inp``, where ``out``/``inp`` are a
-    fixed channel count or the name of the group that sets it."""
-
-    coef: int
-    out: int | str
-    inp: int | str
-
-
 @dataclass
 class ChannelGraph:
     """The channel groups of a model and an exact analytic MACs model.
@@ -85,11 +67,13 @@ class ChannelGraph:
         dense_macs: MACs of one forward of the dense model for one image of
             ``example_input``'s size (conv: out_h*out_w*weight.numel(); linear:
             weight.numel(); every call counted).
+        excluded: Conv2d name -> why it is not a group (for error messages).
     """
 
     groups: list[ChannelGroup]
     dense_macs: int
-    _terms: list[_Term] = field(default_factory=list, repr=False)
+    _terms: list[MacTerm] = field(default_factory=list, repr=False)
+    excluded: dict[str, str] = field(default_factory=dict, repr=False)
 
     def macs(self, keep: dict[str, int]) -> int:
         """MACs (one image) when group ``g`` keeps ``keep[g]`` channels (missing = all)."""
@@ -99,13 +83,7 @@ class ChannelGraph:
                 raise ValueError(f"keep names {name!r}, which is not a channel group of this graph")
             if not 1 <= k <= sizes[name]:
                 raise ValueError(f"group {name!r} must keep 1..{sizes[name]} channels, got {k}")
-        width = {**sizes, **keep}
-
-        def val(x: int | str) -> int:
-            return width[x] if isinstance(x, str) else x
-
-        return sum(t.coef * val(t.out) * val(t.inp) for t in self._terms)
-
+        return count_macs(self._terms, {**sizes, **keep})
 
 # ---------------------------------------------------------------- dependency analysis
 
@@ -143,7 +121,7 @@ def _only_input(node: fx.Node, src: fx.Node) -> bool:
     return all(a is src or _is_shape_value(a) for a in node.all_input_nodes)
 
 
-def _is_depthwise(m: nn.Module) -> bool:
+def is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
@@ -188,7 +166,7 @@ def _step(node: fx.Node, src: fx.Node, state: str, modules: dict[str, nn.Module]
         m = modules[node.target]
         if isinstance(m, nn.BatchNorm2d) and state != "vec":
             return "member", state
-        if _is_depthwise(m) and state == "map":
+        if is_depthwise(m) and state == "map":
             return "member", state
         if isinstance(m, nn.Conv2d) and m.groups == 1 and state != "vec":
             return "end", None
@@ -280,6 +258,12 @@ def _analyse(gm: fx.GraphModule) -> tuple[dict[str, ChannelGroup], dict[str, str
     return found, excluded
 
 
+def traced_groups(model: nn.Module) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+    """Groups of ``model`` by producer name, from its traced graph alone (no input, all
+    convs eligible), and the reason each other Conv2d is not one."""
+    return _analyse(_trace(model))
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
@@ -301,22 +285,6 @@ def _failing_module(model: nn.Module, exc: BaseException) -> str:
             where = obj
     name = names[id(where)]
     return f"module {name!r} ({type(where).__name__})" if name else f"the model ({type(where).__name__})"
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for the block; every module's own flag is restored after."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-# ---------------------------------------------------------------- graph and MACs
 
 
 def channel_graph(
@@ -353,35 +321,17 @@ def channel_graph(
             "Use granularity 'unstructured' for this model."
         )
     try:
-        with _eval_mode(model):
+        with eval_mode(model), torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
         raise UnsupportedModelError(
             f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}; "
             "pass an input batch the model accepts"
         ) from exc
-    graph = ChannelGraph(list(found.values()), 0, _mac_terms(layers, modules, found))
+    consumed_by = {c: g for g, f in found.items() for c in f.consumers}
+    graph = ChannelGraph(list(found.values()), 0, mac_terms(layers, modules, consumed_by, set(found)), excluded)
     graph.dense_macs = graph.macs({})
     return graph
-
-
-def _mac_terms(layers: list[fx.Node], modules: dict[str, nn.Module], found: dict[str, ChannelGroup]) -> list[_Term]:
-    """One ``_Term`` per conv/linear call, with widths tied to the groups that set them."""
-    shrinks_in = {c: g for g, f in found.items() for c in f.consumers}
-    terms = []
-    for node in layers:
-        m, name = modules[node.target], node.target
-        group = shrinks_in.get(name)
-        if isinstance(m, nn.Linear):
-            terms.append(_Term(1, m.out_features, group or m.in_features))
-            continue
-        shape = node.meta["tensor_meta"].shape
-        coef = shape[-1] * shape[-2] * m.kernel_size[0] * m.kernel_size[1]
-        if m.groups > 1:  # depthwise in a group: one input per output channel
-            terms.append(_Term(coef, group or m.out_channels, m.in_channels // m.groups))
-        else:
-            terms.append(_Term(coef, name if name in found else m.out_channels, group or m.in_channels))
-    return terms
 
 
 def cached_graph(model: nn.Module, ctx: Any, prune_stem: bool, prune_head: bool) -> ChannelGraph:
@@ -390,235 +340,3 @@ def cached_graph(model: nn.Module, ctx: Any, prune_stem: bool, prune_head: bool)
     if key not in ctx.cache:
         ctx.cache[key] = channel_graph(model, ctx.example_input, prune_stem, prune_head)
     return ctx.cache[key]
-
-
-# ---------------------------------------------------------------- selection
-
-
-def select_channels(
-    graph: ChannelGraph,
-    scores: dict[str, torch.Tensor],
-    target_macs_ratio: float,
-    scope: str = "global",
-    ratios: dict[str, float] | None = None,
-    max_prune_fraction: float = 0.75,
-    normalize: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Channels to keep so that MACs <= ``target_macs_ratio * graph.dense_macs``.
-
-    Args:
-        graph: from ``channel_graph``.
-        scores: group name -> (size,) importance, higher = keep. Groups without scores
-            keep all their channels.
-        target_macs_ratio: MACs of the pruned model / dense MACs, in (0, 1].
-        scope: 'global' ranks all channels together, each group's scores divided by
-            the group's mean absolute score (so layers with large raw scores do not
-            dominate, while within-group order is unchanged); removes the lowest until
-            the target is met (exact to one channel). 'layerwise': every group removes
-            the same fraction f, found by bisection.
-        ratios: stage -> multiplier on the removed fraction (per-stage allocation).
-            When non-empty, group g loses the fraction ``f * ratio * base_g``, where
-            ``base_g`` is what ``scope`` alone removes from g (global: the global
-            ranking's fraction at the target; layerwise: 1), and the common factor f
-            is found by bisection so that the target is met.
-        max_prune_fraction: no group loses more than this fraction; one channel always stays.
-        normalize: in global scope, divide each group's scores by their mean. Turn it
-            off for scores already comparable across groups (OCS saliency, which is
-            cost-scaled on purpose): normalising would cancel that cross-group signal.
-
-    Returns:
-        Group name -> sorted int64 indices of the kept output channels.
-
-    Raises:
-        ValueError: bad arguments, or the target is below the lowest reachable ratio.
-    """
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
-    if not 0.0 < target_macs_ratio <= 1.0:
-        raise ValueError(f"target_macs_ratio must be in (0, 1], got {target_macs_ratio}")
-    if not 0.0 <= max_prune_fraction < 1.0:
-        raise ValueError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
-    sizes = _checked_sizes(graph, scores)
-    caps = {g: min(int(max_prune_fraction * n + 1e-9), n - 1) for g, n in sizes.items()}
-    budget = target_macs_ratio * graph.dense_macs
-
-    def macs_of(removed: dict[str, int]) -> int:
-        return graph.macs({g: sizes[g] - r for g, r in removed.items()})
-
-    stage = {g.name: g.stage for g in graph.groups}
-    mult = {g: max((ratios or {}).get(stage[g], 1.0), 0.0) for g in sizes}
-    if scope == "layerwise":
-        removed = _layerwise_removal(sizes, caps, mult, macs_of, budget)
-    else:
-        removed = _global_removal(scores, sizes, caps, macs_of, budget, normalize)
-        if ratios and removed is not None:  # the global split, reshaped per stage
-            base = {g: mult[g] * removed[g] / sizes[g] for g in sizes}
-            removed = _layerwise_removal(sizes, caps, base, macs_of, budget)
-    if removed is None:
-        # a stage with multiplier 0 never prunes, so it is not in the lowest reachable point
-        lowest = macs_of({g: caps[g] if mult[g] > 0 else 0 for g in sizes}) / graph.dense_macs
-        raise ValueError(
-            f"target_macs_ratio {target_macs_ratio} cannot be met: removing at most {max_prune_fraction:.0%} "
-            f"of each group's channels, the lowest MACs ratio reachable is {lowest:.4f}"
-        )
-    return {g: _keep_highest(scores[g], sizes[g] - removed[g]) for g in sizes}
-
-
-def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[str, int]:
-    sizes = {g.name: g.size for g in graph.groups}
-    for name, s in scores.items():
-        if name not in sizes:
-            raise ValueError(f"scores name {name!r}, which is not a channel group; groups: {list(sizes)}")
-        if tuple(s.shape) != (sizes[name],) or not torch.isfinite(s).all():
-            raise ValueError(f"scores[{name!r}] must be finite with shape ({sizes[name]},), got {tuple(s.shape)}")
-    if not scores:
-        raise ValueError(f"scores is empty; score at least one of the groups {list(sizes)}")
-    return {n: sizes[n] for n in sizes if n in scores}
-
-
-def _global_removal(scores, sizes, caps, macs_of, budget, normalize: bool = True) -> dict[str, int] | None:
-    """Removed count per group for the smallest prefix of the global order meeting ``budget``."""
-    names = list(sizes)
-    normed = [
-        scores[n].detach().float() / (scores[n].detach().float().abs().mean().clamp_min(1e-12) if normalize else 1.0)
-        for n in names
-    ]
-    owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
-    owner = owner[torch.sort(torch.cat(normed), stable=True).indices]
-    cap = torch.tensor([caps[n] for n in names])
-
-    def removed(k: int) -> dict[str, int]:
-        counts = torch.minimum(torch.bincount(owner[:k], minlength=len(names)), cap)
-        return dict(zip(names, counts.tolist()))
-
-    lo, hi = -1, owner.numel()  # macs at lo > budget >= macs at hi
-    if macs_of(removed(hi)) > budget:
-        return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if macs_of(removed(mid)) <= budget else (mid, hi)
-    return removed(hi)
-
-
-def _layerwise_removal(sizes, caps, mult, macs_of, budget) -> dict[str, int] | None:
-    """Removed counts for the smallest common fraction f (times ``mult``) meeting ``budget``."""
-
-    def removed(f: float) -> dict[str, int]:
-        return {g: min(int(round(f * mult[g] * n)), caps[g]) for g, n in sizes.items()}
-
-    hi = max((1.0 / m for m in mult.values() if m > 0), default=0.0)  # every group at its cap
-    if macs_of(removed(hi)) > budget:
-        return None
-    lo = 0.0
-    if macs_of(removed(lo)) <= budget:
-        return removed(lo)
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if macs_of(removed(mid)) <= budget else (mid, hi)
-    return removed(hi)
-
-
-def _keep_highest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Sorted int64 indices of the ``k`` highest scores (ties: the lower index is removed first)."""
-    order = torch.sort(scores.detach().float(), stable=True).indices
-    return torch.sort(order[scores.numel() - k :]).values.to(torch.int64)
-
-
-# ---------------------------------------------------------------- physical pruning
-
-
-def shrink(model: nn.Module, channels: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model`` with the channels not in ``channels`` physically removed.
-
-    Args:
-        model: the dense model (not modified).
-        channels: group (producer conv) name -> int indices of the output channels to
-            keep. Its BN, depthwise convs and consumers' inputs shrink with it.
-
-    Raises:
-        ValueError: a name is not a channel group of ``model``, or indices are invalid.
-    """
-    found, excluded = _analyse(_trace(model))
-    out = copy.deepcopy(model)
-    modules = dict(out.named_modules())
-    cut_out: dict[str, torch.Tensor] = {}
-    cut_in: dict[str, torch.Tensor] = {}
-    for name, idx in channels.items():
-        if name not in found:
-            why = excluded.get(name, "it is not a Conv2d of this model")
-            raise ValueError(f"cannot prune channels of {name!r}: {why}; channel groups: {sorted(found)}")
-        idx = _checked_index(name, idx, modules[name].out_channels)
-        cut_out[name] = idx
-        for member in (found[name].norm, *found[name].consumers):
-            m = modules.get(member) if member else None
-            if isinstance(m, nn.BatchNorm2d) or _is_depthwise(m):
-                cut_out[member] = idx
-            elif m is not None:
-                cut_in[member] = idx
-    with torch.no_grad():
-        for name in {**cut_out, **cut_in}:
-            _cut(modules[name], cut_out.get(name), cut_in.get(name))
-    return out
-
-
-def _checked_index(name: str, idx: torch.Tensor, size: int) -> torch.Tensor:
-    idx = torch.as_tensor(idx)
-    if idx.ndim != 1 or idx.numel() == 0 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
-        got = f"{idx.dtype} {tuple(idx.shape)}"
-        raise ValueError(f"channels[{name!r}] must be a non-empty 1-D integer tensor, got {got}")
-    idx = torch.sort(idx.to(torch.int64)).values
-    if idx[0] < 0 or idx[-1] >= size or torch.unique(idx).numel() != idx.numel():
-        raise ValueError(f"channels[{name!r}] must be distinct indices in [0, {size}), got {idx.tolist()}")
-    return idx
-
-
-def _param(p: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(p.clone(), requires_grad=like.requires_grad)
-
-
-def _cut(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) -> None:
-    """Keep output channels ``out`` and input channels ``inp`` of one module, in place."""
-    if isinstance(m, nn.BatchNorm2d):
-        m.num_features = len(out)
-        for key in ("weight", "bias"):
-            if getattr(m, key) is not None:
-                setattr(m, key, _param(getattr(m, key)[out], getattr(m, key)))
-        for key in ("running_mean", "running_var"):
-            if getattr(m, key) is not None:
-                setattr(m, key, getattr(m, key)[out].clone())
-        return
-    w = m.weight
-    if out is not None:
-        w = w[out]
-        if m.bias is not None:
-            m.bias = _param(m.bias[out], m.bias)
-    if isinstance(m, nn.Linear):
-        w = w[:, inp]
-        m.in_features = len(inp)
-    elif m.groups > 1:  # depthwise: groups and inputs follow the kept channels
-        m.groups = m.in_channels = len(out)
-    elif inp is not None:
-        w = w[:, inp]
-        m.in_channels = len(inp)
-    if isinstance(m, nn.Conv2d):
-        m.out_channels = w.shape[0]
-    m.weight = _param(w, m.weight)
-
-
-def check_forward(model: nn.Module, example_input: torch.Tensor, expected_shape: tuple[int, ...]) -> None:
-    """Run an eval, no-grad forward; raise ``UnsupportedModelError`` if it fails or the
-    output shape is not ``expected_shape``. Train/eval flags are restored."""
-    try:
-        with _eval_mode(model):
-            y = model(example_input)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"the pruned {type(model).__name__} fails on input {tuple(example_input.shape)}: "
-            f"{type(exc).__name__}: {exc}. Its channel groups are inconsistent; use granularity 'unstructured'."
-        ) from exc
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(expected_shape):
-        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise UnsupportedModelError(
-            f"the pruned {type(model).__name__} outputs {got}, expected {tuple(expected_shape)}; "
-            "use granularity 'unstructured' for this model."
-        )

@@ -1,0 +1,26 @@
+"""Physical (structured) channel pruning of conv nets, with its own dependency analysis.
+
+- ``graph``: which output channels can be removed together (fx dependency analysis),
+  ``channel_graph`` / ``cached_graph`` -> ``ChannelGraph`` of ``ChannelGroup``s.
+- ``macs``: the analytic MACs model of a graph, exact for any group widths.
+- ``selection``: ``select_channels``, the channels each group keeps for a MACs budget.
+- ``surgery``: ``shrink`` (cut the channels out) and ``check_forward``.
+"""
+
+from pipeline.structure.graph import ChannelGraph, ChannelGroup, UnsupportedModelError, cached_graph, channel_graph
+from pipeline.structure.macs import MacTerm, count_macs
+from pipeline.structure.selection import select_channels
+from pipeline.structure.surgery import check_forward, shrink
+
+__all__ = [
+    "ChannelGraph",
+    "ChannelGroup",
+    "MacTerm",
+    "UnsupportedModelError",
+    "cached_graph",
+    "channel_graph",
+    "check_forward",
+    "count_macs",
+    "select_channels",
+    "shrink",
+]
