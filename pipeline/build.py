@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from pipeline.methods import PruneContext, get_method
 from pipeline.plan import PrunePlan, apply_masks
 from pipeline.spec import CandidateSpec
+
+if TYPE_CHECKING:
+    from pipeline.structure import ChannelGraph
 
 
 def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:
@@ -18,9 +22,10 @@ def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> P
     return method.plan(base, ctx, spec)
 
 
-def apply_plan(base: nn.Module, plan: PrunePlan) -> nn.Module:
+def apply_plan(base: nn.Module, plan: PrunePlan, graph: ChannelGraph | None = None) -> nn.Module:
     """A pruned copy of ``base``: trained weights loaded, channels physically removed,
-    then weights masked. ``base`` is never modified.
+    then weights masked. ``base`` is never modified. ``graph``: ``base``'s channel graph
+    (``structure.cached_graph``), so channels are cut without tracing ``base`` again.
     """
     if plan.weights:
         base = copy.deepcopy(base)
@@ -32,7 +37,7 @@ def apply_plan(base: nn.Module, plan: PrunePlan) -> nn.Module:
     if plan.channels:
         from pipeline.structure import shrink
 
-        model = shrink(base, plan.channels)
+        model = shrink(base, plan.channels, graph=graph)
     else:
         model = copy.deepcopy(base)
     apply_masks(model, plan.masks)
