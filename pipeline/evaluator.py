@@ -33,6 +33,7 @@ from pipeline.models import ModelConfig, build_model
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec
+from pipeline.structure import cached_graph
 from pipeline.train import train_classifier
 
 _PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic
@@ -112,7 +113,8 @@ class Evaluator:
         m: dict[str, float] = {}
         t0 = time.perf_counter()
         plan = plan if plan is not None else plan_candidate(self.base, self.ctx, spec)
-        model = apply_plan(self.base, plan)
+        graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
+        model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
         if plan.channels:
             from pipeline.structure import check_forward
 

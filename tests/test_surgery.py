@@ -46,3 +46,22 @@ def test_shrink_with_graph_refuses_groups_the_graph_excludes_and_foreign_graphs(
     wider = S.channel_graph(DigitsCNN(width=8), x)
     with pytest.raises(ValueError, match="not this model's: its group 'conv2'"):
         S.shrink(model, {"conv2": torch.tensor([0, 1])}, graph=wider)
+
+
+def test_evaluator_cuts_channel_candidates_with_the_graph_its_method_cached(digits, digits_model, monkeypatch):
+    from pipeline.evaluator import Evaluator
+    from pipeline.measure import MeasureConfig
+    from pipeline.models import ModelConfig
+    from pipeline.spec import CandidateSpec
+
+    ev = Evaluator(ModelConfig(), digits_model.state_dict(), digits, MeasureConfig(latency_repeats=1, test_accuracy=False, collapse_plot=False), threads=1)
+    spec = CandidateSpec(method="magnitude", granularity="channel", target_sparsity=None, target_macs_ratio=0.6)
+    S.cached_graph(ev.base, ev.ctx, spec.prune_stem, spec.prune_head)  # what the method looks up
+
+    def no_trace(_model):
+        raise AssertionError("the evaluator traced the model again")
+
+    monkeypatch.setattr(graph_module, "_trace", no_trace)
+    r = ev.evaluate(spec)
+    assert r.state == "ok", r.error
+    assert r.metrics["macs_ratio"] <= 0.6
