@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from pipeline import structure as S
+from pipeline.evaluator import Evaluator
+from pipeline.measure import MeasureConfig
+from pipeline.models import ModelConfig
 from pipeline.models.cifar_resnet import cifar_resnet
 from pipeline.models.digits import DigitsCNN
+from pipeline.spec import CandidateSpec
 from pipeline.structure import graph as graph_module
 
 torch.set_num_threads(1)
@@ -49,12 +53,8 @@ def test_shrink_with_graph_refuses_groups_the_graph_excludes_and_foreign_graphs(
 
 
 def test_evaluator_cuts_channel_candidates_with_the_graph_its_method_cached(digits, digits_model, monkeypatch):
-    from pipeline.evaluator import Evaluator
-    from pipeline.measure import MeasureConfig
-    from pipeline.models import ModelConfig
-    from pipeline.spec import CandidateSpec
-
-    ev = Evaluator(ModelConfig(), digits_model.state_dict(), digits, MeasureConfig(latency_repeats=1, test_accuracy=False, collapse_plot=False), threads=1)
+    measure_cfg = MeasureConfig(latency_repeats=1, test_accuracy=False, collapse_plot=False)
+    ev = Evaluator(ModelConfig(), digits_model.state_dict(), digits, measure_cfg, threads=1)
     spec = CandidateSpec(method="magnitude", granularity="channel", target_sparsity=None, target_macs_ratio=0.6)
     S.cached_graph(ev.base, ev.ctx, spec.prune_stem, spec.prune_head)  # what the method looks up
 
