@@ -8,19 +8,16 @@
 """
 
 from pipeline.structure.graph import ChannelGraph, ChannelGroup, UnsupportedModelError, cached_graph, channel_graph
-from pipeline.structure.macs import MacTerm, count_macs
 from pipeline.structure.selection import select_channels
 from pipeline.structure.surgery import check_forward, shrink
 
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
-    "MacTerm",
     "UnsupportedModelError",
     "cached_graph",
     "channel_graph",
     "check_forward",
-    "count_macs",
     "select_channels",
     "shrink",
 ]
