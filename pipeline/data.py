@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from pipeline.preprocess import Preprocessing, normalise
+from pipeline.registry import Registry
 from pipeline.spec import Frozen
 
 
@@ -93,15 +94,12 @@ class DataError(ValueError):
 # A loader returns (train_x, train_y, test_x | None, test_y | None); x uint8 (N, H, W, C)
 # or float in [0, 1], y integer labels.
 Loader = Callable[[DataConfig], tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]
-_LOADERS: dict[str, Loader] = {}
+LOADERS: Registry[Loader] = Registry("data set", field="data.name")
 
 
 def register_loader(name: str) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register a loader ``fn(cfg) -> (train_x, train_y, test_x, test_y)`` under ``name``."""
+    return LOADERS.register(name)
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -110,7 +108,7 @@ def load_data(cfg: DataConfig) -> Splits:
     Raises:
         DataError: naming the file or field and what is wrong with it.
     """
-    tx, ty, ex, ey = _LOADERS[cfg.name](cfg)
+    tx, ty, ex, ey = LOADERS.get(cfg.name)(cfg)
     tx, ty = _validate(tx, ty, cfg.path or cfg.name)
     if ex is not None:
         ex, ey = _validate(ex, ey, cfg.test_path or cfg.name)

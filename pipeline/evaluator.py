@@ -29,7 +29,7 @@ from pipeline.data import Splits
 from pipeline.layers import prunable_weights
 from pipeline.measure import MeasureConfig
 from pipeline.methods import PruneContext
-from pipeline.models import ModelConfig, build_model
+from pipeline.models import ModelConfig, load_base
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec
@@ -62,21 +62,12 @@ class Evaluator:
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-        self.base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
-        self.base.load_state_dict(base_state)
-        self.base.eval().to(self.device)
+        self.base = load_base(model_cfg, base_state).to(self.device)
         splits = splits.to(self.device)  # once per actor: every candidate runs on the device
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
-        self.ctx = PruneContext(
-            calib_x=splits.calib.x,
-            calib_y=splits.calib.y,
-            train_x=splits.train.x,
-            train_y=splits.train.y,
-            example_input=splits.val.x[:1],
-            num_classes=splits.num_classes,
-        )
+        self.ctx = PruneContext.from_splits(splits)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
         self._probe = splits.calib.x[:_PROBE_IMAGES]
         self._dense_var = bn_output_variance(self.base, self._probe)

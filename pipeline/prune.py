@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.build import apply_plan, plan_candidate
-from pipeline.methods import PruneContext
+from pipeline.methods import PruneContext, get_method
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
 from pipeline.spec import CandidateSpec, Granularity, RecalSpec, Scope
@@ -59,8 +59,6 @@ def prune(
         ValueError: no or two targets, missing data or labels, or a method that does not
             support the request (the message names it).
     """
-    from pipeline.methods import get_method
-
     impl = get_method(method)
     if (sparsity is None) == (macs_ratio is None) and impl.target != "outcome":
         raise ValueError("give exactly one target: sparsity= (weights removed) or macs_ratio= (MACs kept)")
@@ -89,7 +87,7 @@ def prune(
             raise ValueError(f"method {method!r} needs labels: pass calib=(images, labels)")
         cy = torch.zeros(len(cx), dtype=torch.int64)
         ty = cy if ty is None else ty
-    ctx = PruneContext(cx, cy, tx, ty, cx[:1], num_classes)
+    ctx = PruneContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
     plan = plan_candidate(model, ctx, spec)
     pruned = apply_plan(model, plan)
     recalibrate(pruned, cx, spec.recal, seed=seed)

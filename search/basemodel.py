@@ -7,7 +7,7 @@ import logging
 import torch
 
 from pipeline.data import Splits
-from pipeline.models import build_model
+from pipeline.models import build_model, load_base
 from pipeline.train import train_classifier
 
 from search.config import SearchConfig
@@ -25,10 +25,8 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     if cfg.model.checkpoint:
         return build_model(cfg.model).state_dict()
     cache = cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
-    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
     if cache.exists():
-        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
-        return model.state_dict()
+        return load_base(cfg.model, torch.load(cache, map_location="cpu", weights_only=True)).state_dict()
     if cfg.base_training.steps == 0:
         raise ValueError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     log.info("training the base model %s for %d steps (cached at %s)", cfg.model.name, cfg.base_training.steps, cache)

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from pipeline.data import preprocessing
-from pipeline.models import ModelConfig, build_model
+from pipeline.models import ModelConfig, load_base
 from pipeline.preprocess import Preprocessing
+from pipeline.structure import shrink
 
 from search.rebuild import ExportError, Rebuilt, rebuild, refuse_imports
 
@@ -183,10 +184,6 @@ def load_exported(path: str | Path, allow_import: bool = False) -> Loaded:
         raise ExportError(f"{path} is not a prunesearch export of format {FORMAT!r} (found {recipe.get('format')!r}); export it again")
     model_cfg = ModelConfig.model_validate_json(recipe["model"])
     refuse_imports(model_cfg, allow_import, str(path))
-    base = build_model(model_cfg.model_copy(update={"checkpoint": None}))
-    if recipe["channels"]:
-        from pipeline.structure import shrink
-
-        base = shrink(base, {k: torch.tensor(v, dtype=torch.int64) for k, v in recipe["channels"].items()})
-    base.load_state_dict(blob["state_dict"])
-    return Loaded(base.eval(), Preprocessing.from_dict(recipe["preprocessing"]))
+    channels = {k: torch.tensor(v, dtype=torch.int64) for k, v in recipe["channels"].items()}
+    model = load_base(model_cfg, blob["state_dict"], reshape=(lambda m: shrink(m, channels)) if channels else None)
+    return Loaded(model, Preprocessing.from_dict(recipe["preprocessing"]))

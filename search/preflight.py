@@ -8,7 +8,7 @@ from pipeline.build import apply_plan, plan_candidate
 from pipeline.data import DataError, Splits
 from pipeline.measure import macs
 from pipeline.methods import PruneContext, get_method
-from pipeline.models import build_model
+from pipeline.models import load_base
 from pipeline.spec import CandidateSpec
 
 from search.config import ConfigError, SearchConfig
@@ -41,10 +41,9 @@ def lowest_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.
     when the space has no one-shot method (sizes are then outcomes of training)."""
     if not any(get_method(m).target == "sparsity" for m in cfg.space.methods):
         return None
-    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
-    model.load_state_dict(state)
-    x = splits.val.x[:1]
-    ctx = PruneContext(splits.calib.x, splits.calib.y, splits.train.x, splits.train.y, x, splits.num_classes)
+    model = load_base(cfg.model, state)
+    ctx = PruneContext.from_splits(splits)
+    x = ctx.example_input
     dense, _ = macs(model, x)
     ratios = []
     for gran in cfg.space.granularity:

@@ -38,7 +38,7 @@ def digits_model(digits):
 def ctx(digits):
     from pipeline.methods import PruneContext
 
-    return PruneContext(digits.calib.x, digits.calib.y, digits.train.x, digits.train.y, digits.val.x[:1], digits.num_classes)
+    return PruneContext.from_splits(digits)
 
 
 @pytest.fixture(scope="session")

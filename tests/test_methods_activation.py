@@ -45,7 +45,9 @@ def _planted() -> tuple[Tiny, PruneContext]:
         model.bn1.weight.fill_(1.0)
         model.bn1.weight[0] = 3.0
     model.eval()
-    return model, PruneContext(x, torch.zeros(64, dtype=torch.int64), x, torch.zeros(64, dtype=torch.int64), x[:1], 4)
+    return model, PruneContext(
+        calib_x=x, calib_y=torch.zeros(64, dtype=torch.int64), train_x=x, train_y=torch.zeros(64, dtype=torch.int64), example_input=x[:1], num_classes=4
+    )
 
 
 def test_planted_channel_that_bn_scales_up_ranks_first_and_magnitude_ranks_it_last():

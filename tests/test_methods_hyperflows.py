@@ -26,7 +26,7 @@ def trained():
     data = load_data(DataConfig())
     torch.manual_seed(0)
     model = train_classifier(DigitsCNN(width=16), data.train.x, data.train.y, steps=300, seed=0)
-    ctx = PruneContext(data.calib.x, data.calib.y, data.train.x, data.train.y, data.val.x[:1], data.num_classes)
+    ctx = PruneContext.from_splits(data)
     return model, ctx, {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -26,7 +26,7 @@ def _spec(seed: int = 0, **knobs: float) -> CandidateSpec:
 @pytest.fixture(scope="module")
 def octx(digits):
     torch.set_num_threads(1)
-    return PruneContext(digits.calib.x, digits.calib.y, digits.train.x, digits.train.y, digits.val.x[:1], digits.num_classes)
+    return PruneContext.from_splits(digits)
 
 
 OUTCOME_KNOBS = {"epochs": 6, "stability": 0.9}  # fires at epoch 4, then 2 epochs of masked training

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +32,8 @@ def trained():
 
 
 def _ctx(data, calib_y: torch.Tensor | None = None) -> PruneContext:
-    y = data.calib.y if calib_y is None else calib_y
-    return PruneContext(data.calib.x, y, data.train.x, data.train.y, data.val.x[:1], data.num_classes)
+    ctx = PruneContext.from_splits(data)
+    return ctx if calib_y is None else dataclasses.replace(ctx, calib_y=calib_y)
 
 
 def test_anova_f_matches_scipy_and_handles_degenerate_units():
@@ -73,7 +75,7 @@ def test_planted_class_channel_ranks_first_and_weight_one_follows_f():
         model.bn.weight[1] = 0.0
     l1 = model.conv.weight.detach().abs().sum((1, 2, 3))
     assert rankdata(l1)[0] == 5  # second-largest magnitude: magnitude alone would not put it first
-    ctx = PruneContext(x, y, x, y, x[:1], 4)
+    ctx = PruneContext(calib_x=x, calib_y=y, train_x=x, train_y=y, example_input=x[:1], num_classes=4)
     method = get_method("screening")
     groups = [ChannelGroup("conv", 6, "bn", ("fc",), "conv")]
 

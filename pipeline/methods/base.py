@@ -28,6 +28,7 @@ from pipeline.plan import PrunePlan
 from pipeline.select import global_masks, layerwise_masks
 
 if TYPE_CHECKING:
+    from pipeline.data import Splits
     from pipeline.spec import CandidateSpec
 
 
@@ -42,9 +43,9 @@ class Knob:
     default: float | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PruneContext:
-    """What a method may use, built once per actor.
+    """What a method may use, built once per actor (``from_splits``, or by keyword).
 
     Attributes:
         calib_x: calibration images, float32 (N, C, H, W), normalised.
@@ -63,6 +64,19 @@ class PruneContext:
     example_input: torch.Tensor
     num_classes: int
     cache: "BoundedCache" = field(default_factory=lambda: BoundedCache(32))
+
+    @classmethod
+    def from_splits(cls, splits: "Splits") -> "PruneContext":
+        """The context of a data set: calibration and training splits as given, the first
+        validation image as example input."""
+        return cls(
+            calib_x=splits.calib.x,
+            calib_y=splits.calib.y,
+            train_x=splits.train.x,
+            train_y=splits.train.y,
+            example_input=splits.val.x[:1],
+            num_classes=splits.num_classes,
+        )
 
 
 class BoundedCache(OrderedDict):

@@ -6,12 +6,14 @@ line below. Checkpoints always load with ``weights_only=True`` (``pipeline.check
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
+import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.checkpoint import load_into
+from pipeline.registry import Registry
 from pipeline.spec import Frozen
 
 
@@ -36,41 +38,42 @@ class ModelConfig(Frozen):
 
 
 Builder = Callable[[ModelConfig], nn.Module]
-_MODELS: dict[str, Builder] = {}
+MODELS: Registry[Builder] = Registry("model", field="model.name")
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register a builder ``fn(cfg) -> nn.Module`` under ``name``."""
-
-    def deco(fn: Builder) -> Builder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    """Names of all registered architectures, sorted."""
+    return MODELS.names()
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The base model of ``cfg`` in eval mode, with its checkpoint loaded if one is given.
 
     Raises:
-        ValueError: unknown model name (listing the valid ones).
+        pipeline.registry.RegistryError: unknown model name (listing the valid ones).
         pipeline.checkpoint.CheckpointError: unreadable or mismatched checkpoint.
     """
-    if cfg.name not in _MODELS:
-        close = difflib.get_close_matches(cfg.name, list(_MODELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"model.name: unknown model {cfg.name!r}; valid models: {list_models()}{hint}")
-    model = _MODELS[cfg.name](cfg)
+    model = MODELS.get(cfg.name)(cfg)
     if cfg.checkpoint:
-        from pipeline.checkpoint import load_into
-
         load_into(model, cfg.checkpoint)
+    return model.eval()
+
+
+def load_base(cfg: ModelConfig, state: dict[str, torch.Tensor], reshape: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
+    """The architecture of ``cfg`` (its checkpoint is not read) holding ``state``, in eval mode.
+
+    ``reshape`` maps the freshly built model to the one ``state`` was saved from before
+    loading (e.g. removing channels for a pruned state dict).
+    """
+    model = build_model(cfg.model_copy(update={"checkpoint": None}))
+    if reshape is not None:
+        model = reshape(model)
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -80,4 +83,4 @@ from pipeline.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
 from pipeline.models import tv as _tv  # noqa: E402,F401
 from pipeline.models import imported as _imported  # noqa: E402,F401
 
-__all__ = ["ModelConfig", "build_model", "list_models", "register_model"]
+__all__ = ["ModelConfig", "build_model", "list_models", "load_base", "register_model"]
