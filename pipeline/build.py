@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from pipeline.methods import PruneContext, get_method
 from pipeline.plan import PrunePlan, apply_masks
 from pipeline.spec import CandidateSpec
-
-if TYPE_CHECKING:
-    from pipeline.structure import ChannelGraph
+from pipeline.structure import ChannelGraph, shrink
 
 
 def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:
@@ -35,8 +32,6 @@ def apply_plan(base: nn.Module, plan: PrunePlan, graph: ChannelGraph | None = No
             raise KeyError(f"plan carries weights for {sorted(unknown)[:5]}, which the model does not have")
         base.load_state_dict({k: plan.weights.get(k, v).to(v.device, v.dtype) for k, v in state.items()})
     if plan.channels:
-        from pipeline.structure import shrink
-
         model = shrink(base, plan.channels, graph=graph)
     else:
         model = copy.deepcopy(base)

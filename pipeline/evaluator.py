@@ -33,7 +33,7 @@ from pipeline.models import ModelConfig, load_base
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec
-from pipeline.structure import cached_graph
+from pipeline.structure import cached_graph, check_forward
 from pipeline.train import train_classifier
 
 _PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic
@@ -107,10 +107,9 @@ class Evaluator:
         graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
         model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
         if plan.channels:
-            from pipeline.structure import check_forward
-
             check_forward(model, self.ctx.example_input, (1, self.ctx.num_classes))
         m["prune_s"] = time.perf_counter() - t0
+        m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
 
         t0 = time.perf_counter()
         val = self.splits.val
@@ -130,7 +129,7 @@ class Evaluator:
         if spec.finetune_steps:
             t0 = time.perf_counter()
             m["accuracy_before_finetune"] = m["accuracy"]
-            train_classifier(model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=0.01, seed=spec.seed, masks=plan.masks or None)
+            train_classifier(model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr, seed=spec.seed, masks=plan.masks or None)
             m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
             m["finetune_s"] = time.perf_counter() - t0
         m["finetune_steps"] = float(spec.finetune_steps)

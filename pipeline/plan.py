@@ -8,6 +8,7 @@ rebuilt from the base checkpoint plus this table; no code is ever unpickled.
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ _SCHEMA = pa.schema(
         ("data", pa.binary()),  # np.packbits of the flat mask, int64 indices, or float32 values
     ]
 )
+_DIAGNOSTICS = b"prunesearch.diagnostics"  # Parquet metadata key of PrunePlan.diagnostics (JSON)
 
 
 @dataclass
@@ -38,11 +40,19 @@ class PrunePlan:
         weights: state-dict entries (dense shapes, float32) that replace the base
             model's before channels and masks are applied: what methods that train
             (hyperflows, ocs) learned. Empty for one-shot methods.
+        diagnostics: what the method reports about how it got there (OCS: its stable
+            epoch and stability history), plain numbers or lists of numbers; stored as
+            JSON in the Parquet metadata, scalars surface as metrics ``<method>_<key>``.
     """
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, float | list[float]] = field(default_factory=dict)
+
+    def scalar_diagnostics(self, prefix: str) -> dict[str, float]:
+        """The scalar ``diagnostics`` as metrics named ``prefix + key``."""
+        return {prefix + k: float(v) for k, v in self.diagnostics.items() if not isinstance(v, list)}
 
     def to_parquet(self) -> bytes:
         rows: dict[str, list] = {"kind": [], "name": [], "shape": [], "data": []}
@@ -56,13 +66,16 @@ class PrunePlan:
             bits = np.packbits(mask.cpu().numpy().astype(bool).ravel())
             _append(rows, "mask", name, list(mask.shape), bits.tobytes())
         buf = io.BytesIO()
-        pq.write_table(pa.table(rows, schema=_SCHEMA), buf)
+        schema = _SCHEMA.with_metadata({_DIAGNOSTICS: json.dumps(self.diagnostics)}) if self.diagnostics else _SCHEMA
+        pq.write_table(pa.table(rows, schema=schema), buf)
         return buf.getvalue()
 
     @classmethod
     def from_parquet(cls, data: bytes) -> "PrunePlan":
-        table = pq.read_table(io.BytesIO(data)).to_pylist()
-        plan = cls()
+        read = pq.read_table(io.BytesIO(data))
+        table = read.to_pylist()
+        meta = read.schema.metadata or {}  # plans recorded before diagnostics existed have none
+        plan = cls(diagnostics=json.loads(meta[_DIAGNOSTICS]) if _DIAGNOSTICS in meta else {})
         for row in table:
             shape = tuple(row["shape"])
             if row["kind"] == "channels":

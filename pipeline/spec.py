@@ -75,6 +75,7 @@ class CandidateSpec(Frozen):
         prune_head: whether the classifier may be pruned.
         recal: the recalibration setting.
         finetune_steps: optimiser steps of fine-tuning after recalibration (0: none).
+        finetune_lr: SGD learning rate of that fine-tuning (cosine-decayed to 0).
         seed: seed for every random choice of this candidate.
     """
 
@@ -89,6 +90,7 @@ class CandidateSpec(Frozen):
     prune_head: bool = True
     recal: RecalSpec = Field(default_factory=RecalSpec)
     finetune_steps: int = Field(0, ge=0)
+    finetune_lr: float = Field(0.01, gt=0)
     seed: int = 0
 
     def to_json(self) -> str:

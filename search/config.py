@@ -161,6 +161,7 @@ class SearchConfig(Frozen):
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     recalibration: RecalSpec = Field(default_factory=RecalSpec)
     finetune_steps: int = Field(0, ge=0)
+    finetune_lr: float = Field(0.01, gt=0)  # SGD learning rate of that fine-tuning
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)

@@ -21,6 +21,7 @@ from pipeline.data import load_data
 
 from search.basemodel import base_state
 from search.config import SearchConfig
+from search.mlmodel import log_front_models
 from search.pool import EvaluatorPool
 from search.preflight import check_constraint, check_labels
 from search.progress import Progress
@@ -130,8 +131,6 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
     if cfg.log_models and not interrupted:
-        from search.mlmodel import log_front_models
-
         log_front_models(recorder.uri, cfg.experiment, parent_id)
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 

@@ -171,6 +171,7 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "recal_augment": str(spec.recal.augment),
         "recal_pad": str(spec.recal.pad),
         "finetune_steps": str(spec.finetune_steps),
+        "finetune_lr": f"{spec.finetune_lr:.6g}",
         "seed": str(spec.seed),
         "spec": spec.to_json(),
     }

@@ -57,6 +57,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         prune_head=space.prune_head,
         recal=cfg.recalibration,
         finetune_steps=cfg.finetune_steps,
+        finetune_lr=cfg.finetune_lr,
         seed=cfg.seed + trial.number,
     )
 

@@ -14,13 +14,9 @@ from pipeline.spec import CandidateSpec
 from search.config import parse_config
 from search.space import suggest
 
-# small budgets for the methods that train, so the contract stays fast
-FAST_KNOBS = {"hyperflows": {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}, "ocs": {"epochs": 4, "steps_per_epoch": 5}}
-
-
 def _specs(name: str) -> list[CandidateSpec]:
     m = get_method(name)
-    knobs = FAST_KNOBS.get(name, {})
+    knobs = m.fast_knobs  # each method's own small budget, so the contract stays fast
     out = []
     if "unstructured" in m.granularities:
         out.append(CandidateSpec(method=name, target_sparsity=None if m.target == "outcome" else 0.7, knobs=knobs, seed=1))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Literal
 import torch
 from torch import nn
 
+from pipeline import structure
 from pipeline.layers import prunable_weights, stage_of
 from pipeline.plan import PrunePlan
 from pipeline.select import global_masks, layerwise_masks
@@ -120,6 +121,11 @@ class PruningMethod(ABC):
     #: knobs that set how far the steered knob gets (a training budget): steering fits
     #: one curve per combination of their values
     budget_knobs: ClassVar[tuple[str, ...]] = ()
+    #: knobs that make a candidate quick (small training budgets, a steered knob's value):
+    #: the method contract test runs every method with them
+    fast_knobs: ClassVar[dict[str, float]] = {}
+    #: images per optimiser step, for a method that trains
+    train_batch: ClassVar[int] = 0
 
     def check(self, spec: "CandidateSpec") -> None:
         """Raise ``ValueError`` naming the field if ``spec`` asks for something unsupported."""
@@ -144,6 +150,17 @@ class PruningMethod(ABC):
         if default is None:
             raise ValueError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
         return default
+
+    def training_steps(self, spec: "CandidateSpec") -> int:
+        """Optimiser steps the method takes for ``spec`` (0: it does not train)."""
+        return 0
+
+    def training_budget(self, spec: "CandidateSpec") -> dict[str, int]:
+        """What training costs for ``spec``: ``optimizer_steps``, ``batch`` (images per step;
+        a training split smaller than that is one batch) and ``images_seen`` (their product); zeros
+        for a method that does not train."""
+        steps = self.training_steps(spec)
+        return {"optimizer_steps": steps, "batch": self.train_batch, "images_seen": steps * self.train_batch}
 
     @abstractmethod
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
@@ -205,8 +222,6 @@ class ImportanceMethod(PruningMethod):
         return {n: int((~m).sum()) / m.numel() for n, m in masks.items()}
 
     def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
-        from pipeline import structure
-
         if spec.target_macs_ratio is None:
             raise ValueError(f"method {self.name!r} needs target_macs_ratio for channel pruning")
         graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)

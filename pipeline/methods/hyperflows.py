@@ -67,6 +67,11 @@ class Hyperflows(PruningMethod):
     steered_knob = "pressure"
     # density at a given pressure depends on how long the presence parameters move and how fast
     budget_knobs = ("steps", "regrowth_steps", "flow_lr")
+    fast_knobs = {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}
+    train_batch = BATCH
+
+    def training_steps(self, spec: "CandidateSpec") -> int:
+        return int(self.knob(spec, "steps")) + int(self.knob(spec, "regrowth_steps"))
 
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         net, presence = train_presence(

@@ -74,6 +74,11 @@ class Ocs(PruningMethod):
         "reg": Knob(0.0, 1e-2, default=1e-4),
         "max_prune_fraction": Knob(0.5, 0.9, default=0.75),
     }
+    fast_knobs = {"epochs": 4, "steps_per_epoch": 5}
+    train_batch = BATCH
+
+    def training_steps(self, spec: "CandidateSpec") -> int:
+        return int(self.knob(spec, "epochs")) * int(self.knob(spec, "steps_per_epoch"))
 
     def check(self, spec: "CandidateSpec") -> None:
         super().check(spec)
@@ -82,7 +87,7 @@ class Ocs(PruningMethod):
 
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         out = train_ocs(model, ctx, spec)
-        return PrunePlan(channels=out.plan.channels, weights=out.state_dict)
+        return PrunePlan(channels=out.plan.channels, weights=out.state_dict, diagnostics=out.diagnostics(int(self.knob(spec, "epochs"))))
 
 
 @dataclass
@@ -105,6 +110,16 @@ class OcsOutcome:
     stable_epoch: int | None
     stability_history: list[float] = field(default_factory=list)
     removed_norm_history: list[float] = field(default_factory=list)
+
+    def diagnostics(self, epochs: int) -> dict[str, float | list[float]]:
+        """For ``PrunePlan.diagnostics``: ``stable_epoch`` (the epoch the structure was fixed
+        at: ``epochs`` when stability never fired), ``stabilized`` (1.0 / 0.0) and the histories."""
+        return {
+            "stable_epoch": float(self.stable_epoch if self.stable_epoch is not None else epochs),
+            "stabilized": float(self.stable_epoch is not None),
+            "stability_history": list(self.stability_history),
+            "removed_norm_history": list(self.removed_norm_history),
+        }
 
 
 def jaccard(a: set[int], b: set[int]) -> float:
