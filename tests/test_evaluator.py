@@ -10,6 +10,7 @@ import pytest
 from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
+from pipeline.plan import PrunePlan
 from pipeline.spec import CandidateSpec, RecalSpec
 
 
@@ -34,6 +35,23 @@ def test_keep_better_keeps_the_stored_statistics_when_they_score_higher(evaluato
     plain = evaluator.evaluate(spec.model_copy(update={"recal": RecalSpec(images=8, batch_size=8)}))
     if plain.metrics["accuracy"] < plain.metrics["accuracy_before_recal"]:
         assert r.metrics["recal_applied"] == 0.0
+
+
+def test_fine_tuning_learning_rate_comes_from_the_spec(evaluator):
+    spec = CandidateSpec(target_sparsity=0.95, finetune_steps=20)
+    default, slow = evaluator.evaluate(spec), evaluator.evaluate(spec.model_copy(update={"finetune_lr": 1e-6}))
+    assert default.metrics["accuracy_before_finetune"] == slow.metrics["accuracy_before_finetune"]
+    assert slow.metrics["accuracy"] == pytest.approx(slow.metrics["accuracy_before_finetune"], abs=0.01)  # lr 1e-6: nothing moves
+    assert default.metrics["accuracy"] != slow.metrics["accuracy"]
+
+
+def test_method_diagnostics_surface_as_metrics(evaluator):
+    spec = CandidateSpec(method="ocs", granularity="channel", target_sparsity=None, target_macs_ratio=0.5, knobs={"epochs": 4, "steps_per_epoch": 5})
+    r = evaluator.evaluate(spec)
+    assert r.state == "ok", r.error
+    assert 1 <= r.metrics["ocs_stable_epoch"] <= 4 and r.metrics["ocs_stabilized"] in (0.0, 1.0)
+    assert not any("history" in k for k in r.metrics)  # lists stay in plan.parquet
+    assert len(PrunePlan.from_parquet(r.plan).diagnostics["stability_history"]) == r.metrics["ocs_stable_epoch"]
 
 
 def test_candidates_do_not_affect_each_other(evaluator):

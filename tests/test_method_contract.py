@@ -49,6 +49,27 @@ def test_method_contract(name, digits_model, ctx, digits):
 
 
 @pytest.mark.parametrize("name", list_methods())
+def test_fast_knobs_and_training_budget_are_declared_by_the_method(name):
+    m = get_method(name)
+    assert set(m.fast_knobs) <= set(m.knobs)
+    for k, v in m.fast_knobs.items():
+        assert m.knobs[k].low <= v <= m.knobs[k].high, k
+    for spec in _specs(name):
+        m.check(spec)
+        budget = m.training_budget(spec)
+        assert (budget["optimizer_steps"] > 0) == m.trains and budget["images_seen"] == budget["optimizer_steps"] * budget["batch"]
+        if m.trains:  # a fast test trains for at most a hundred steps
+            assert budget["optimizer_steps"] <= 100 and budget["batch"] > 0
+
+
+def test_training_budget_counts_every_optimiser_step():
+    hf = CandidateSpec(method="hyperflows", target_sparsity=None, knobs={"pressure": 0.1, "steps": 70, "regrowth_steps": 30})
+    assert get_method("hyperflows").training_budget(hf) == {"optimizer_steps": 100, "batch": 64, "images_seen": 6400}
+    ocs = CandidateSpec(method="ocs", granularity="channel", target_sparsity=None, target_macs_ratio=0.5, knobs={"epochs": 6})
+    assert get_method("ocs").training_budget(ocs)["optimizer_steps"] == 6 * 20  # steps_per_epoch default
+
+
+@pytest.mark.parametrize("name", list_methods())
 def test_every_declared_knob_is_in_the_search_space(name):
     import optuna
 

@@ -12,6 +12,7 @@ from pipeline import measure, structure
 from pipeline.build import apply_plan
 from pipeline.methods import PruneContext, get_method
 from pipeline.methods.ocs import is_stable, stability, train_ocs
+from pipeline.plan import PrunePlan
 from pipeline.spec import CandidateSpec
 
 A = {"conv1": {0, 1, 2, 3}, "conv2": {0, 1, 2, 3, 4, 5}}
@@ -65,6 +66,11 @@ def test_plan_meets_macs_target_runs_and_keeps_shapes(digits_model, octx, outcom
     assert pruned == pytest.approx(0.5 * dense, rel=0.02)
     structure.check_forward(model, octx.example_input, (1, 10))
     assert model(octx.calib_x[:3]).shape == (3, 10)
+    # the plan records how the cycle went, and plan.parquet keeps it
+    back = PrunePlan.from_parquet(plan.to_parquet()).diagnostics
+    assert back["stable_epoch"] == outcome.stable_epoch == 4 and back["stabilized"] == 1.0
+    assert len(back["stability_history"]) == 4 and back["stability_history"][-1] == pytest.approx(outcome.stability_history[-1])
+    assert back["removed_norm_history"] == pytest.approx(outcome.removed_norm_history)
 
 
 def test_base_model_is_untouched(digits_model, octx):
@@ -108,6 +114,7 @@ def test_group_lasso_shrinks_channels_marked_for_removal(digits_model, octx):
 def test_never_stable_prunes_at_the_last_epoch(digits_model, octx):
     never = train_ocs(digits_model, octx, _spec(reg=0.0, stability=1.0))
     assert never.stable_epoch is None and len(never.stability_history) == 4
+    assert never.diagnostics(4)["stable_epoch"] == 4.0 and never.diagnostics(4)["stabilized"] == 0.0  # fixed at the last epoch
     assert math.isnan(never.stability_history[0]) and never.stability_history[-1] < 1.0
     removed = torch.ones(32, dtype=torch.bool)
     removed[never.plan.channels["conv1"]] = False

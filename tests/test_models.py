@@ -10,7 +10,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from pipeline.models import ModelConfig, build_model, list_models
+from pipeline.models import ModelConfig, build_model, list_models, load_base
 from pipeline.models.cifar_resnet import DEPTHS, PadShortcut
 
 torch.set_num_threads(1)  # two shared cores
@@ -143,3 +143,19 @@ def test_import_user_module_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # A missing dependency of the user's module is reported as such, not as a typo.
     with pytest.raises(ValueError, match="importing module 'prunesearch_broken_nets' failed.*prunesearch_missing"):
         build_model(ModelConfig(name="import", import_path="prunesearch_broken_nets:Net"))
+
+
+def test_load_base_builds_the_architecture_and_loads_a_state(tmp_path: Path) -> None:
+    cfg = ModelConfig(name="digits_cnn", checkpoint=str(tmp_path / "never-read.pt"))  # the checkpoint is not read
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in build_model(cfg.model_copy(update={"checkpoint": None})).state_dict().items()}
+    model = load_base(cfg, state)
+    assert not model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    narrow = {**state, "fc.weight": state["fc.weight"][:4], "fc.bias": state["fc.bias"][:4]}
+
+    def four_outputs(m: nn.Module) -> nn.Module:
+        m.fc = nn.Linear(m.fc.in_features, 4)
+        return m
+
+    assert load_base(cfg, narrow, reshape=four_outputs).fc.weight.shape[0] == 4
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_base(cfg, narrow)

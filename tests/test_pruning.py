@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
+import math
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.layers import prunable_weights
-from pipeline.methods import get_method, list_methods
+from pipeline.methods import PruneContext, get_method, list_methods
 from pipeline.plan import PrunePlan
 from pipeline.select import global_masks, layerwise_masks
 from pipeline.spec import CandidateSpec
@@ -68,6 +72,29 @@ def test_plan_roundtrips_through_parquet():
     for k in plan.masks:
         assert torch.equal(back.masks[k], plan.masks[k])
     assert torch.equal(back.channels["conv1"], plan.channels["conv1"])
+    assert back.diagnostics == {}
+
+
+def test_plan_diagnostics_roundtrip_and_old_plans_read_without_them():
+    plan = PrunePlan(channels={"conv1": torch.tensor([1])}, diagnostics={"stable_epoch": 4.0, "history": [float("nan"), 0.5]})
+    back = PrunePlan.from_parquet(plan.to_parquet())
+    assert back.diagnostics["stable_epoch"] == 4.0 and math.isnan(back.diagnostics["history"][0]) and back.diagnostics["history"][1] == 0.5
+    assert back.scalar_diagnostics("ocs_") == {"ocs_stable_epoch": 4.0}  # lists stay in the plan only
+    buf = io.BytesIO()  # a plan.parquet written before diagnostics existed: no schema metadata
+    pq.write_table(pq.read_table(io.BytesIO(plan.to_parquet())).replace_schema_metadata(None), buf)
+    old = PrunePlan.from_parquet(buf.getvalue())
+    assert old.diagnostics == {} and torch.equal(old.channels["conv1"], torch.tensor([1]))
+
+
+def test_spec_carries_the_fine_tuning_learning_rate():
+    spec = CandidateSpec(finetune_steps=10, finetune_lr=0.003)
+    assert CandidateSpec.from_json(spec.to_json()).finetune_lr == 0.003
+    recorded = json.loads(CandidateSpec().to_json())
+    del recorded["finetune_lr"]  # a record written before the field existed
+    old = CandidateSpec.from_json(json.dumps(recorded))
+    assert "finetune_lr" not in old.model_fields_set and old.finetune_lr == 0.01  # records before the field replay 0.01
+    with pytest.raises(ValueError, match="finetune_lr"):
+        CandidateSpec(finetune_lr=0)
 
 
 def test_plan_weights_replace_the_base_weights(digits_model):
@@ -145,3 +172,12 @@ def test_global_allocation_meets_the_target_sparsity(digits_model, ctx, method):
         return sum(int((~m).sum()) for m in ms) / sum(m.numel() for m in ms)
 
     assert frac(plan, stages[0]) < frac(plain, stages[0])  # the halved stage is pruned less
+
+
+def test_prune_context_is_built_from_splits_or_by_keyword(digits):
+    ctx = PruneContext.from_splits(digits)
+    assert ctx.calib_x is digits.calib.x and ctx.train_y is digits.train.y and ctx.num_classes == digits.num_classes
+    assert torch.equal(ctx.example_input, digits.val.x[:1]) and len(ctx.cache) == 0
+    assert PruneContext.from_splits(digits).cache is not ctx.cache  # each context caches for itself
+    with pytest.raises(TypeError):
+        PruneContext(digits.calib.x, digits.calib.y, digits.train.x, digits.train.y, digits.val.x[:1], 10)  # positional: refused
