@@ -14,6 +14,7 @@ from pipeline.spec import CandidateSpec
 from search.config import parse_config
 from search.space import suggest
 
+
 def _specs(name: str) -> list[CandidateSpec]:
     m = get_method(name)
     knobs = m.fast_knobs  # each method's own small budget, so the contract stays fast
