@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-import", action="store_true", help="trust and import a model class named in the record (model 'import')")
     e.set_defaults(func=_export)
 
+    u = sub.add_parser("ui", help="open the MLflow UI on a run folder's store (http://127.0.0.1:PORT)")
+    u.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to show (default ./runs)")
+    u.add_argument("--tracking-uri", help="MLflow store URI (overrides --run-dir)")
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    u.set_defaults(func=_ui)
+
     s = sub.add_parser("submit", help="submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
     s.add_argument("config", help="YAML file; needs ray_address: auto (see configs/cluster.yaml)")
     s.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
@@ -161,7 +167,9 @@ def _search(cfg, quiet: bool) -> int:
     else:
         print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
     if out.tracking_uri.startswith("sqlite:///"):
-        print(f"\nBrowse every candidate:  mlflow ui --backend-store-uri {out.tracking_uri} --host 127.0.0.1")
+        from search.ui import ui_hint
+
+        print(f"\nBrowse every candidate:  {ui_hint(cfg.run_path)}")
     return 130 if out.interrupted else 0
 
 
@@ -247,6 +255,12 @@ def _export(args: argparse.Namespace) -> int:
         reg = f"; registered as {args.register!r} version {out.registered_version}" if out.registered_version else ""
         print(f"logged MLflow model {out.model_uri} (mlflow.pytorch.load_model){reg}")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from search.ui import serve
+
+    return serve(_uri(args), port=args.port)
 
 
 def _submit(args: argparse.Namespace) -> int:

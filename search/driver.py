@@ -25,7 +25,7 @@ from search.config import SearchConfig
 from search.pool import EvaluatorPool
 from search.preflight import check_constraint, check_labels
 from search.progress import STATUS_EVERY_S, Progress
-from search.records import Recorder
+from search.records import Recorder, flat_params
 from search.report import finish_report
 from search.query import candidate_rows
 from search.space import suggest
@@ -171,7 +171,8 @@ def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder):
     study = open_study(cfg)
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:
-        parent_id = recorder.start_parent(None, cfg.name, {"run_path": str(cfg.run_path), "sampler": cfg.sampler.name})
+        params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}
+        parent_id = recorder.start_parent(None, cfg.name, params)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
         study.set_user_attr("parent_run_id", parent_id)
