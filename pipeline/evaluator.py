@@ -78,6 +78,7 @@ class Evaluator:
             num_classes=splits.num_classes,
         )
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
+        self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
         self.ctx.on_step = self._on_step
         self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
         self._probe = splits.calib.x[:_PROBE_IMAGES]
@@ -164,6 +165,7 @@ class Evaluator:
 
         t0 = time.perf_counter()
         m.update(self._size_metrics(model, spec))
+        m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
         if self.cfg.test_accuracy:
             m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,8 @@ class SharedArgs:
     Why: an actor with ``max_restarts > 0`` given ObjectRefs as constructor arguments
     makes Ray log an error per actor ("has constructor arguments in the object store",
     ray-project/ray#53727), even nested ones. Evaluators get a handle to this holder
-    instead (no restarts: it lives on the driver's node, as the objects' owner does) and
-    fetch the arguments on every (re)start.
+    only its Ray name (a handle is an object-store argument too; no restarts: it lives on
+    the driver's node, as the objects' owner does) and fetch the arguments on every (re)start.
     """
 
     def __init__(self, args: tuple) -> None:
@@ -47,8 +48,8 @@ class SharedArgs:
 class _SharedArgsEvaluator(Evaluator):
     """An ``Evaluator`` built from the arguments a ``SharedArgs`` actor holds."""
 
-    def __init__(self, shared: Any) -> None:
-        args = ray.get(shared.get.remote())
+    def __init__(self, shared: str) -> None:
+        args = ray.get(ray.get_actor(shared).get.remote())
         super().__init__(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
 
 
@@ -88,10 +89,11 @@ class EvaluatorPool:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         # held for the pool's life: a restarted actor re-reads its arguments through it
-        self._shared = ray.remote(num_cpus=0, max_restarts=0)(SharedArgs).options(scheduling_strategy=here).remote(init_args)
+        shared = f"{name or 'prunesearch'}-args-{uuid.uuid4().hex[:8]}"
+        self._shared = ray.remote(num_cpus=0, max_restarts=0)(SharedArgs).options(name=shared, scheduling_strategy=here).remote(init_args)
         # SPREAD places actors over nodes first, so a cluster's workers all get some
         self.actors = [
-            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(self._shared)
+            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(shared)
             for i in range(count)
         ]
         self.queue = queue

@@ -20,24 +20,30 @@ log = logging.getLogger("prunesearch")
 STATUS_EVERY_S = 15.0  # how often the driver asks busy actors what they are doing
 
 
-def eta_s(durations: list[float], running: list[dict[str, Any]], not_started: int, parallel: int) -> float:
-    """Seconds left: the rest of the candidates in flight plus ``not_started`` more of the
-    mean candidate duration, spread over ``parallel`` actors; NaN before anything is known.
+def eta_s(elapsed_s: float, done: int, running: list[dict[str, Any]], not_started: int, parallel: int, durations: list[float] = ()) -> float:
+    """Seconds left, NaN before anything is known.
+
+    The candidates not started yet take the observed wall time per candidate
+    (``elapsed_s / done``), or more when candidates that train are in flight: their full
+    duration is projected from the steps they report. The candidates in flight add what
+    is left of the slowest of them.
 
     Args:
-        durations: wall seconds of the candidates finished so far.
+        elapsed_s: wall seconds since the first candidate was submitted.
+        done: candidates finished. not_started: candidates neither finished nor in flight.
         running: ``EvaluatorPool.running()`` entries (``elapsed_s``, ``step``, ``total``).
+        parallel: actors evaluating at once. durations: seconds of each finished candidate
+            on its actor (its ``prune_s + recal_s + finetune_s + eval_s``).
     """
     projected = [r["elapsed_s"] * r["total"] / r["step"] for r in running if r.get("total") and r.get("step")]
-    known = durations + projected
-    if not known:
+    rates = [elapsed_s / done] if done else []
+    if projected:
+        known = list(durations) + projected
+        rates.append(sum(known) / len(known) / max(parallel, 1))
+    if not rates:
         return math.nan
-    mean = sum(known) / len(known)
-    left = 0.0
-    for r in running:
-        full = r["elapsed_s"] * r["total"] / r["step"] if r.get("total") and r.get("step") else mean
-        left += max(full - r["elapsed_s"], 0.0)
-    return (left + max(not_started, 0) * mean) / max(parallel, 1)
+    in_flight = max((p - r["elapsed_s"] for p, r in zip(projected, [r for r in running if r.get("total") and r.get("step")])), default=0.0)
+    return max(in_flight, 0.0) + max(not_started, 0) * max(rates)
 
 
 def describe(r: dict[str, Any]) -> str:
@@ -61,6 +67,7 @@ class Progress:
         self.done = self.failed = 0
         self.best = float("nan")
         self.durations: list[float] = []
+        self.t0 = time.monotonic()
         self.running: list[dict[str, Any]] = []
         self.bar = None
         if not quiet and total > 0:
@@ -70,7 +77,8 @@ class Progress:
             self.bar = tqdm(total=total, unit="cand", file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     def eta(self) -> float:
-        return eta_s(self.durations, self.running, self.total - self.done - len(self.running), self.parallel)
+        not_started = self.total - self.done - len(self.running)
+        return eta_s(time.monotonic() - self.t0, self.done, self.running, not_started, self.parallel, self.durations)
 
     def _left(self) -> str:
         left = self.eta()
