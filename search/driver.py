@@ -23,7 +23,7 @@ from pipeline.data import load_data
 from search.basemodel import base_state
 from search.config import SearchConfig
 from search.pool import EvaluatorPool
-from search.preflight import check_constraint, check_labels
+from search.preflight import check_allocation, check_constraint, check_labels
 from search.progress import STATUS_EVERY_S, Progress
 from search.records import Recorder, flat_params
 from search.report import finish_report
@@ -117,6 +117,7 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
         return finished
     splits = load_data(cfg.data)
     check_labels(cfg, splits)
+    check_allocation(cfg)
     state = base_state(cfg, splits)
     check_constraint(cfg, splits, state)
     study, parent_id = _open_study_and_parent(cfg, recorder)

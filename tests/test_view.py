@@ -158,3 +158,28 @@ def test_mlflow_view_and_a_finished_study_resumes_without_ray(tmp_path, ray_loca
     assert again.evaluated == 0 and again.recorded_total == 3 and again.parent_run_id == first.parent_run_id
     assert client.get_run(first.parent_run_id).info.status == "FINISHED"
     assert len(candidate_runs(cfg)[1]) == 3
+
+
+def test_export_paths_stay_inside_the_run_folder_unless_absolute(tmp_path):
+    from search.cli import export_path, main
+
+    run = tmp_path / "runs"
+    assert export_path(str(run), "best.pt") == (run / "best.pt").resolve()
+    assert export_path(str(run), "sub/../best.pt") == (run / "best.pt").resolve()
+    assert export_path(str(run), str(tmp_path / "x.pt")) == tmp_path / "x.pt"
+    with pytest.raises(ValueError, match="inside the run folder"):
+        export_path(str(run), "../x.pt")
+    run.mkdir()
+    (run / "mlflow.db").touch()
+    assert main(["export", "abc", "-o", "../x.pt", "--run-dir", str(run)]) == 2  # refused before anything is read
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_unknown_allocation_stage_is_refused_naming_the_stages(tmp_path):
+    from search.config import ConfigError
+    from search.preflight import check_allocation, model_stages
+
+    cfg = search_config(tmp_path, "stages", trials=1, space={"allocation": {"conv9": [0.5, 1.0]}})
+    assert list(model_stages(cfg)) == ["conv1", "conv2", "conv3", "fc"]
+    with pytest.raises(ConfigError, match="space.allocation: 'conv9'.*conv1, conv2, conv3, fc"):
+        check_allocation(cfg)
