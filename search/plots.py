@@ -28,7 +28,8 @@ def _figure(width: float, height: float, cols: int = 1):
 def _percent(ax, axis: str) -> None:
     from matplotlib.ticker import PercentFormatter
 
-    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=0))
+    # decimals chosen from the visible range: 98.5 % and 99.0 % must not both read "99 %"
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
 
 
 def _scatter(ax, rows: list[dict[str, Any]], x: str, y: str) -> None:
@@ -132,11 +133,14 @@ def recalibration_figure(rows: list[dict[str, Any]]):
     _scatter(ax, rows, "accuracy_before_recal", "accuracy")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="no change")
     gained = sum(r["accuracy"] > r["accuracy_before_recal"] for r in rows)
+    vals = [r[k] for r in rows for k in ("accuracy", "accuracy_before_recal")] or [0.0, 1.0]
+    pad = max(0.01, 0.05 * (max(vals) - min(vals)))  # zoom on the candidates, same range on both axes
+    lim = (max(0.0, min(vals) - pad), min(1.0, max(vals) + pad))
     ax.set(
         xlabel="accuracy after pruning (dense BatchNorm statistics)",
         ylabel="accuracy after recalibration",
-        xlim=(0, 1),
-        ylim=(0, 1),
+        xlim=lim,
+        ylim=lim,
         title=f"BatchNorm recalibration: {gained} of {len(rows)} candidates gained",
     )
     ax.set_aspect("equal")
