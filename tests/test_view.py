@@ -183,3 +183,27 @@ def test_unknown_allocation_stage_is_refused_naming_the_stages(tmp_path):
     assert list(model_stages(cfg)) == ["conv1", "conv2", "conv3", "fc"]
     with pytest.raises(ConfigError, match="space.allocation: 'conv9'.*conv1, conv2, conv3, fc"):
         check_allocation(cfg)
+
+
+def test_base_model_training_says_what_it_does_and_how_long(tmp_path, digits, caplog):
+    from search.basemodel import base_state
+
+    cfg = search_config(tmp_path, "base", trials=1, base_training={"steps": 3})
+    with caplog.at_level("INFO", logger="search.basemodel"):
+        base_state(cfg, digits)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "training the base model digits_cnn" in text and "for 3 steps" in text and "trained the base model in" in text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="search.basemodel"):
+        base_state(cfg, digits)  # cached: loaded, not trained again
+    assert not [r for r in caplog.records if "train" in r.getMessage()]
+
+
+def test_stages_verb_lists_the_allocation_keys(tmp_path, capsys):
+    from search.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: s\nrun_dir: " + str(tmp_path / "run") + "\n")
+    assert main(["stages", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["conv1", "conv2", "conv3", "fc"]
