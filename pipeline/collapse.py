@@ -51,21 +51,38 @@ def variance_table(dense: dict[str, float], before: dict[str, float], after: dic
 
 
 def variance_plot(diagnostics: bytes) -> bytes:
-    """The signal-collapse curve: per BatchNorm (in depth order), output variance of the
-    pruned network over the dense one, before and after recalibration (log scale)."""
+    """The signal-collapse curve: per BatchNorm (in depth order, named on the axis), output
+    variance of the pruned network over the dense one, before and after recalibration (log scale)."""
+    fig = variance_figure(diagnostics)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)  # margins are set from the names: no second layout pass
+    return buf.getvalue()
+
+
+def variance_figure(diagnostics: bytes):
+    """The matplotlib Figure behind :func:`variance_plot`."""
     t = pq.read_table(io.BytesIO(diagnostics)).to_pydict()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 3))
+    n = len(t["layer"])
+    names_in = max((len(s) for s in t["layer"]), default=1) * 7 * 0.55 / 72  # rotated 7 pt names, inches
+    width, plot_h, bottom, top = max(6.0, 0.22 * n + 1.5), 2.6, names_in + 0.45, 0.15
+    fig = Figure(figsize=(width, plot_h + bottom + top))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    x = range(len(t["layer"]))
+    fig.subplots_adjust(left=1.0 / width, right=1 - 0.15 / width, bottom=bottom / (plot_h + bottom + top), top=1 - top / (plot_h + bottom + top))
+    x = range(n)
     ax.plot(x, t["var_ratio_before"], "o-", ms=3, label="pruned, dense statistics")
     ax.plot(x, t["var_ratio_after"], "o-", ms=3, label="pruned, recalibrated")
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(yscale="log", xlabel="BatchNorm layer (depth order)", ylabel="output variance / dense")
+    ax.set_xticks(list(x), t["layer"], rotation=90, fontsize=7)
+    ax.set(yscale="log", xlabel="BatchNorm layer (depth order)", ylabel="output variance / dense", xlim=(-0.5, n - 0.5))
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.2, not 2x10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="both", labelsize=7)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)  # no tight_layout: it doubles the drawing time
-    return buf.getvalue()
+    return fig

@@ -69,6 +69,9 @@ class Evaluator:
         self.threads = threads
         self.ctx = PruneContext.from_splits(splits)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
+        self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
+        self.ctx.on_step = self._on_step
+        self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
         self._probe = splits.calib.x[:_PROBE_IMAGES]
         self._dense_var = bn_output_variance(self.base, self._probe)
 
@@ -76,8 +79,20 @@ class Evaluator:
         """Where this evaluator runs: Ray node id (when in Ray), host, process id, device, torch threads."""
         return {"node_id": _ray_node_id(), "host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
 
+    def status(self) -> dict[str, Any] | None:
+        """The candidate being evaluated now: ``spec``, ``elapsed_s`` (wall seconds), and
+        ``step`` / ``total`` training steps reported by a method that trains (0 / 0 if none);
+        None when idle."""
+        run = self._running
+        return None if run is None else {**run, "elapsed_s": time.monotonic() - run["t0"]}
+
+    def _on_step(self, done: int, total: int) -> None:
+        if self._running is not None:
+            self._running = {**self._running, "step": done, "total": total}
+
     def evaluate(self, spec: CandidateSpec) -> CandidateResult:
         """Prune, recalibrate, (fine-tune,) and measure one candidate."""
+        self._running = {"spec": spec, "t0": time.monotonic(), "step": 0, "total": 0}
         try:
             return self._evaluate(spec)[0]
         except Exception as e:  # a candidate's failure is a result, not a crash of the actor
@@ -87,6 +102,8 @@ class Evaluator:
                 error=f"{type(e).__name__}: {e}",
                 info={"traceback": traceback.format_exc()[-4000:], **self._info()},
             )
+        finally:
+            self._running = None
 
     def rebuild(self, spec: CandidateSpec, plan: PrunePlan) -> tuple[nn.Module, CandidateResult]:
         """Replay a recorded candidate from its spec and plan (no method is re-run).
@@ -129,13 +146,16 @@ class Evaluator:
         if spec.finetune_steps:
             t0 = time.perf_counter()
             m["accuracy_before_finetune"] = m["accuracy"]
-            train_classifier(model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr, seed=spec.seed, masks=plan.masks or None)
+            train_classifier(
+                model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr, seed=spec.seed, masks=plan.masks or None, on_step=self._on_step
+            )
             m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
             m["finetune_s"] = time.perf_counter() - t0
         m["finetune_steps"] = float(spec.finetune_steps)
 
         t0 = time.perf_counter()
         m.update(self._size_metrics(model, spec))
+        m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
         if self.cfg.test_accuracy:
             m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
@@ -176,12 +196,18 @@ def _ray_node_id() -> str:
         return ""
 
 
-def evaluator_actor(num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3):
-    """``Evaluator`` as a Ray actor class with the given resource request.
+def evaluator_actor(
+    num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3, cls: type = Evaluator
+):
+    """``cls`` (an ``Evaluator``) as a Ray actor class with the given resource request.
 
     A restarted actor re-runs ``__init__`` (reloading the model and data from the
     object store); in-flight calls are not retried by Ray: the driver resubmits them.
+    Candidates run one at a time; ``status`` is answered from its own concurrency group
+    (call it with ``.options(concurrency_group="status")``) while one runs.
     """
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts)(Evaluator)
+    return ray.remote(
+        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1}
+    )(cls)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -26,11 +28,13 @@ def train_classifier(
     batch_size: int = 64,
     seed: int = 0,
     masks: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """SGD (momentum 0.9, cosine schedule) on cross-entropy for ``steps`` steps, in place.
 
     With ``masks``, pruned weights are re-zeroed after every step so the sparsity
-    pattern is kept (fine-tuning a candidate). Returns ``model`` in eval mode.
+    pattern is kept (fine-tuning a candidate). ``on_step(done, steps)`` is called after
+    every step (progress reports). Returns ``model`` in eval mode.
     """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -38,7 +42,7 @@ def train_classifier(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     it = batches(x, y, min(batch_size, len(x)), g)
-    for _ in range(steps):
+    for step in range(steps):
         xb, yb = next(it)
         opt.zero_grad(set_to_none=True)
         loss_fn(model(xb), yb).backward()
@@ -46,4 +50,6 @@ def train_classifier(
         sched.step()
         if masks:
             apply_masks(model, masks)
+        if on_step is not None:
+            on_step(step + 1, steps)
     return model.eval()

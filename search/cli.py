@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model")
     e.add_argument("run_id", help="the candidate's MLflow run id (see `prunesearch best`)")
-    e.add_argument("-o", "--output", help="output .pt file; .pt2 (torch.export), .json (preprocessing) and .onnx go beside it")
+    e.add_argument("-o", "--output", help="output .pt file, relative to the run folder (absolute: anywhere); .pt2 (torch.export), .json (preprocessing) and .onnx go beside it")
     e.add_argument("--onnx", action="store_true", help="also write FILE.onnx (needs: pip install 'prunesearch[onnx]')")
     e.add_argument("--log-model", action="store_true", help="log the rebuilt network as MLflow model runs:/RUN_ID/model (pt2 format)")
     e.add_argument("--register", metavar="NAME", help="log it and register it as a new version of MLflow model NAME")
@@ -100,6 +100,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
     e.add_argument("--allow-import", action="store_true", help="trust and import a model class named in the record (model 'import')")
     e.set_defaults(func=_export)
+
+    st = sub.add_parser("stages", help="list the model's stages (the keys space.allocation accepts) and their prunable layers")
+    st.add_argument("config", help="YAML file (see configs/)")
+    st.set_defaults(func=_stages)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on a run folder's store (http://127.0.0.1:PORT)")
+    u.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to show (default ./runs)")
+    u.add_argument("--tracking-uri", help="MLflow store URI (overrides --run-dir)")
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    u.set_defaults(func=_ui)
 
     s = sub.add_parser("submit", help="submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
     s.add_argument("config", help="YAML file; needs ray_address: auto (see configs/cluster.yaml)")
@@ -161,7 +171,9 @@ def _search(cfg, quiet: bool) -> int:
     else:
         print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
     if out.tracking_uri.startswith("sqlite:///"):
-        print(f"\nBrowse every candidate:  mlflow ui --backend-store-uri {out.tracking_uri} --host 127.0.0.1")
+        from search.ui import ui_hint
+
+        print(f"\nBrowse every candidate:  {ui_hint(cfg.run_path)}")
     return 130 if out.interrupted else 0
 
 
@@ -230,13 +242,29 @@ def _curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_path(run_dir: str, output: str | None) -> Path | None:
+    """Where ``export -o OUTPUT`` writes: a relative path inside the run folder (never
+    outside it), an absolute one as given (taken as deliberate); None without ``-o``."""
+    if output is None:
+        return None
+    p = Path(output).expanduser()
+    if p.is_absolute():
+        return p
+    root = Path(run_dir).expanduser().resolve()
+    full = (root / p).resolve()
+    if not full.is_relative_to(root):
+        raise ValueError(f"-o {output}: a relative output path stays inside the run folder {root}; give an absolute path to write elsewhere")
+    return full
+
+
 def _export(args: argparse.Namespace) -> int:
     from search.export import export
     from search.query import QueryError, has_run
 
+    output = export_path(args.run_dir, args.output)  # refused before the store is read
     if not has_run(_uri(args), args.run_id):
         raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
-    out = export(_uri(args), args.run_id, args.output, allow_import=args.allow_import, onnx=args.onnx,
+    out = export(_uri(args), args.run_id, output, allow_import=args.allow_import, onnx=args.onnx,
                  log_model=args.log_model, register=args.register)
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     if out.path:
@@ -247,6 +275,21 @@ def _export(args: argparse.Namespace) -> int:
         reg = f"; registered as {args.register!r} version {out.registered_version}" if out.registered_version else ""
         print(f"logged MLflow model {out.model_uri} (mlflow.pytorch.load_model){reg}")
     return 0
+
+
+def _stages(args: argparse.Namespace) -> int:
+    from search.config import load_config
+    from search.preflight import model_stages
+
+    for stage, layers in model_stages(load_config(args.config)).items():
+        print(f"{stage}: {len(layers)} prunable layer(s): {', '.join(layers)}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from search.ui import serve
+
+    return serve(_uri(args), port=args.port)
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import ray
+from optuna.trial import TrialState
 
 from pipeline.data import load_data
 
@@ -23,9 +24,9 @@ from search.basemodel import base_state
 from search.config import SearchConfig
 from search.mlmodel import log_front_models
 from search.pool import EvaluatorPool
-from search.preflight import check_constraint, check_labels
-from search.progress import Progress
-from search.records import Recorder
+from search.preflight import check_allocation, check_constraint, check_labels
+from search.progress import STATUS_EVERY_S, Progress
+from search.records import Recorder, flat_params
 from search.report import finish_report
 from search.query import candidate_rows
 from search.space import suggest
@@ -91,7 +92,15 @@ def start_local_ray(num_cpus: int | None = None) -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by Ray's processes
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    # Ray turns token authentication on for a new local cluster (a safe default, kept)
+    # and warns that it did on every start: that notice is not for a search's user.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    auth_log.setLevel(logging.ERROR)
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+    finally:
+        auth_log.setLevel(level)
 
 
 def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
@@ -104,8 +113,12 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     cfg.run_path.mkdir(parents=True, exist_ok=True)
     artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
     recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)  # fail fast if unreachable
+    finished = _resume_finished(cfg, recorder)
+    if finished is not None:
+        return finished
     splits = load_data(cfg.data)
     check_labels(cfg, splits)
+    check_allocation(cfg)
     state = base_state(cfg, splits)
     check_constraint(cfg, splits, state)
     study, parent_id = _open_study_and_parent(cfg, recorder)
@@ -135,12 +148,31 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 
 
+def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | None:
+    """A study whose trial budget is already spent: refresh its report and return at once,
+    without loading data or starting Ray. None when there is work (or repair) to do."""
+    if not cfg.optuna_storage and not cfg.inside_run_dir("optuna.journal").exists():
+        return None
+    study = open_study(cfg)
+    parent_id = study.user_attrs.get("parent_run_id")
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if parent_id is None or running or recorded_trials(study) < cfg.budget.trials:
+        return None
+    log.info("study %r already holds %d of %d candidates: nothing to evaluate (raise budget.trials or --trials to go on)",
+             cfg.name, recorded_trials(study), cfg.budget.trials)
+    recorder.start_parent(parent_id, cfg.name, {})
+    finish_report(cfg, recorder, parent_id, study)
+    recorder.finish_parent(parent_id, "FINISHED")
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, 0, 0, recorded_trials(study), False)
+
+
 def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder):
     """The study and its MLflow parent run, created or reopened, and repaired after a killed driver."""
     study = open_study(cfg)
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:
-        parent_id = recorder.start_parent(None, cfg.name, {"run_path": str(cfg.run_path), "sampler": cfg.sampler.name})
+        params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}
+        parent_id = recorder.start_parent(None, cfg.name, params)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
         study.set_user_attr("parent_run_id", parent_id)
@@ -166,7 +198,8 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
         for row in candidate_rows(recorder.uri, cfg.experiment, filters=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
             steering.observe(row["method"], row["knobs"], row["state"], row.get("sparsity"))
     deadline = time.monotonic() + cfg.budget.wall_time_s if cfg.budget.wall_time_s else float("inf")
-    progress = Progress(total=max(remaining, 0), quiet=quiet)
+    progress = Progress(total=max(remaining, 0), quiet=quiet, parallel=len(pool.actors))
+    last_status = time.monotonic()
     trials = {}
     evaluated = failed = 0
     with _GracefulInterrupt() as interrupt:
@@ -194,6 +227,9 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                     evaluated += 1
                     failed += result.state != "ok"
                     progress.update(result)
+                if pool.busy and time.monotonic() - last_status >= STATUS_EVERY_S:
+                    progress.update_running(pool.running())
+                    last_status = time.monotonic()
         finally:
             progress.close()
     return evaluated, failed, interrupt.requested

@@ -1,7 +1,11 @@
 """PNG figures of a search's records (one candidate's signal-collapse plot is ``pipeline.collapse``).
 
 Figures are drawn on an Agg canvas without pyplot, so no global backend is switched and
-drawing is safe in any process.
+drawing is safe in any process. Each ``*_figure`` returns the matplotlib ``Figure``
+(tests read its artists); ``*_plot`` returns the PNG bytes logged to the parent run.
+
+Markers say the granularity (circle: unstructured, square: channel), colours the
+method; a hollow marker is a candidate that breaks the constraint (``feasible`` 0).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+MARKERS = {"unstructured": "o", "channel": "s"}
 
 
 def _figure(width: float, height: float, cols: int = 1):
@@ -20,22 +25,133 @@ def _figure(width: float, height: float, cols: int = 1):
     return fig, fig.subplots(1, cols)
 
 
+def _percent(ax, axis: str) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    # decimals chosen from the visible range: 98.5 % and 99.0 % must not both read "99 %"
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(PercentFormatter(1.0, decimals=None))
+
+
+def _scatter(ax, rows: list[dict[str, Any]], x: str, y: str) -> None:
+    """Every candidate on ``ax``: colour by method, marker by granularity, hollow when
+    infeasible (the legend is drawn once per figure by ``_legend``)."""
+    colours = _colours(rows)
+    for r in rows:
+        marker = MARKERS.get(r.get("granularity", ""), "^")
+        c = colours[r["method"]]
+        style = {"color": c} if r.get("feasible", 1.0) >= 0.5 else {"facecolors": "none", "edgecolors": c}
+        ax.scatter([r[x]], [r[y]], s=18, marker=marker, **style)
+
+
+def _colours(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {m: f"C{i % 10}" for i, m in enumerate(sorted({r["method"] for r in rows}))}
+
+
+def _legend(fig, rows: list[dict[str, Any]], axes) -> None:
+    """One legend right of the axes: methods (colours), granularities (markers),
+    hollow = infeasible when any is, then the lines the axes carry (front, dense, constraint)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=m) for m, c in _colours(rows).items()]
+    grans = {r.get("granularity", "") for r in rows}
+    handles += [Line2D([], [], ls="", marker=mk, color="black", label=g) for g, mk in MARKERS.items() if g in grans]
+    if any(r.get("feasible", 1.0) < 0.5 for r in rows):
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="black", label="hollow: breaks the constraint"))
+    seen = {h.get_label() for h in handles}
+    for ax in axes:
+        for h in ax.get_lines():
+            if not h.get_label().startswith("_") and h.get_label() not in seen:
+                handles.append(h)
+                seen.add(h.get_label())
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
 def _png(fig) -> bytes:
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # the legend sits outside the axes
     return buf.getvalue()
 
 
-def population_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]]) -> bytes:
-    """Accuracy vs effective MACs (Pareto front drawn) and vs MACs per non-zero parameter."""
-    fig, (ax1, ax2) = _figure(10, 4, cols=2)
-    for method in sorted({r["method"] for r in rows}):
-        sel = [r for r in rows if r["method"] == method]
-        ax1.scatter([r["macs"] for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
-        ax2.scatter([r["macs"] / max(r["params"], 1) for r in sel], [r["accuracy"] for r in sel], s=12, label=method)
-    ax1.plot([r["macs"] for r in front], [r["accuracy"] for r in front], "k-", lw=1, label="Pareto front")
-    ax1.set(xlabel="effective MACs per image", ylabel="validation accuracy", xscale="log")
-    ax2.set(xlabel="MACs / non-zero params", ylabel="validation accuracy")
-    ax1.legend(fontsize=7)
-    return _png(fig)
+def _dense(ax, rows: list[dict[str, Any]], x_dense: float) -> None:
+    """The dense model: a star at its accuracy (when recorded) and its x position."""
+    dense_acc = next((r["dense_accuracy"] for r in rows if "dense_accuracy" in r), None)
+    if dense_acc is not None:
+        ax.axhline(dense_acc, color="grey", ls=":", lw=0.8)
+        ax.plot([x_dense], [dense_acc], "*", color="black", ms=11, ls="", label=f"dense model ({dense_acc:.1%})")
+
+
+def population_figure(rows: list[dict[str, Any]], front: list[dict[str, Any]], constraints: dict[str, float] | None = None):
+    """Accuracy against the fraction of dense MACs kept (Pareto front, dense model and
+    ``max_macs_ratio`` drawn) and against weight sparsity (``min_sparsity`` drawn).
+
+    Args:
+        rows: candidate rows (``search.query.candidate_rows``) with ``accuracy``,
+            ``macs_ratio``, ``sparsity``, ``method``, ``granularity`` and, when recorded,
+            ``feasible`` and ``dense_accuracy``.
+        front: the Pareto front (rows), drawn as a step line.
+        constraints: ``max_macs_ratio`` / ``min_sparsity`` (fractions) in constrained mode.
+    """
+    constraints = {k: v for k, v in (constraints or {}).items() if v is not None}
+    fig, (ax1, ax2) = _figure(10, 4.5, cols=2)
+    _scatter(ax1, rows, "macs_ratio", "accuracy")
+    _scatter(ax2, rows, "sparsity", "accuracy")
+    if front:
+        ax1.step([r["macs_ratio"] for r in front], [r["accuracy"] for r in front], "k-", where="post", lw=1, label="Pareto front")
+    _dense(ax1, rows, 1.0)
+    _dense(ax2, rows, 0.0)
+    if "max_macs_ratio" in constraints:
+        v = constraints["max_macs_ratio"]
+        ax1.axvline(v, color="red", ls="--", lw=1.2, label=f"constraint: max_macs_ratio {v:g}")
+        ax1.axvspan(v, 1.05, color="red", alpha=0.06)
+    if "min_sparsity" in constraints:
+        v = constraints["min_sparsity"]
+        ax2.axvline(v, color="red", ls="--", lw=1.2, label=f"constraint: min_sparsity {v:g}")
+        ax2.axvspan(-0.02, v, color="red", alpha=0.06)
+    base = next((r["base_macs"] for r in rows if "base_macs" in r), None)
+    dense_txt = f" (dense: {base / 1e6:.3g} M per image)" if base else ""
+    ax1.set(xlabel=f"effective MACs, fraction of dense{dense_txt}", ylabel="validation accuracy", xlim=(0, 1.05), title="Accuracy against compute")
+    ax2.set(xlabel="weight sparsity (fraction of prunable weights removed)", ylabel="validation accuracy", xlim=(-0.02, 1.0), title="Accuracy against sparsity")
+    for ax in (ax1, ax2):
+        _percent(ax, "x")
+        _percent(ax, "y")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _legend(fig, rows, (ax1, ax2))
+    return fig
+
+
+def population_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], constraints: dict[str, float] | None = None) -> bytes:
+    """PNG of :func:`population_figure`."""
+    return _png(population_figure(rows, front, constraints))
+
+
+def recalibration_figure(rows: list[dict[str, Any]]):
+    """Validation accuracy of every candidate right after pruning (dense BatchNorm
+    statistics) against after recalibration; points above the diagonal gained."""
+    fig, ax = _figure(5.5, 5)
+    rows = [r for r in rows if "accuracy_before_recal" in r]
+    _scatter(ax, rows, "accuracy_before_recal", "accuracy")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="no change")
+    gained = sum(r["accuracy"] > r["accuracy_before_recal"] for r in rows)
+    vals = [r[k] for r in rows for k in ("accuracy", "accuracy_before_recal")] or [0.0, 1.0]
+    pad = max(0.01, 0.05 * (max(vals) - min(vals)))  # zoom on the candidates, same range on both axes
+    lim = (max(0.0, min(vals) - pad), min(1.0, max(vals) + pad))
+    ax.set(
+        xlabel="accuracy after pruning (dense BatchNorm statistics)",
+        ylabel="accuracy after recalibration",
+        xlim=lim,
+        ylim=lim,
+        title=f"BatchNorm recalibration: {gained} of {len(rows)} candidates gained",
+    )
+    ax.set_aspect("equal")
+    _percent(ax, "x")
+    _percent(ax, "y")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _legend(fig, rows, (ax,))
+    return fig
+
+
+def recalibration_plot(rows: list[dict[str, Any]]) -> bytes:
+    """PNG of :func:`recalibration_figure`."""
+    return _png(recalibration_figure(rows))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,36 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from pipeline.evaluator import evaluator_actor
+from pipeline.evaluator import Evaluator, evaluator_actor
 from pipeline.spec import CandidateResult, CandidateSpec
 
 log = logging.getLogger(__name__)
 _LOST = (RayActorError, WorkerCrashedError, ObjectLostError)
+
+
+class SharedArgs:
+    """Holds the evaluators' constructor arguments (ObjectRefs inside) for the pool's life.
+
+    Why: an actor with ``max_restarts > 0`` given ObjectRefs as constructor arguments
+    makes Ray log an error per actor ("has constructor arguments in the object store",
+    ray-project/ray#53727), even nested ones. Evaluators get a handle to this holder
+    only its Ray name (a handle is an object-store argument too; no restarts: it lives on
+    the driver's node, as the objects' owner does) and fetch the arguments on every (re)start.
+    """
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+
+    def get(self) -> tuple:
+        return self.args
+
+
+class _SharedArgsEvaluator(Evaluator):
+    """An ``Evaluator`` built from the arguments a ``SharedArgs`` actor holds."""
+
+    def __init__(self, shared: str) -> None:
+        args = ray.get(ray.get_actor(shared).get.remote())
+        super().__init__(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
 
 
 @dataclass
@@ -58,12 +84,16 @@ class EvaluatorPool:
         max_retries: int = 2,
         name: str = "",
     ) -> None:
-        cls = evaluator_actor(num_cpus, num_gpus, resources)
-        # held for the pool's life: a restarted actor re-reads its arguments from the object store
-        self._init_args = init_args
+        cls = evaluator_actor(num_cpus, num_gpus, resources, cls=_SharedArgsEvaluator)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # held for the pool's life: a restarted actor re-reads its arguments through it
+        shared = f"{name or 'prunesearch'}-args-{uuid.uuid4().hex[:8]}"
+        self._shared = ray.remote(num_cpus=0, max_restarts=0)(SharedArgs).options(name=shared, scheduling_strategy=here).remote(init_args)
         # SPREAD places actors over nodes first, so a cluster's workers all get some
         self.actors = [
-            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(*init_args)
+            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(shared)
             for i in range(count)
         ]
         self.queue = queue
@@ -166,7 +196,26 @@ class EvaluatorPool:
         self._refresh(timeout)
         return len(self.ready)
 
+    def running(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """What busy actors report of the candidate each evaluates now: ``ticket``,
+        ``spec``, ``elapsed_s``, ``step``/``total`` (training steps, 0/0 when the method
+        does not train). Actors that do not answer within ``timeout`` s are left out."""
+        busy = sorted({i for _, i in self.inflight.values()})
+        refs = {self.actors[i].status.options(concurrency_group="status").remote(): i for i in busy}
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        out = []
+        for ref in done:
+            try:
+                st = ray.get(ref)
+            except Exception:  # a dying actor says nothing; the pool learns it from its results
+                continue
+            jobs = [job for job, i in self.inflight.values() if i == refs[ref] and st is not None and job.spec == st["spec"]]
+            if jobs:
+                out.append({**st, "ticket": jobs[0].ticket})
+        return out
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        ray.kill(self._shared)

@@ -6,9 +6,10 @@ import torch
 
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.data import DataError, Splits
+from pipeline.layers import prunable_weights, stage_of
 from pipeline.measure import macs
 from pipeline.methods import PruneContext, get_method
-from pipeline.models import load_base
+from pipeline.models import build_model, load_base
 from pipeline.spec import CandidateSpec
 
 from search.config import ConfigError, SearchConfig
@@ -59,3 +60,26 @@ def lowest_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.
         except ValueError as e:  # the bottom of the MACs range is itself unreachable
             raise ConfigError(f"space.macs_ratio: {e}") from None
     return min(ratios)
+
+
+def model_stages(cfg: SearchConfig) -> dict[str, list[str]]:
+    """Stage name -> its prunable layers (``space.prune_stem`` / ``prune_head`` honoured):
+    the keys ``space.allocation`` accepts. Builds the architecture only (no checkpoint)."""
+    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
+    out: dict[str, list[str]] = {}
+    for name in prunable_weights(model, cfg.space.prune_stem, cfg.space.prune_head):
+        out.setdefault(stage_of(name), []).append(name.removesuffix(".weight"))
+    return out
+
+
+def check_allocation(cfg: SearchConfig) -> None:
+    """Refuse ``space.allocation`` keys that are no stage of the model (they would do nothing)."""
+    if not cfg.space.allocation:
+        return
+    stages = model_stages(cfg)
+    unknown = sorted(set(cfg.space.allocation) - set(stages))
+    if unknown:
+        raise ConfigError(
+            f"space.allocation: {', '.join(map(repr, unknown))} is no stage of model {cfg.model.name!r} with prunable layers; "
+            f"its stages are {', '.join(stages)} (list them with `prunesearch stages CONFIG`)"
+        )

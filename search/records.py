@@ -18,6 +18,7 @@ Child runs carry:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ from mlflow.tracking import MlflowClient
 from pipeline.spec import CandidateResult, CandidateSpec
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations");
+# this one makes it open as a model-training experiment (runs, metrics, charts).
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
+_BATCH_PARAMS = 100  # MLflow's limit on params per log_batch
 
 
 class RecordError(RuntimeError):
@@ -52,8 +59,10 @@ class Recorder:
         try:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
-                exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location=artifact_location)
+                exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
             )
+            if exp is not None and exp.tags.get(KIND_TAG) is None:  # made by an older version
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
         except Exception as e:
             raise RecordError(
                 f"cannot reach the MLflow tracking store at {tracking_uri} ({type(e).__name__}: {str(e)[:300]}); "
@@ -66,7 +75,9 @@ class Recorder:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"prunesearch.role": "search"})
-        self.client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        items = [Param(k, _fit(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH_PARAMS):
+            self.client.log_batch(run.info.run_id, params=items[i : i + _BATCH_PARAMS])
         return run.info.run_id
 
     def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
@@ -91,7 +102,7 @@ class Recorder:
             tags["error"] = result.error[:5000]
         rid = None
         try:
-            rid = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags).info.run_id
+            rid = self.client.create_run(self.experiment_id, run_name=child_name(trial_number, spec), tags=tags).info.run_id
             self.client.log_batch(
                 rid,
                 metrics=[Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **(metrics or {})}.items()] + _knob_metrics(spec),
@@ -156,6 +167,32 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as e:
         raise RecordError(f"the MLflow tracking server at {uri} does not answer ({type(e).__name__}); start it or fix tracking_uri") from None
+
+
+def child_name(trial_number: int, spec: CandidateSpec) -> str:
+    """A candidate's run name in the MLflow UI: ``trial-7 ocs/channel``."""
+    return f"trial-{trial_number} {spec.method}/{spec.granularity}"
+
+
+def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested config (``SearchConfig.model_dump(mode="json")``) as flat params:
+    ``space.sparsity`` -> ``[0.5, 0.97]``; lists and unset values as JSON."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, str) else json.dumps(v)
+    return out
+
+
+def _fit(value: str) -> str:
+    """A param value within MLflow's limit; a longer one is cut and says so (the exact
+    config is the parent's ``config.json`` artifact)."""
+    if len(value) <= PARAM_VALUE_MAX:
+        return value
+    mark = "... [truncated, see config.json]"
+    return value[: PARAM_VALUE_MAX - len(mark)] + mark
 
 
 def spec_params(spec: CandidateSpec) -> dict[str, str]:

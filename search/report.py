@@ -12,7 +12,7 @@ import optuna
 
 from search import powerlaw
 from search.config import SearchConfig
-from search.plots import population_plot
+from search.plots import population_plot, recalibration_plot
 from search.query import candidate_rows, pareto_front, to_parquet
 from search.records import Recorder
 
@@ -38,13 +38,17 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
             to_parquet(front, str(Path(d) / "pareto.parquet"))
             recorder.log_parent_artifact(parent_id, "pareto.parquet", (Path(d) / "pareto.parquet").read_bytes())
     if rows:
-        recorder.log_parent_artifact(parent_id, "population.png", population_plot(rows, front))
+        o = cfg.objective
+        constraints = {"max_macs_ratio": o.max_macs_ratio, "min_sparsity": o.min_sparsity} if o.mode == "constrained" else {}
+        recorder.log_parent_artifact(parent_id, "population.png", population_plot(rows, front, constraints))
+        recorder.log_parent_artifact(parent_id, "recalibration.png", recalibration_plot(rows))
     fits = fit_curves(rows)
     for name, fit in fits.items():
         summary.update({f"{name}.{k}": v for k, v in fit.to_dict().items()})
     if "pressure" in fits:
         pts = pressure_points(rows)
-        recorder.log_parent_artifact(parent_id, "pressure_fit.png", powerlaw.plot_fits(pts[0], pts[1], fits["pressure"]))
+        target = None if cfg.space.target_sparsity is None else 1.0 - cfg.space.target_sparsity
+        recorder.log_parent_artifact(parent_id, "pressure_fit.png", powerlaw.plot_fits(pts[0], pts[1], fits["pressure"], target_density=target))
     recorder.log_parent_metrics(parent_id, summary)
 
 

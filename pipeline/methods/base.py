@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Hashable, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Hashable, Literal
 
 import torch
 from torch import nn
@@ -56,6 +56,8 @@ class PruneContext:
         num_classes: number of classes.
         cache: per-actor cache shared across candidates (importance scores, graphs),
             bounded: the least recently used entries go first.
+        on_step: called by methods that train as ``on_step(done, total)`` (optimiser
+            steps), so a long candidate can report progress; None: nobody listens.
     """
 
     calib_x: torch.Tensor
@@ -65,6 +67,12 @@ class PruneContext:
     example_input: torch.Tensor
     num_classes: int
     cache: "BoundedCache" = field(default_factory=lambda: BoundedCache(32))
+    on_step: Callable[[int, int], None] | None = None
+
+    def step(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` training steps to ``on_step`` (if any)."""
+        if self.on_step is not None:
+            self.on_step(done, total)
 
     @classmethod
     def from_splits(cls, splits: "Splits") -> "PruneContext":

@@ -130,6 +130,7 @@ def train_presence(
         loss.backward()
         opt_w.step()
         opt_m.step()
+        ctx.step(step + 1, steps + regrowth_steps)
     return net.eval(), {n: m.detach() for n, m in presence.items()}
 
 

@@ -237,6 +237,7 @@ def train_ocs(model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> Ocs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(epochs * spe))
     loss_fn = nn.CrossEntropyLoss()
     it = batches(ctx.train_x, ctx.train_y, min(BATCH, len(ctx.train_x)), torch.Generator().manual_seed(spec.seed))
+    done = 0
     for epoch in range(1, int(epochs) + 1):
         lam = reg * epoch if stable_epoch is None else 0.0
         for _ in range(int(spe)):
@@ -250,6 +251,8 @@ def train_ocs(model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> Ocs
             sched.step()
             if stable_epoch is not None:
                 mask_removed(modules, graph, removed)  # structure fixed: train kept channels only
+            done += 1
+            ctx.step(done, int(epochs) * int(spe))
         if stable_epoch is not None:
             continue
         with torch.no_grad():
