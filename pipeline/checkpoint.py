@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pipeline.errors import InputError
+
 # Keys under which training scripts commonly nest the weights, tried in this order.
 _WRAPPER_KEYS = ("state_dict", "model")
 # DataParallel / DistributedDataParallel prefix every key with this.
@@ -26,7 +28,7 @@ _SHOW = 5
 _SAVE_HINT = "save the weights with torch.save(model.state_dict(), path)"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
 
 

@@ -8,14 +8,16 @@ report only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
+from pipeline.errors import InputError
 from pipeline.preprocess import Preprocessing, normalise
 from pipeline.registry import Registry
 from pipeline.spec import Frozen
@@ -50,7 +52,16 @@ class DataConfig(Frozen):
     test_size: int = Field(300, ge=1)
     train_size: int | None = Field(None, ge=1)
     image_size: int = Field(32, ge=8)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, v: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError("values must be finite numbers")
+        if v is not None and info.field_name == "std" and not all(x > 0 for x in v):
+            raise ValueError("values must be > 0 (pixels are divided by them)")
+        return v
 
 
 @dataclass
@@ -87,7 +98,7 @@ class Splits:
         return tuple(self.val.x.shape[1:])  # type: ignore[return-value]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data set is missing, malformed or too small for the request."""
 
 
@@ -164,7 +175,14 @@ def _mean_std(cfg: DataConfig, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _normaliser(cfg: DataConfig, channels: int) -> Callable[[np.ndarray], torch.Tensor]:
     mean, std = _mean_std(cfg, channels)
-    return lambda x: normalise(x, mean, std)
+
+    def norm(x: np.ndarray) -> torch.Tensor:
+        out = normalise(x, mean, std)
+        if not torch.isfinite(out).all():
+            raise DataError(f"data: {int((~torch.isfinite(out)).sum())} pixel values are NaN or Inf; fix the images")
+        return out
+
+    return norm
 
 
 def preprocessing(cfg: DataConfig, splits: Splits) -> Preprocessing:
@@ -264,8 +282,19 @@ def _cifar100(cfg: DataConfig):
 def _image_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
 
-    ds = torchvision.datasets.ImageFolder(str(root))
-    xs = [np.asarray(fit_image(img.convert("RGB"), size)) for img, _ in ds]
+    from PIL import UnidentifiedImageError
+
+    try:
+        ds = torchvision.datasets.ImageFolder(str(root))
+    except (FileNotFoundError, RuntimeError) as e:  # no class folders, or no images in them
+        raise DataError(f"data.path: {root} is not an image folder (one folder per class): {e}") from None
+    xs = []
+    for i in range(len(ds)):
+        try:
+            img, _ = ds[i]
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"data: {ds.samples[i][0]} cannot be read as an image ({type(e).__name__}); remove or replace it") from None
+        xs.append(np.asarray(fit_image(img.convert("RGB"), size)))
     return np.stack(xs).astype(np.uint8), np.array(ds.targets)
 
 

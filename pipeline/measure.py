@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.errors import PrunesearchError
 from pipeline.modes import eval_mode
 from pipeline.spec import Frozen
 
@@ -38,7 +39,7 @@ class MeasureConfig(Frozen):
     collapse_plot: bool = True
 
 
-class NumericsError(RuntimeError):
+class NumericsError(PrunesearchError, RuntimeError):
     """The candidate produced NaN or Inf outputs."""
 
 

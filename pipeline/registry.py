@@ -11,10 +11,12 @@ import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from pipeline.errors import InputError, excerpt
+
 T = TypeVar("T")
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A name registered twice, or looked up but never registered."""
 
 
@@ -63,7 +65,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             prefix = f"{self.field}: " if self.field else ""
-            raise RegistryError(f"{prefix}unknown {self.kind} {name!r}; valid {self.plural}: {self.names()}{hint}")
+            raise RegistryError(f"{prefix}unknown {self.kind} {excerpt(name, 60)}; valid {self.plural}: {self.names()}{hint}")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -8,19 +8,20 @@ evaluator returns it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Granularity = Literal["unstructured", "channel"]
 Scope = Literal["global", "layerwise"]
 
 
 class Frozen(BaseModel):
-    """Base of every configuration object: immutable, unknown keys rejected."""
+    """Base of every configuration object: immutable, unknown keys rejected, numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RecalSpec(Frozen):
@@ -60,11 +61,13 @@ class CandidateSpec(Frozen):
         scope: ``global`` ranks all prunable units together; ``layerwise`` prunes each
             layer to the same sparsity.
         target_sparsity: fraction of prunable weights to remove (unstructured), in
-            (0, 1). ``None`` for methods whose sparsity is an outcome (hyperflows).
+            (0, 1); 0.5 when an unstructured spec gives no target. ``None`` for channel
+            candidates and for methods whose sparsity is an outcome (hyperflows).
         target_macs_ratio: fraction of dense MACs to keep (channel granularity),
-            in (0, 1]; e.g. 0.5 means 2x fewer MACs.
+            in (0, 1]; e.g. 0.5 means 2x fewer MACs. A spec has at most one target.
         knobs: method-specific numeric knobs (``pressure``, ``steps``,
             ``screening_weight``, ...); see each method's ``knobs`` attribute.
+            Read-only, like ``allocation``.
         allocation: optional per-stage multipliers on the pruned fraction (a network
             pruning space): ``layer1: 0.5`` prunes that stage's layers half as much,
             relative to the others, as ``scope`` alone would (the global ranking's
@@ -82,10 +85,10 @@ class CandidateSpec(Frozen):
     method: str = "magnitude"
     granularity: Granularity = "unstructured"
     scope: Scope = "global"
-    target_sparsity: float | None = Field(0.5, gt=0, lt=1)
+    target_sparsity: float | None = Field(None, gt=0, lt=1)
     target_macs_ratio: float | None = Field(None, gt=0, le=1)
-    knobs: dict[str, float] = Field(default_factory=dict)
-    allocation: dict[str, float] = Field(default_factory=dict)
+    knobs: dict[str, float] = Field(default_factory=dict, validate_default=True)
+    allocation: dict[str, float] = Field(default_factory=dict, validate_default=True)
     prune_stem: bool = True
     prune_head: bool = True
     recal: RecalSpec = Field(default_factory=RecalSpec)
@@ -93,13 +96,57 @@ class CandidateSpec(Frozen):
     finetune_lr: float = Field(0.01, gt=0)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        gran = data.get("granularity", "unstructured")
+        if "target_sparsity" not in data and gran == "unstructured" and data.get("target_macs_ratio") is None:
+            data["target_sparsity"] = 0.5  # the unstructured default; channel candidates have none
+        if data.get("target_sparsity") is not None and data.get("target_macs_ratio") is not None:
+            raise ValueError(
+                "a candidate has one target: target_sparsity (unstructured) or target_macs_ratio (channel), "
+                f"got both ({data['target_sparsity']}, {data['target_macs_ratio']})"
+            )
+        return data
+
+    @field_validator("knobs", "allocation")
+    @classmethod
+    def _read_only(cls, v: dict[str, float]) -> "ReadOnlyDict":
+        return ReadOnlyDict(v)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> "CandidateSpec":
+        """A changed copy, validated like a new spec (pydantic's copy skips validation)."""
+        return type(self).model_validate({**self.model_dump(), **(update or {})})
+
     def to_json(self) -> str:
         """Canonical JSON (the form stored in MLflow); ``from_json`` inverts it."""
         return self.model_dump_json()
 
     @classmethod
     def from_json(cls, s: str) -> "CandidateSpec":
-        return cls.model_validate_json(s)
+        """The spec of a record. Records written before a spec had one target carry the
+        old default ``target_sparsity: 0.5`` beside a channel candidate's MACs ratio;
+        that value was never used, and is dropped."""
+        data = json.loads(s)
+        if isinstance(data, dict) and data.get("granularity") == "channel" and data.get("target_macs_ratio") is not None:
+            data["target_sparsity"] = None
+        return cls.model_validate(data)
+
+
+class ReadOnlyDict(dict):
+    """A dict that refuses changes in place: a spec, once made, is what was recorded.
+    Make another with ``spec.model_copy(update={"knobs": {...}})``."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a CandidateSpec's knobs and allocation are read-only; build a new spec with model_copy(update=...)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return (ReadOnlyDict, (dict(self),))  # pickles (Ray) without calling __setitem__
 
 
 @dataclass(frozen=True)

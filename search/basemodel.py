@@ -11,7 +11,7 @@ from pipeline.data import Splits
 from pipeline.models import build_model, load_base
 from pipeline.train import train_classifier
 
-from search.config import SearchConfig
+from search.config import ConfigError, SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     if cache.exists():
         return load_base(cfg.model, torch.load(cache, map_location="cpu", weights_only=True)).state_dict()
     if cfg.base_training.steps == 0:
-        raise ValueError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
+        raise ConfigError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     steps = cfg.base_training.steps
     log.info("no model.checkpoint: training the base model %s on %d training images for %d steps, once (cached at %s)",
              cfg.model.name, len(splits.train.x), steps, cache)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from pipeline.errors import InputError
 
 log = logging.getLogger("prunesearch")
 
@@ -29,22 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `prunesearch best | head`: the reader left; no traceback at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except Exception as e:  # map known input errors to a clear message and exit code 2
-        if _is_input_error(e):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-
-
-def _is_input_error(e: Exception) -> bool:
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.data import DataError
-    from search.config import ConfigError
-    from search.query import QueryError
-    from search.export import ExportError
-    from search.records import RecordError
-
-    return isinstance(e, (ConfigError, DataError, CheckpointError, QueryError, RecordError, ExportError, ValueError, FileNotFoundError))
+    except InputError as e:  # the user's to fix: the message names it; no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment: a folder, a full disk, a file that cannot be written
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}; check the path, its permissions and free space", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,14 +47,14 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the embedded default search (digits, local Ray, local MLflow and Optuna files)")
     d.add_argument("--run-dir", default="runs", help="run folder (default ./runs)")
-    d.add_argument("--trials", type=int, default=24, help="candidates to evaluate in total (default 24)")
+    d.add_argument("--trials", type=_positive_int, default=24, help="candidates to evaluate in total (default 24)")
     d.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     d.set_defaults(func=_demo)
 
     r = sub.add_parser("run", help="run or resume the search described by a YAML config")
     r.add_argument("config", help="YAML file (see configs/)")
     r.add_argument("--run-dir", help="override run_dir")
-    r.add_argument("--trials", type=int, help="override budget.trials")
+    r.add_argument("--trials", type=_positive_int, help="override budget.trials")
     r.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar (for jobs)")
     r.set_defaults(func=_run)
 
@@ -69,25 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--top", type=_positive_int, help="at most this many rows (default 10; with --all, every row)")
     b.add_argument("--all", action="store_true", help="every candidate passing the filters, not only the Pareto front (and no --top limit unless given)")
     b.add_argument("--sort", default="accuracy", help="METRIC[:asc|:desc], e.g. latency_ms:asc (default accuracy, descending)")
-    b.add_argument("--max-macs", type=float, help="keep candidates with at most this many effective MACs")
-    b.add_argument("--max-macs-ratio", type=float, help="effective MACs at most this fraction of the dense model's")
-    b.add_argument("--max-latency-ms", type=float, help="measured latency_ms at most this (per latency_batch images)")
+    b.add_argument("--max-macs", type=_positive_float, help="keep candidates with at most this many effective MACs")
+    b.add_argument("--max-macs-ratio", type=_fraction, help="effective MACs at most this fraction of the dense model's")
+    b.add_argument("--max-latency-ms", type=_positive_float, help="measured latency_ms at most this (per latency_batch images)")
     b.add_argument("--granularity", choices=["unstructured", "channel"], help="keep one granularity")
     b.add_argument(
         "--feasibility", choices=["feasible", "infeasible", "any"], default="feasible",
         help="candidates meeting the search's constraints (default), the others, or both",
     )
-    b.add_argument("--min-accuracy", type=float, help="keep candidates with at least this validation accuracy (fraction)")
+    b.add_argument("--min-accuracy", type=_fraction, help="keep candidates with at least this validation accuracy (fraction)")
     b.add_argument("--method", help="keep one method")
-    b.add_argument("--min-sparsity", type=float, help="weight sparsity at least (fraction)")
-    b.add_argument("--max-sparsity", type=float, help="weight sparsity at most (fraction)")
+    b.add_argument("--min-sparsity", type=_fraction, help="weight sparsity at least (fraction)")
+    b.add_argument("--max-sparsity", type=_fraction, help="weight sparsity at most (fraction)")
     b.add_argument("--format", choices=["table", "json", "parquet"], default="table")
     b.add_argument("-o", "--output", help="output file for --format parquet")
     b.set_defaults(func=_best)
 
     c = sub.add_parser("curves", help="print the power-law fits and the pressure predicted for a target sparsity")
     _store_args(c)
-    c.add_argument("--target-sparsity", type=float, help="weight sparsity to predict the pressure for (fraction)")
+    c.add_argument("--target-sparsity", type=_fraction, help="weight sparsity to predict the pressure for (fraction)")
     c.set_defaults(func=_curves)
 
     e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model")
@@ -122,16 +116,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(text: str, cast: type, what: str):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _parse(text, int, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = _parse(text, float, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs", help="run folder whose MLflow store to read (default ./runs)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides --run-dir)")
     p.add_argument("--experiment", help="experiment (search name); default: the only search in the store")
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def _store_hint(args: argparse.Namespace) -> str:
@@ -151,10 +174,14 @@ def _hinted(args: argparse.Namespace, query_fn, *a, **kw):
 
 def _uri(args: argparse.Namespace) -> str:
     if args.tracking_uri:
+        if args.tracking_uri.startswith(("http://", "https://")):
+            from search.records import check_server
+
+            check_server(args.tracking_uri)  # seconds, not MLflow's minutes of retries
         return args.tracking_uri
     db = Path(args.run_dir).expanduser().resolve() / "mlflow.db"
     if not db.exists():
-        raise FileNotFoundError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
+        raise InputError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
     return f"sqlite:///{db}"
 
 
@@ -187,13 +214,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from search.config import load_config
 
-    overrides = {}
+    overrides: dict = {}
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
-    cfg = load_config(args.config, overrides)
-    if args.trials:
-        cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"trials": args.trials})})
-    return _search(cfg, args.quiet)
+    if args.trials is not None:
+        overrides["budget"] = {"trials": args.trials}
+    return _search(load_config(args.config, overrides), args.quiet)
 
 
 def _best(args: argparse.Namespace) -> int:
@@ -213,7 +239,7 @@ def _best(args: argparse.Namespace) -> int:
         print(query.to_json(rows))
     elif args.format == "parquet":
         if not args.output:
-            raise ValueError("--format parquet needs -o FILE")
+            raise InputError("--format parquet needs -o FILE")
         query.to_parquet(rows, args.output)
         print(f"wrote {len(rows)} rows to {args.output}")
     else:
@@ -228,13 +254,16 @@ def _curves(args: argparse.Namespace) -> int:
 
     fits = fit_curves([r for r in _hinted(args, candidate_rows, _uri(args), args.experiment) if "accuracy" in r])
     if not fits:
-        raise ValueError(f"experiment {args.experiment!r} has too few candidates for a fit (need 3 of a kind)")
+        raise InputError(f"experiment {args.experiment!r} has too few candidates for a fit (need 3 of a kind)")
     for name, fit in fits.items():
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in fit.to_dict().items() if not k.startswith("cov")))
     if args.target_sparsity is not None:
         if "pressure" not in fits:
-            raise ValueError("no density-vs-pressure fit: the search has fewer than 3 candidates with a pressure knob")
-        est = powerlaw.predict_pressure(fits["pressure"], 1.0 - args.target_sparsity)
+            raise InputError("no density-vs-pressure fit: the search has fewer than 3 candidates with a pressure knob")
+        try:
+            est = powerlaw.predict_pressure(fits["pressure"], 1.0 - args.target_sparsity)
+        except ValueError as e:  # the fitted curve does not reach it
+            raise InputError(f"--target-sparsity {args.target_sparsity}: {e}") from None
         print(
             f"pressure for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
             f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"

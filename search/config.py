@@ -7,28 +7,38 @@ folder's parent (the working directory), and run-folder paths may not escape it.
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.data import DataConfig
+from pipeline.errors import InputError, excerpt
 from pipeline.measure import MeasureConfig
+from pipeline.methods import get_method
 from pipeline.models import ModelConfig
 from pipeline.spec import Frozen, Granularity, RecalSpec, Scope
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """The configuration is invalid; the message names the field."""
 
 
 Range = tuple[float, float]
 
 
+def _seed() -> Any:
+    # numpy's generators take seeds in [0, 2**32); samplers add the trial count
+    return Field(0, ge=0, le=2**31 - 1)
+
+
 def _check_range(v: Range, what: str, high_inclusive: bool) -> Range:
     """A (low, high) range inside (0, 1), or (0, 1] when ``high_inclusive``."""
     top_ok = v[1] <= 1 if high_inclusive else v[1] < 1
+    if v[0] > v[1]:
+        raise ValueError(f"{what} range [{v[0]}, {v[1]}] is reversed; write [{v[1]}, {v[0]}]")
     if not (0 < v[0] <= v[1] and top_ok):
         bound = "<= 1" if high_inclusive else "< 1"
         raise ValueError(f"{what} range must satisfy 0 < low <= high {bound}")
@@ -80,11 +90,46 @@ class SpaceConfig(Frozen):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        from pipeline.methods import get_method
-
         for name in v:
             get_method(name)  # raises ValueError listing the valid names
         return v
+
+    @field_validator("knobs")
+    @classmethod
+    def _knobs(cls, v: dict[str, dict[str, Range]]) -> dict[str, dict[str, Range]]:
+        """Knob names and ranges checked against each method's declared knobs."""
+        for method_name, ranges in v.items():
+            try:
+                method = get_method(method_name)
+            except ValueError as e:
+                raise ValueError(f"{excerpt(method_name, 60)}: {e}") from None
+            for name, (low, high) in ranges.items():
+                knob = method.knobs.get(name)
+                if knob is None:
+                    close = difflib.get_close_matches(name, list(method.knobs), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise ValueError(f"{method_name}.{name[:60]}: method {method_name!r} has no such knob; its knobs are {sorted(method.knobs)}{hint}")
+                problem = knob.range_problem(low, high)
+                if problem:
+                    raise ValueError(f"{method_name}.{name}: {problem}")
+        return v
+
+    @field_validator("allocation")
+    @classmethod
+    def _allocation(cls, v: dict[str, Range]) -> dict[str, Range]:
+        # stage names are checked against the model in preflight (search.preflight)
+        for stage, (low, high) in v.items():
+            if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+                raise ValueError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")
+        return v
+
+    @model_validator(mode="after")
+    def _granularities(self) -> "SpaceConfig":
+        for name in self.methods:
+            supported = get_method(name).granularities
+            if not set(supported) & set(self.granularity):
+                raise ValueError(f"space.granularity: method {name!r} supports {list(supported)}, none of {self.granularity}; add one or drop the method")
+        return self
 
 
 class ObjectiveConfig(Frozen):
@@ -110,7 +155,7 @@ class SamplerConfig(Frozen):
     """Optuna sampler: ``tpe``, ``nsga2`` or ``random`` (the EagleEye-style baseline)."""
 
     name: Literal["tpe", "nsga2", "random"] = "tpe"
-    seed: int = 0
+    seed: int = _seed()
     startup_trials: int = Field(8, ge=1)
 
 
@@ -147,13 +192,13 @@ class BaseTrainingConfig(Frozen):
 
     steps: int = Field(400, ge=0)
     lr: float = Field(0.05, gt=0)
-    seed: int = 0
+    seed: int = _seed()
 
 
 class SearchConfig(Frozen):
     """Everything one search needs. See ``configs/*.yaml`` for annotated examples."""
 
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     run_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -171,7 +216,21 @@ class SearchConfig(Frozen):
     tracking_uri: str | None = None
     optuna_storage: str | None = None
     log_models: bool = False  # at the end, log the Pareto front's networks as MLflow models (runs:/RUN/model)
-    seed: int = 0
+    seed: int = _seed()
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(v)
+        except ArgumentError:
+            raise ValueError(f"{excerpt(v)} is not a database URL; use e.g. sqlite:////abs/path/optuna.db or postgresql://host/db, or leave it unset for a journal file in run_dir") from None
+        return v
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> "SearchConfig":
@@ -189,6 +248,14 @@ class SearchConfig(Frozen):
                 f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
             )
         return self
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir(cls, v: str) -> str:
+        p = Path(v).expanduser().resolve()
+        if p == Path(p.anchor) or p == Path.home().resolve():
+            raise ValueError(f"{v!r} is {'the file system root' if p == Path(p.anchor) else 'your home folder'}; give the search a folder of its own, e.g. runs")
+        return v
 
     @property
     def run_path(self) -> Path:
@@ -219,7 +286,8 @@ def format_validation_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e.get("input"), dict) else ""
+        msg = msg if len(msg) <= 400 else msg[:400] + " ..."
+        got = f" (got {excerpt(e['input'])})" if e["type"] not in ("missing",) and not isinstance(e.get("input"), dict) else ""
         lines.append(f"{loc}: {msg}{got}" if loc else msg)  # model-level checks name their fields themselves
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
@@ -230,22 +298,24 @@ def parse_config(data: dict, overrides: dict | None = None, check_paths: bool = 
     ``check_paths=False`` skips the existence of input files (a config validated here
     but run on a cluster, where its paths live).
     """
-    merged = {**(data or {}), **(overrides or {})}
+    merged = _merge(data or {}, overrides or {})
     try:
         return SearchConfig.model_validate(merged, context={"check_paths": check_paths})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` laid onto ``base``, section by section (``{"budget": {"trials": 3}}``
+    changes one field and keeps the rest of the section)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path, overrides: dict | None = None, check_paths: bool = True) -> SearchConfig:
-    """Read and validate a YAML config file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return parse_config(data or {}, overrides, check_paths)
+    """Read (bounded, see ``search.configfile``) and validate a YAML config file."""
+    from search.configfile import read_config_file  # it raises ConfigError: imported here against the cycle
+
+    return parse_config(read_config_file(path), overrides, check_paths)

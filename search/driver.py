@@ -8,26 +8,33 @@ folder (``search.study.repair``): no candidate is lost or recorded twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from optuna.trial import TrialState
 
 from pipeline.data import load_data
+from pipeline.errors import InputError
 
 from search.basemodel import base_state
 from search.config import SearchConfig
+from search.lock import RunFolderLock, StudyHeartbeat
 from search.mlmodel import log_front_models
 from search.pool import EvaluatorPool
-from search.preflight import check_allocation, check_constraint, check_labels
+from search.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.progress import STATUS_EVERY_S, Progress
+from search.reaper import reap_with
 from search.records import Recorder, flat_params
 from search.report import finish_report
+from search.resume import check_resume, record_config
 from search.query import candidate_rows
 from search.space import suggest
 from search.steering import PressureSteering
@@ -72,11 +79,40 @@ def connect_ray(cfg: SearchConfig) -> bool:
     """Start a local Ray bound to 127.0.0.1, or join ``ray_address``. True if started here."""
     if ray.is_initialized():
         return False
-    if cfg.ray_address or os.environ.get("RAY_ADDRESS"):  # a cluster, or a Ray job's driver
-        ray.init(address=cfg.ray_address or None, log_to_driver=False)
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster, or a Ray job's driver
+        field = "ray_address" if cfg.ray_address else "$RAY_ADDRESS"
+        try:
+            ray.init(address=cfg.ray_address or None, log_to_driver=False)
+        except ConnectionError as e:
+            raise InputError(f"{field}: no Ray cluster at {address!r} ({str(e)[:200]}); start it (ray start --head) or fix {field}") from None
         return False
     start_local_ray(num_cpus=os.cpu_count())
+    _reapers.append(reap_with(os.getpid()))  # the local Ray dies with this process, even by SIGKILL
     return True
+
+
+_reapers: list = []
+
+
+def _stop_local_ray() -> None:
+    ray.shutdown()
+    while _reapers:
+        _reapers.pop().stdin.close()  # the watcher kills what shutdown left, then exits
+
+
+def check_ray_address(cfg: SearchConfig, timeout: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at a ``host:port`` Ray address (ray.init
+    would wait for minutes); ``auto`` and other forms are left to Ray."""
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or ""
+    field = "ray_address" if cfg.ray_address else "$RAY_ADDRESS"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or "/" in host or not port.isdigit():  # auto, http://..., a bare host: Ray's own rules
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"{field}: nothing answers at {address} ({e.strerror or e}); start the cluster or fix {field}") from None
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
@@ -107,10 +143,18 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     """Run (or resume) the search of ``cfg`` until its budget is spent.
 
     Raises:
-        ConfigError / DataError / CheckpointError / RecordError: before any candidate
-            is evaluated, for bad input; nothing recorded is touched.
+        InputError (ConfigError, DataError, CheckpointError, RecordError,
+            SearchRunningError, ...): before any candidate is evaluated, for bad input
+            or environment; nothing recorded is touched.
     """
-    cfg.run_path.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        held.enter_context(RunFolderLock(writable_run_folder(cfg), cfg.name))
+        return _run_locked(cfg, quiet, held)
+
+
+def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> SearchOutcome:
+    check_resume(cfg)
+    check_ray_address(cfg)
     artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
     recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)  # fail fast if unreachable
     finished = _resume_finished(cfg, recorder)
@@ -119,9 +163,12 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     splits = load_data(cfg.data)
     check_labels(cfg, splits)
     check_allocation(cfg)
+    check_model_fits(cfg, splits)
     state = base_state(cfg, splits)
+    check_base_model(cfg, splits, state)
     check_constraint(cfg, splits, state)
-    study, parent_id = _open_study_and_parent(cfg, recorder)
+    record_config(cfg)
+    study, parent_id = _open_study_and_parent(cfg, recorder, held)
     started_ray = connect_ray(cfg)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
@@ -140,7 +187,7 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     finally:
         pool.shutdown()
         if started_ray:
-            ray.shutdown()
+            _stop_local_ray()
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
     if cfg.log_models and not interrupted:
@@ -166,9 +213,27 @@ def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | N
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, 0, 0, recorded_trials(study), False)
 
 
-def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder):
-    """The study and its MLflow parent run, created or reopened, and repaired after a killed driver."""
+def writable_run_folder(cfg: SearchConfig) -> Path:
+    """The run folder, created; an ``InputError`` naming ``run_dir`` when it cannot be
+    written (read-only file system, permissions, a full disk) -- in seconds, not after
+    minutes of MLflow retries."""
+    path = cfg.run_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"run_dir: cannot write to {path} ({e.strerror or e}); choose a writable folder with free space") from None
+    return path
+
+
+def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextlib.ExitStack):
+    """The study and its MLflow parent run, created or reopened, and repaired after a killed driver.
+    A study shared beyond the run folder is claimed first (``held`` releases the claim)."""
     study = open_study(cfg)
+    if cfg.optuna_storage:
+        held.enter_context(StudyHeartbeat(study))
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:
         params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}

@@ -85,6 +85,8 @@ def export(
     """
     if output is None and not (log_model or register):
         raise ExportError("nothing to do: give an output file (-o FILE.pt) or --log-model / --register NAME")
+    if output is not None and Path(output).is_dir():
+        raise ExportError(f"-o: {output} is a folder; give a file name, e.g. {Path(output) / 'best.pt'}")
     rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
     pre = preprocessing(rb.cfg.data, rb.splits)
     check = rb.splits.val.x[:_CHECK_IMAGES]

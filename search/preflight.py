@@ -7,7 +7,7 @@ import torch
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.data import DataError, Splits
 from pipeline.layers import prunable_weights, stage_of
-from pipeline.measure import macs
+from pipeline.measure import NumericsError, accuracy, macs
 from pipeline.methods import PruneContext, get_method
 from pipeline.models import build_model, load_base
 from pipeline.spec import CandidateSpec
@@ -21,6 +21,38 @@ def check_labels(cfg: SearchConfig, splits: Splits) -> None:
         raise DataError(
             f"data: labels go up to {splits.num_classes - 1} but model.num_classes is {cfg.model.num_classes}; "
             "set model.num_classes to the number of classes"
+        )
+
+
+def check_model_fits(cfg: SearchConfig, splits: Splits) -> None:
+    """Refuse images the model cannot take (channels, size), before it is trained or loaded."""
+    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
+    try:
+        with torch.no_grad():
+            model(splits.val.x[:2])
+    except RuntimeError as e:
+        raise DataError(
+            f"data: images of shape {tuple(splits.val.x.shape[1:])} (C, H, W) do not fit model {cfg.model.name} "
+            f"({str(e)[:200]}); check data.name / data.path against the model"
+        ) from None
+
+
+def check_base_model(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a dense model that cannot be a base: NaN outputs or chance-level accuracy
+    on the validation split (NaN weights, a broken normalisation, the wrong checkpoint)."""
+    model = load_base(cfg.model, state)
+    try:
+        acc = accuracy(model, splits.val.x, splits.val.y)
+    except NumericsError:
+        raise DataError(
+            "the dense base model gives NaN or Inf outputs on the validation images; check model.checkpoint "
+            "for NaN weights and data.mean / data.std"
+        ) from None
+    chance = 1.0 / splits.num_classes
+    if acc <= chance:
+        raise DataError(
+            f"the dense base model scores {acc:.3f} on the validation split, no better than chance ({chance:.3f}); "
+            "check model.checkpoint, data.mean / data.std and the labels (or train it longer: base_training.steps)"
         )
 
 

@@ -8,11 +8,13 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.errors import InputError
+
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
 FLAGS = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
 
 
-class QueryError(LookupError):
+class QueryError(InputError, LookupError):
     """The store has no such experiment or no candidate matching the query."""
 
 

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.data import Splits, load_data
+from pipeline.errors import InputError
 from pipeline.evaluator import Evaluator
 from pipeline.models import ModelConfig
 from pipeline.plan import PrunePlan
@@ -29,7 +30,7 @@ from search.config import SearchConfig
 from search.records import PARENT_TAG
 
 
-class ExportError(RuntimeError):
+class ExportError(InputError, RuntimeError):
     """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
 
@@ -62,6 +63,8 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         run = client.get_run(run_id)
     except Exception as e:
         raise ExportError(f"no run {run_id!r} in {tracking_uri} ({type(e).__name__})") from None
+    if run.data.tags.get("prunesearch.role") == "search":
+        raise ExportError(f"run {run_id} is the parent run of search {run.info.run_name!r}, not a candidate; pick a candidate's run id from `prunesearch best`")
     if run.data.tags.get("state") != "ok":
         raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
     with tempfile.TemporaryDirectory() as d:

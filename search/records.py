@@ -26,6 +26,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from pipeline.errors import InputError
 from pipeline.spec import CandidateResult, CandidateSpec
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -37,7 +38,7 @@ PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's limit on params per log_batch
 
 
-class RecordError(RuntimeError):
+class RecordError(InputError, RuntimeError):
     """The tracking store cannot be reached or written."""
 
 
@@ -52,11 +53,11 @@ class Recorder:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.uri = tracking_uri
         if tracking_uri.startswith(("http://", "https://")):
-            _check_server(tracking_uri)
+            check_server(tracking_uri)
         try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
@@ -68,11 +69,20 @@ class Recorder:
                 f"cannot reach the MLflow tracking store at {tracking_uri} ({type(e).__name__}: {str(e)[:300]}); "
                 "check tracking_uri and that the server is running"
             ) from e
+        if exp is not None and artifact_location and exp.artifact_location != artifact_location:
+            raise RecordError(_moved(tracking_uri, exp.artifact_location, artifact_location))
 
     def start_parent(self, run_id: str | None, name: str, params: dict[str, str]) -> str:
         """Open (or reopen, when resuming) the parent run of a search; returns its id."""
         if run_id:
-            self.client.update_run(run_id, status="RUNNING")
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+            except Exception as e:
+                raise RecordError(
+                    f"the study of search {name!r} records its candidates under parent run {run_id}, which the MLflow store "
+                    f"{self.uri} does not have ({type(e).__name__}); was the store deleted or replaced? Restore it, or start "
+                    "a new search (another name or run_dir)"
+                ) from None
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"prunesearch.role": "search"})
         items = [Param(k, _fit(v)) for k, v in params.items()]
@@ -159,7 +169,20 @@ class Recorder:
         return len(stale)
 
 
-def _check_server(uri: str, timeout: float = 5.0) -> None:
+def _moved(uri: str, old: str, new: str) -> str:
+    """The message for a local store whose artifacts live in another folder (it was copied
+    or moved: MLflow keeps absolute artifact paths)."""
+    db = uri.removeprefix("sqlite:///")
+    fix = (f"UPDATE experiments SET artifact_location = replace(artifact_location, '{old}', '{new}'); "
+           f"UPDATE runs SET artifact_uri = replace(artifact_uri, '{old}', '{new}');")
+    return (
+        f"the MLflow store {db} keeps its artifacts in {old}, outside this run folder (was the folder copied or moved?); "
+        f"resuming here would write into the other folder. Run in the original folder, or relocate this copy "
+        f"(after checking {new} holds the artifacts):\n  sqlite3 {db} \"{fix}\""
+    )
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds, not MLflow's minutes of retries) when a tracking server is down."""
     import requests
 

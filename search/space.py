@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from pipeline.methods import Knob, get_method
 from pipeline.spec import CandidateSpec
 
+from search.config import ConfigError
+
 if TYPE_CHECKING:
     import optuna
 
@@ -27,7 +29,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     method = get_method(method_name)
     grans = [g for g in space.granularity if g in method.granularities]
     if not grans:
-        raise ValueError(
+        raise ConfigError(
             f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}"
         )
     gran = _categorical(trial, f"{method_name}.granularity", grans)

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, TextIO
 
+from pipeline.errors import InputError
+
 if TYPE_CHECKING:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -51,7 +53,7 @@ JOB_ENV = {"PYTHONUNBUFFERED": "1", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "t
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 130}
 
 
-class SubmitError(ValueError):
+class SubmitError(InputError):
     """The submission cannot be made (bad working dir or config, cluster unreachable)."""
 
 

@@ -123,3 +123,111 @@ def test_actor_killed_mid_search_loses_no_candidate(tmp_path, ray_local):
     # the candidates the dead actor held were evaluated again elsewhere, and say so
     retried = [r for r in runs if r.data.tags.get("info.attempts") == "2"]
     assert retried and all("lost" in r.data.tags["info.lost"].lower() or "actor" in r.data.tags["info.lost"].lower() for r in retried)
+
+
+def _cli(cfg_path: Path, ray_tmp: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "run", str(cfg_path), "--quiet"], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_a_run_folder_has_one_driver(tmp_path):
+    """Two drivers started at the same instant on a fresh folder, then a third mid-search:
+    only the first runs (no half-migrated store); the others exit 2 naming the holder;
+    every candidate is recorded once."""
+    budget = 10
+    cfg_path = _write_cfg(tmp_path, budget)
+    cfg = load_config(cfg_path)
+    ray_tmp = tempfile.mkdtemp(prefix="psl", dir="/tmp")
+    procs = [_cli(cfg_path, ray_tmp), _cli(cfg_path, ray_tmp)]
+    try:
+        deadline = time.monotonic() + 60
+        while all(p.poll() is None for p in procs):
+            assert time.monotonic() < deadline, "neither driver was refused"
+            time.sleep(0.1)
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        err = loser.stderr.read().decode()
+        assert loser.returncode == 2 and f"search faults is running in {cfg.run_path} (pid {winner.pid})" in err, err
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 400
+        while len(_records(cfg)) < 1:
+            assert winner.poll() is None and time.monotonic() < deadline, winner.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        late = _cli(cfg_path, ray_tmp)  # mid-search: it must not repair the first driver's trials
+        assert late.wait(timeout=60) == 2 and f"(pid {winner.pid})" in late.stderr.read().decode()
+        assert winner.wait(timeout=300) == 0, winner.stderr.read().decode()[-2000:]
+    finally:
+        for p in procs:
+            _kill_tree(p.pid, ray_tmp)
+    runs = _records(cfg)
+    _assert_each_trial_once(runs, budget)
+    assert len(runs) == budget
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    from search.lock import RunFolderLock, SearchRunningError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from search.lock import RunFolderLock\n"
+         "with RunFolderLock(Path(sys.argv[1]), 'other'):\n    print('held', flush=True); time.sleep(600)", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(SearchRunningError, match=rf"search other is running in {tmp_path} \(pid {holder.pid}\)"):
+            with RunFolderLock(tmp_path, "mine"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunFolderLock(tmp_path, "mine"):  # the dead holder's lock is taken
+        assert f'"pid": {os.getpid()}' in (tmp_path / ".prunesearch.lock").read_text()
+
+
+def test_a_shared_study_has_one_driver(tmp_path):
+    import optuna
+
+    from search.lock import StudyHeartbeat, SearchRunningError
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = optuna.create_study(study_name="s", storage=url)
+    second = optuna.load_study(study_name="s", storage=url)  # another driver's view
+    with StudyHeartbeat(first, settle_s=0.1):
+        with pytest.raises(SearchRunningError, match=rf"search s is running on this study \(pid {os.getpid()}"):
+            with StudyHeartbeat(second, settle_s=0.1):
+                pass
+    with StudyHeartbeat(second, settle_s=0.1):  # released on exit: no wait for staleness
+        pass
+
+
+@pytest.mark.slow
+def test_nothing_of_a_local_ray_outlives_a_killed_driver(tmp_path):
+    import psutil
+
+    cfg_path = _write_cfg(tmp_path, 30, name="orphans")
+    cfg = load_config(cfg_path)
+    ray_tmp = tempfile.mkdtemp(prefix="pso", dir="/tmp")
+    proc = _cli(cfg_path, ray_tmp)
+    try:
+        deadline = time.monotonic() + 400
+        while len(_records(cfg)) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in tree)
+        proc.kill()  # the driver alone, as the OOM killer would
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        assert [p for p in alive if _running(p)] == [], [" ".join(p.cmdline())[:120] for p in alive if _running(p)]
+    finally:
+        _kill_tree(proc.pid, ray_tmp)
+
+
+def _running(p) -> bool:
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE  # dead, waiting for a parent to reap it
+    except psutil.NoSuchProcess:
+        return False

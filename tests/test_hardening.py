@@ -190,3 +190,52 @@ def test_corrupt_checkpoint_is_refused_by_the_cli(tmp_path, capsys):
     assert main(["run", str(cfg), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert str(ckpt) in err and "error:" in err
+
+
+def test_every_error_class_has_one_root_and_input_errors_exit_2():
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.data import DataError
+    from pipeline.errors import InputError, PrunesearchError
+    from pipeline.measure import NumericsError
+    from pipeline.structure import UnsupportedModelError
+    from search.config import ConfigError
+    from search.export import ExportError
+    from search.query import QueryError
+    from search.submit import SubmitError
+
+    for cls in (CheckpointError, DataError, UnsupportedModelError, ConfigError, ExportError, QueryError, RecordError, SubmitError):
+        assert issubclass(cls, InputError), cls
+    assert issubclass(NumericsError, PrunesearchError) and not issubclass(NumericsError, InputError)
+    # the builtin each used to be still catches it
+    assert issubclass(RecordError, RuntimeError) and issubclass(QueryError, LookupError) and issubclass(ConfigError, ValueError)
+
+
+def test_a_programming_error_keeps_its_traceback(monkeypatch, tmp_path):
+    import search.driver
+
+    def broken(cfg, quiet=False):
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr(search.driver, "run_search", broken)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run")}))
+    with pytest.raises(ValueError, match="a bug"):
+        main(["run", str(cfg), "--quiet"])
+
+
+def test_tell_is_once_through_public_optuna_api(tmp_path):
+    import optuna
+
+    from search.study import open_study, recorded_trials, running_trial, tell
+
+    cfg = parse_config({"run_dir": str(tmp_path / "run"), "objective": {"mode": "constrained", "max_macs_ratio": 0.5}})
+    study = open_study(cfg)
+    trial = study.ask()
+    handle = running_trial(study, cfg, trial.number)  # as a resumed driver sees it
+    metrics = {"accuracy": 0.9, "macs": 10.0, "macs_ratio": 0.4, "sparsity": 0.5}
+    tell(study, cfg, handle, "run-1", "ok", metrics)
+    tell(study, cfg, trial, "run-2", "ok", metrics)  # a repeated completion is ignored, not raised
+    done = study.get_trials()[0]
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.user_attrs["mlflow_run_id"] == "run-1"
+    assert done.values == [0.9] and recorded_trials(study) == 1
+    assert "._trial_id" not in (ROOT / "search" / "study.py").read_text()

@@ -15,6 +15,7 @@ Two shapes of method exist:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,13 +36,33 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Knob:
-    """A searchable numeric knob of a method: its range and prior."""
+    """A searchable numeric knob of a method: its range and prior.
+
+    ``low``/``high`` are the default search range; ``limits`` the values that make
+    sense at all (a config may search beyond the default range, never beyond these).
+    """
 
     low: float
     high: float
     log: bool = False
     integer: bool = False
     default: float | None = None
+    limits: tuple[float, float] = (-math.inf, math.inf)
+
+    def range_problem(self, low: float, high: float) -> str | None:
+        """Why ``[low, high]`` is not a valid search range of this knob, or None."""
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return f"range [{low}, {high}] must be finite"
+        if low > high:
+            return f"range [{low}, {high}] is reversed; write [{high}, {low}]"
+        lo, hi = self.limits
+        if low < lo or high > hi:
+            return f"range [{low}, {high}] leaves the knob's valid values [{lo}, {hi}]"
+        if self.log and low <= 0:
+            return f"range [{low}, {high}] must be > 0 (the knob is searched on a log scale)"
+        if self.integer and (low != int(low) or high != int(high)):
+            return f"range [{low}, {high}] must hold whole numbers"
+        return None
 
 
 @dataclass(kw_only=True)

@@ -30,6 +30,7 @@ Choices left open by the paper (documented here):
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,10 +60,10 @@ class Hyperflows(PruningMethod):
     target = "outcome"
     trains = True
     knobs = {
-        "pressure": Knob(1e-4, 1.0, log=True, default=None),
-        "steps": Knob(50, 2000, log=True, integer=True, default=300),
-        "regrowth_steps": Knob(0, 1000, integer=True, default=100),
-        "flow_lr": Knob(1e-4, 3e-2, log=True, default=3e-3),
+        "pressure": Knob(1e-4, 1.0, log=True, default=None, limits=(0.0, math.inf)),
+        "steps": Knob(50, 2000, log=True, integer=True, default=300, limits=(1, math.inf)),
+        "regrowth_steps": Knob(0, 1000, integer=True, default=100, limits=(0, math.inf)),
+        "flow_lr": Knob(1e-4, 3e-2, log=True, default=3e-3, limits=(0.0, math.inf)),
     }
     steered_knob = "pressure"
     # density at a given pressure depends on how long the presence parameters move and how fast

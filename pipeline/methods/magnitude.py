@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +20,7 @@ class Magnitude(ImportanceMethod):
     """|w| per weight; the Lp norm of its filter per output channel (``norm`` knob: 1 or 2)."""
 
     granularities = ("unstructured", "channel")
-    knobs = {"norm": Knob(1, 2, integer=True, default=1)}
+    knobs = {"norm": Knob(1, 2, integer=True, default=1, limits=(1, 2))}
     score_knobs = ("norm",)
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:

@@ -68,11 +68,11 @@ class Ocs(PruningMethod):
     target = "sparsity"
     trains = True
     knobs = {
-        "epochs": Knob(4, 40, integer=True, default=10),
-        "steps_per_epoch": Knob(5, 200, integer=True, log=True, default=20),
-        "stability": Knob(0.9, 1.0, default=0.999),
-        "reg": Knob(0.0, 1e-2, default=1e-4),
-        "max_prune_fraction": Knob(0.5, 0.9, default=0.75),
+        "epochs": Knob(4, 40, integer=True, default=10, limits=(1, math.inf)),
+        "steps_per_epoch": Knob(5, 200, integer=True, log=True, default=20, limits=(1, math.inf)),
+        "stability": Knob(0.9, 1.0, default=0.999, limits=(0.0, 1.0)),
+        "reg": Knob(0.0, 1e-2, default=1e-4, limits=(0.0, math.inf)),
+        "max_prune_fraction": Knob(0.5, 0.9, default=0.75, limits=(0.0, 0.99)),
     }
     fast_knobs = {"epochs": 4, "steps_per_epoch": 5}
     train_batch = BATCH

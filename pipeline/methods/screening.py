@@ -27,6 +27,7 @@ Choices left open by the paper (measured on digits, DigitsCNN, 300 validation im
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,7 +49,7 @@ class Screening(ImportanceMethod):
 
     granularities = ("unstructured", "channel")
     needs_labels = True
-    knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5)}
+    knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5, limits=(0.0, 1.0))}
     score_knobs = ("screening_weight",)
     global_split_by = "magnitude"  # each layer loses what global magnitude takes from it (module docstring)
 

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.checkpoint import load_into
+from pipeline.errors import InputError
 from pipeline.registry import Registry
 from pipeline.spec import Frozen
 
@@ -58,7 +59,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         pipeline.registry.RegistryError: unknown model name (listing the valid ones).
         pipeline.checkpoint.CheckpointError: unreadable or mismatched checkpoint.
     """
-    model = MODELS.get(cfg.name)(cfg)
+    builder = MODELS.get(cfg.name)
+    try:
+        model = builder(cfg)
+    except TypeError as e:
+        if not cfg.kwargs:
+            raise  # a bug in the builder, not the user's kwargs
+        raise InputError(f"model.kwargs: {cfg.name} does not take {sorted(cfg.kwargs)} ({e}); remove or rename them") from None
     if cfg.checkpoint:
         load_into(model, cfg.checkpoint)
     return model.eval()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.models import ModelConfig, register_model
 
 
@@ -107,7 +108,7 @@ DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
     """CIFAR ResNet of ``depth`` (one of ``DEPTHS``)."""
     if depth not in DEPTHS:
-        raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
+        raise InputError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
     n = DEPTHS[depth]
     return CifarResNet((n, n, n), num_classes)
 
@@ -116,7 +117,7 @@ def _register(depth: int) -> None:
     @register_model(f"cifar_resnet{depth}")
     def build(cfg: ModelConfig) -> nn.Module:
         if cfg.kwargs:
-            raise ValueError(f"model.kwargs: cifar_resnet{depth} takes no kwargs, got {sorted(cfg.kwargs)}")
+            raise InputError(f"model.kwargs: cifar_resnet{depth} takes no kwargs, got {sorted(cfg.kwargs)}")
         return cifar_resnet(depth, cfg.num_classes)
 
 

@@ -11,6 +11,7 @@ import re
 
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.models import ModelConfig, register_model
 
 # "pkg.mod:Class" or "pkg.mod:Outer.Inner": dotted identifiers either side of one colon.
@@ -24,9 +25,9 @@ def import_object(path: str | None) -> object:
         ValueError: ``path`` is missing or malformed, or the module / attribute does not exist.
     """
     if not path:
-        raise ValueError('model.import_path: name: import needs import_path, e.g. "mypkg.nets:MyNet"')
+        raise InputError('model.import_path: name: import needs import_path, e.g. "mypkg.nets:MyNet"')
     if not _PATH.match(path):
-        raise ValueError(
+        raise InputError(
             f"model.import_path: {path!r} is not of the form 'package.module:ClassName' "
             '(one colon between the module and the class, e.g. "torchvision.models:AlexNet")'
         )
@@ -37,17 +38,17 @@ def import_object(path: str | None) -> object:
         # e.name tells the requested module apart from a dependency it imports.
         requested = bool(e.name) and (mod_name == e.name or mod_name.startswith(f"{e.name}."))
         what = f"module {mod_name!r} was not found" if requested else f"importing module {mod_name!r} failed: {e}"
-        raise ValueError(
+        raise InputError(
             f"model.import_path: {path!r}: {what}; check the spelling and that it is on PYTHONPATH"
         ) from e
     except Exception as e:  # noqa: BLE001 - any error raised by the user's module code
-        raise ValueError(
+        raise InputError(
             f"model.import_path: {path!r}: importing {mod_name!r} raised {type(e).__name__}: {e}"
         ) from e
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             where = mod_name + ("." + ".".join(attr.split(".")[:i]) if i else "")
-            raise ValueError(f"model.import_path: {path!r}: {where!r} has no attribute {part!r}")
+            raise InputError(f"model.import_path: {path!r}: {where!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -61,13 +62,13 @@ def imported(cfg: ModelConfig) -> nn.Module:
     """
     cls = import_object(cfg.import_path)
     if not callable(cls):
-        raise ValueError(f"model.import_path: {cfg.import_path!r} is a {type(cls).__name__}, not a class")
+        raise InputError(f"model.import_path: {cfg.import_path!r} is a {type(cls).__name__}, not a class")
     try:
         model = cls(**cfg.kwargs)
     except TypeError as e:
-        raise ValueError(f"model.kwargs: {cfg.import_path}(**{cfg.kwargs!r}) failed: {e}") from e
+        raise InputError(f"model.kwargs: {cfg.import_path}(**{cfg.kwargs!r}) failed: {e}") from e
     if not isinstance(model, nn.Module):
-        raise ValueError(
+        raise InputError(
             f"model.import_path: {cfg.import_path!r} built a {type(model).__name__}, not a torch.nn.Module"
         )
     return model

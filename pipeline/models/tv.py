@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.models import ModelConfig, register_model
 
 # torchvision.models builder names, registered as "torchvision:<name>". Add one to add a model.
@@ -22,7 +23,7 @@ def _register(arch: str) -> None:
     def build(cfg: ModelConfig) -> nn.Module:
         clash = sorted(set(cfg.kwargs) & set(_RESERVED))
         if clash:
-            raise ValueError(
+            raise InputError(
                 f"model.kwargs: {clash} cannot be set for torchvision:{arch} "
                 f"(weights are never downloaded; use model.checkpoint and model.num_classes)"
             )

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from pipeline.errors import InputError
 from pipeline.layers import stage_of
 from pipeline.modes import eval_mode
 from pipeline.structure.macs import MacTerm, count_macs, mac_terms
@@ -34,7 +35,7 @@ from pipeline.structure.macs import MacTerm, count_macs, mac_terms
 __all__ = ["ChannelGraph", "ChannelGroup", "UnsupportedModelError", "cached_graph", "channel_graph"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """The model cannot be channel-pruned; the message names the layer, why, and what to do."""
 
 
