@@ -48,7 +48,8 @@ def check_base_model(cfg: SearchConfig, splits: Splits, state: dict[str, torch.T
             "the dense base model gives NaN or Inf outputs on the validation images; check model.checkpoint "
             "for NaN weights and data.mean / data.std"
         ) from None
-    chance = 1.0 / splits.num_classes
+    # chance: what always answering the most frequent class scores (at least 1 / classes)
+    chance = max(1.0 / splits.num_classes, float(torch.bincount(splits.val.y).max()) / max(len(splits.val.y), 1))
     if acc <= chance:
         raise DataError(
             f"the dense base model scores {acc:.3f} on the validation split, no better than chance ({chance:.3f}); "
