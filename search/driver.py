@@ -121,8 +121,29 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     check_allocation(cfg)
     state = base_state(cfg, splits)
     check_constraint(cfg, splits, state)
-    study, parent_id = _open_study_and_parent(cfg, recorder)
+    previous = _term_is_interrupt()  # SIGTERM (timeout, a stopped job) ends the search as Ctrl-C does
+    try:
+        study, parent_id = _open_study_and_parent(cfg, recorder)
+        try:
+            evaluated, failed, interrupted, loop_s = _evaluate(cfg, study, recorder, parent_id, state, splits, quiet)
+            finish_report(cfg, recorder, parent_id, study)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the loop: in-flight candidates re-run on resume
+            _try(recorder.finish_parent, parent_id, "KILLED")
+            raise
+        except BaseException:
+            _try(recorder.finish_parent, parent_id, "FAILED")  # the store itself may be what failed
+            raise
+        recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, state, splits, quiet: bool) -> tuple[int, int, bool, float]:
+    """Start the actors and run the loop; returns (evaluated, failed, interrupted, loop seconds)."""
     started_ray = connect_ray(cfg)
+    _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
     a = cfg.actors
@@ -133,19 +154,18 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
             log.warning("%d of %d actors ready after 300 s; starting with those (the rest join when placed)", ready, count)
         t0 = time.monotonic()
         evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
-        loop_s = time.monotonic() - t0
-    except BaseException:
-        _try(recorder.finish_parent, parent_id, "FAILED")  # the store itself may be what failed
-        raise
+        return evaluated, failed, interrupted, time.monotonic() - t0
     finally:
         pool.shutdown()
         if started_ray:
             ray.shutdown()
-    finish_report(cfg, recorder, parent_id, study)
-    recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
-    if cfg.log_models and not interrupted:
-        log_front_models(recorder.uri, cfg.experiment, parent_id)
-    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _term_is_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the previous handler (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | None:
