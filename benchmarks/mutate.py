@@ -86,7 +86,8 @@ MUTATIONS = [
              "                if interrupt.requested or (not pool.busy and (remaining <= 0 or time.monotonic() >= deadline)):\n",
              ("tests/test_hardening.py::test_ctrl_c_finishes_in_flight_candidates_and_resumes",), slow=True),
     Mutation("second-interrupt-failed", "a second interrupt marks the parent FAILED", "search/driver.py",
-             "            _try(recorder.finish_parent, parent_id, \"KILLED\")\n", "            _try(recorder.finish_parent, parent_id, \"FAILED\")\n",
+             "            _try(recorder.finish_parent, pid, \"KILLED\" if killed else \"FAILED\")\n",
+             "            _try(recorder.finish_parent, pid, \"FAILED\")\n",
              ("tests/test_hardening.py::test_sigterm_and_a_second_interrupt_leave_the_parent_killed",), slow=True),
 ]
 

@@ -122,18 +122,22 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
     state = base_state(cfg, splits)
     check_constraint(cfg, splits, state)
     previous = _term_is_interrupt()  # SIGTERM (timeout, a stopped job) ends the search as Ctrl-C does
+    parent: list[str] = []  # the parent run's id as soon as it exists, for the handlers below
     try:
-        study, parent_id = _open_study_and_parent(cfg, recorder)
-        try:
-            evaluated, failed, interrupted, loop_s = _evaluate(cfg, study, recorder, parent_id, state, splits, quiet)
-            finish_report(cfg, recorder, parent_id, study)
-        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the loop: in-flight candidates re-run on resume
-            _try(recorder.finish_parent, parent_id, "KILLED")
-            raise
-        except BaseException:
-            _try(recorder.finish_parent, parent_id, "FAILED")  # the store itself may be what failed
-            raise
+        study, parent_id = _open_study_and_parent(cfg, recorder, parent)
+        evaluated, failed, interrupted, loop_s = _evaluate(cfg, study, recorder, parent_id, state, splits, quiet)
+        finish_report(cfg, recorder, parent_id, study)
         recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
+    except BaseException as e:
+        # KILLED: a second Ctrl-C, or a signal outside the loop (in-flight candidates re-run on
+        # resume); Ray's own SIGTERM handler, active while ray.init runs, exits with the signal's
+        # number. FAILED: anything else (the store itself may be what failed).
+        killed = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code == signal.SIGTERM)
+        for pid in parent:
+            _try(recorder.finish_parent, pid, "KILLED" if killed else "FAILED")
+        if killed and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -186,18 +190,21 @@ def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | N
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, 0, 0, recorded_trials(study), False)
 
 
-def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder):
-    """The study and its MLflow parent run, created or reopened, and repaired after a killed driver."""
+def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, opened: list[str]):
+    """The study and its MLflow parent run, created or reopened, and repaired after a killed
+    driver. The parent's id is appended to ``opened`` as soon as the run exists."""
     study = open_study(cfg)
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:
         params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}
         parent_id = recorder.start_parent(None, cfg.name, params)
+        opened.append(parent_id)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
         study.set_user_attr("parent_run_id", parent_id)
     else:
         recorder.start_parent(parent_id, cfg.name, {})
+        opened.append(parent_id)
     told, requeued = repair(study, cfg, recorder, parent_id)
     if told or requeued:
         log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)
