@@ -114,11 +114,20 @@ def _apply(tree: Path, m: Mutation) -> None:
     target.write_text(text.replace(m.old, m.new))
 
 
-def run_one(m: Mutation, timeout: float) -> dict:
+def _tests_from(tree: Path, ref: str) -> None:
+    """Replace the copy's tests/ by those of git ``ref`` (to show what an older suite misses)."""
+    shutil.rmtree(tree / "tests")
+    archive = subprocess.run(["git", "archive", ref, "tests"], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+
+
+def run_one(m: Mutation, timeout: float, tests_ref: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mutate-") as d:
         tree = Path(d)
         _copy_tree(tree)
         _apply(tree, m)
+        if tests_ref:
+            _tests_from(tree, tests_ref)
         env = {**os.environ, "PYTHONPATH": str(tree), "RAY_USAGE_STATS_ENABLED": "0"}
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
         t0 = time.monotonic()
@@ -136,14 +145,18 @@ def main() -> None:
     ap.add_argument("--fast", action="store_true", help="skip mutations whose tests start Ray or subprocesses")
     ap.add_argument("--only", nargs="+", help="mutation names")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutation")
+    ap.add_argument("--tests-from", metavar="REF", help="run the tests of git REF instead (results are not written)")
     args = ap.parse_args()
     chosen = [m for m in MUTATIONS if (not args.only or m.name in args.only) and not (args.fast and m.slow)]
     results = []
     for m in chosen:
-        r = run_one(m, args.timeout)
+        r = run_one(m, args.timeout, args.tests_from)
         print(f"{r['status']:7s} {m.name:32s} {r['seconds']:7.1f} s  {m.what}", flush=True)
         results.append(r)
     caught = sum(r["status"] == "caught" for r in results)
+    if args.tests_from:
+        print(f"{caught}/{len(results)} caught by the tests of {args.tests_from}")
+        return
     summary = {"mutations": len(results), "caught": caught, "share_caught": round(caught / max(len(results), 1), 3),
                "python": sys.version.split()[0], "cpus": os.cpu_count(), "results": results}
     out = REPO / "benchmarks" / "results"
