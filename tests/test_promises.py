@@ -118,7 +118,7 @@ def test_recorded_size_and_accuracy_metrics_match_an_independent_count(searched,
         r = _ok(cfg)[0]
         m = r.data.metrics
         assert _export(run, r.info.run_id, f"count-{cfg.name}") == 0
-        model = load_exported(run / "exports" / f"count-{cfg.name}.pt")
+        model, _ = load_exported(run / "exports" / f"count-{cfg.name}.pt")
         dense, effective = count_macs(model, splits.val.x[:1])
         assert m["base_macs"] == base_dense
         assert m["macs"] == effective and m["macs_dense"] == dense  # effective: non-zero weights only
@@ -206,8 +206,8 @@ def test_export_of_a_channel_candidate_from_a_checkpoint_is_physically_smaller(s
     assert _export(run, r.info.run_id, "ocs") == 0
     out = capsys.readouterr().out
     assert f"rebuilt {r.info.run_id}: accuracy" in out and str(run / "exports" / "ocs.pt") in out
-    assert (run / "exports" / "ocs.ts").is_file()
-    model = load_exported(run / "exports" / "ocs.pt")
+    assert (run / "exports" / "ocs.pt2").is_file() and (run / "exports" / "ocs.json").is_file()
+    model, _ = load_exported(run / "exports" / "ocs.pt")
     base = build_model(cfg_ocs.model)  # the checkpoint the search started from
     convs = lambda m: [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
     assert sum(convs(model)) < sum(convs(base)) and sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in base.parameters())
@@ -221,7 +221,7 @@ def test_export_of_a_training_method_carries_its_trained_weights(searched, which
     cfg = cfg_hf if which == "hf" else cfg_ocs
     r = _ok(cfg)[-1]
     assert _export(run, r.info.run_id, f"trained-{which}") == 0
-    model = load_exported(run / "exports" / f"trained-{which}.pt")
+    model, _ = load_exported(run / "exports" / f"trained-{which}.pt")
     splits = load_data(cfg.data)
     assert _top1(model, splits.val.x, splits.val.y) == pytest.approx(r.data.metrics["accuracy"], abs=1e-9)
     # the base model with the same channels removed: what an export without trained weights would hold

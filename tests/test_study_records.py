@@ -67,10 +67,12 @@ def test_repair_tells_recorded_trials_and_requeues_the_rest(setup):
 
     assert repair(study, cfg, rec, parent) == (1, 1)
     assert rec.client.get_run(half.info.run_id).info.lifecycle_stage == "deleted"
-    t_rec, t_lost, waiting = study.get_trials()
+    trials = study.get_trials()
+    t_rec, t_lost = trials[recorded.number], trials[lost.number]
     assert t_rec.state == TrialState.COMPLETE and t_rec.user_attrs[RUN_ID_ATTR] == rid and t_rec.values == [METRICS["accuracy"]]
-    assert t_lost.state == TrialState.FAIL
-    assert t_lost.params == lost.params and waiting.state == TrialState.WAITING
-    assert waiting.system_attrs["fixed_params"] == lost.params
-    again = suggest(study.ask(), cfg)  # the lost candidate is evaluated again, with its parameters (a new trial's seed)
+    assert t_lost.state == TrialState.FAIL and t_lost.params == lost.params
+    # the lost candidate waits to be evaluated again, with its parameters (the baselines of a new study wait too)
+    requeued = [t for t in trials if t.state == TrialState.WAITING and t.number > lost.number]
+    assert [t.system_attrs["fixed_params"] for t in requeued][-1:] == [lost.params]
+    again = [suggest(study.ask(), cfg) for _ in requeued][-1]  # a new trial's seed, the same candidate
     assert again.model_copy(update={"seed": spec_l.seed}) == spec_l
