@@ -316,7 +316,7 @@ def test_a_tracking_server_dying_mid_search_stops_with_exit_2_and_resumes(tmp_pa
 
         def stop_after_two() -> None:
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and len(candidate_runs(cfg)[1]) < 2:
+            while time.monotonic() < deadline and sum(r.info.status == "FINISHED" for r in candidate_runs(cfg)[1]) < 2:
                 time.sleep(0.2)
             server.stop()
 
