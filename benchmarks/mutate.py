@@ -31,7 +31,7 @@ class Mutation:
     name: str
     what: str
     file: str
-    old: str  # must occur exactly once in ``file``; None-like "" with new "" deletes the file
+    old: str  # text (usually a line) that occurs exactly once in ``file``; "" with new "" deletes the file
     new: str
     tests: tuple[str, ...]
     slow: bool = False
@@ -56,9 +56,9 @@ MUTATIONS = [
     Mutation("repair-not-called", "the driver never repairs on resume", "search/driver.py",
              "    told, requeued = repair(study, cfg, recorder, parent_id)\n", "    told, requeued = 0, 0\n",
              ("tests/test_faults.py::test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates",), slow=True),
-    Mutation("finetune-pass", "fine-tuning replaced by pass", "pipeline/evaluator.py",
-             "            train_classifier(model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=0.01, seed=spec.seed, masks=plan.masks or None)\n",
-             "            pass\n", ("tests/test_evaluator.py::test_fine_tuning_keeps_the_mask_and_records_both_accuracies",)),
+    Mutation("finetune-pass", "fine-tuning trains for 0 steps", "pipeline/evaluator.py",
+             "self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr,",
+             "self.ctx.train_x, self.ctx.train_y, 0, lr=spec.finetune_lr,", ("tests/test_evaluator.py::test_fine_tuning_keeps_the_mask_and_records_both_accuracies",)),
     Mutation("data-path-dropped", "data errors no longer name the file", "pipeline/data.py",
              "    tx, ty = _validate(tx, ty, cfg.path or cfg.name)\n", "    tx, ty = _validate(tx, ty, \"data\")\n",
              ("tests/test_hardening.py::test_malformed_data_is_named",)),

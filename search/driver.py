@@ -142,8 +142,6 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if cfg.log_models and not interrupted:
-        from search.mlmodel import log_front_models
-
         log_front_models(recorder.uri, cfg.experiment, parent_id)
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 

@@ -285,7 +285,7 @@ def test_export_output_paths_cannot_leave_the_run_folder(searched, capsys):
     rid = _ok(cfg_hf)[0].info.run_id
     capsys.readouterr()
     assert main(["export", rid, "-o", "../escaped.pt", "--run-dir", str(run)]) == 2
-    assert "escapes the run folder" in capsys.readouterr().err and not (run.parent / "escaped.pt").exists()
+    assert "stays inside the run folder" in capsys.readouterr().err and not (run.parent / "escaped.pt").exists()
     absolute = run.parent / "elsewhere" / "on-purpose.pt"
     assert main(["export", rid, "-o", str(absolute), "--run-dir", str(run)]) == 0 and absolute.is_file()
 
