@@ -76,9 +76,9 @@ def candidate_runs(cfg) -> tuple:
     """
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(cfg.resolved_tracking_uri())
     if not (cfg.run_path / "optuna.journal").exists():
-        return client, []
+        return None, []  # not even a client: opening a SQLite store runs its migrations too
+    client = MlflowClient(cfg.resolved_tracking_uri())
     exp = client.get_experiment_by_name(cfg.name)
     if exp is None:
         return client, []

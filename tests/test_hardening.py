@@ -175,7 +175,7 @@ def _journal_trials(cfg) -> list:
 def _parent(cfg):
     """The search's parent run, or None before it exists."""
     client, _ = candidate_runs(cfg)
-    if not (cfg.run_path / "optuna.journal").exists() or client.get_experiment_by_name(cfg.name) is None:
+    if client is None or client.get_experiment_by_name(cfg.name) is None:
         return None
     runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id], "tags.`prunesearch.role` = 'search'")
     return runs[0] if runs else None
