@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmark
 	$(PY) benchmarks/search.py       # about 45 min; reads methods.json for its comparison
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/peers.py        # about 1 hour
+
+mutate: $(STAMP)          ## one-line breaks of core logic in a temporary copy; writes benchmarks/results/mutate.*
+	$(PY) benchmarks/mutate.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -168,8 +168,35 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     check_base_model(cfg, splits, state)
     check_constraint(cfg, splits, state)
     record_config(cfg)
-    study, parent_id = _open_study_and_parent(cfg, recorder, held)
+    previous = _term_is_interrupt()  # SIGTERM (timeout, a stopped job) ends the search as Ctrl-C does
+    parent: list[str] = []  # the parent run's id as soon as it exists, for the handlers below
+    try:
+        study, parent_id = _open_study_and_parent(cfg, recorder, held, parent)
+        evaluated, failed, interrupted, loop_s = _evaluate(cfg, study, recorder, parent_id, state, splits, quiet)
+        finish_report(cfg, recorder, parent_id, study)
+        recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
+    except BaseException as e:
+        # KILLED: a second Ctrl-C, or a signal outside the loop (in-flight candidates re-run on
+        # resume); Ray's own SIGTERM handler, active while ray.init runs, exits with the signal's
+        # number. FAILED: anything else (the store itself may be what failed).
+        killed = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and e.code == signal.SIGTERM)
+        for pid in parent:
+            _try(recorder.finish_parent, pid, "KILLED" if killed else "FAILED")
+        if killed and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if cfg.log_models and not interrupted:
+        log_front_models(recorder.uri, cfg.experiment, parent_id)
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, state, splits, quiet: bool) -> tuple[int, int, bool, float]:
+    """Start the actors and run the loop; returns (evaluated, failed, interrupted, loop seconds)."""
     started_ray = connect_ray(cfg)
+    _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
     a = cfg.actors
@@ -180,19 +207,18 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
             log.warning("%d of %d actors ready after 300 s; starting with those (the rest join when placed)", ready, count)
         t0 = time.monotonic()
         evaluated, failed, interrupted = _loop(cfg, study, recorder, parent_id, pool, quiet)
-        loop_s = time.monotonic() - t0
-    except BaseException:
-        _try(recorder.finish_parent, parent_id, "FAILED")  # the store itself may be what failed
-        raise
+        return evaluated, failed, interrupted, time.monotonic() - t0
     finally:
         pool.shutdown()
         if started_ray:
             _stop_local_ray()
-    finish_report(cfg, recorder, parent_id, study)
-    recorder.finish_parent(parent_id, "KILLED" if interrupted else "FINISHED")
-    if cfg.log_models and not interrupted:
-        log_front_models(recorder.uri, cfg.experiment, parent_id)
-    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _term_is_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt in the main thread; returns the previous handler (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | None:
@@ -228,9 +254,10 @@ def writable_run_folder(cfg: SearchConfig) -> Path:
     return path
 
 
-def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextlib.ExitStack):
+def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextlib.ExitStack, opened: list[str]):
     """The study and its MLflow parent run, created or reopened, and repaired after a killed driver.
-    A study shared beyond the run folder is claimed first (``held`` releases the claim)."""
+    A study shared beyond the run folder is claimed first (``held`` releases the claim); the
+    parent's id is appended to ``opened`` as soon as the run exists."""
     study = open_study(cfg)
     if cfg.optuna_storage:
         held.enter_context(StudyHeartbeat(study))
@@ -238,11 +265,13 @@ def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextl
     if parent_id is None:
         params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}
         parent_id = recorder.start_parent(None, cfg.name, params)
+        opened.append(parent_id)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
         study.set_user_attr("parent_run_id", parent_id)
     else:
         recorder.start_parent(parent_id, cfg.name, {})
+        opened.append(parent_id)
     told, requeued = repair(study, cfg, recorder, parent_id)
     if told or requeued:
         log.warning("resume: %d trials told from their records, %d re-queued", told, requeued)

@@ -96,6 +96,7 @@ def test_random_bytes_and_damaged_files_only_raise_checkpoint_error(tmp_path: Pa
     torch.save(_net().state_dict(), good)
     data = np.frombuffer(good.read_bytes(), dtype=np.uint8)
     path = tmp_path / "bad.pt"
+    refused = []
     for i in range(60):
         if i < 30:
             blob = rng.integers(0, 256, size=int(rng.integers(1, 400)), dtype=np.uint8)
@@ -108,6 +109,11 @@ def test_random_bytes_and_damaged_files_only_raise_checkpoint_error(tmp_path: Pa
             read_state_dict(path)
         except CheckpointError as e:
             assert str(path) in str(e)
+            refused.append(i)
+    # random bytes are never a checkpoint: every one of them is refused (a damaged real
+    # file may still load when the burst hits padding, so those are not all refused)
+    assert set(range(30)) <= set(refused), sorted(set(range(30)) - set(refused))
+    assert any(i >= 30 for i in refused)
 
 
 @pytest.mark.parametrize("legacy", [False, True])

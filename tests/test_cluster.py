@@ -301,8 +301,16 @@ def test_submitted_search_runs_on_both_nodes_and_records_everything_on_the_serve
         # the driver, only writer of MLflow and Optuna, ran on the head
         assert info.driver_node_id == cluster.head.node_id
         nodes = {n.resource: n.node_id for n in cluster.nodes}
+        first = {r.info.run_id for r in _candidates(mlflow_server.uri, "cluster-itest")}
+
+        # the same config submitted again, with 2 more trials, resumes from the head's storage
+        _search_yaml(tmp_path, mlflow_server, "cluster-itest", trials + 2)
+        again = subprocess.run(_submit_cmd(cfg, cluster), cwd=ROOT, env=ray_env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "2 candidates evaluated (0 failed); 10 recorded" in again.stdout, again.stdout[-3000:]
+        trials += 2
 
     runs = _candidates(mlflow_server.uri, "cluster-itest")
+    assert first < {r.info.run_id for r in runs} and len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(trials))
     assert all(r.info.status == "FINISHED" for r in runs)
     # every candidate records its node; SPREAD put one actor on each

@@ -23,18 +23,22 @@ def test_fine_tuning_keeps_the_mask_and_records_both_accuracies(evaluator):
     r = evaluator.evaluate(CandidateSpec(target_sparsity=0.95, finetune_steps=40))
     assert r.state == "ok", r.error
     m = r.metrics
-    assert m["finetune_steps"] == 40 and "accuracy_before_finetune" in m and m["finetune_s"] > 0
+    assert m["finetune_steps"] == 40 and m["finetune_s"] > 0
+    # training moved the network: at 95 % sparsity 40 steps lift accuracy (measured 0.88 -> 0.98)
+    assert m["accuracy"] > m["accuracy_before_finetune"] + 0.03, (m["accuracy_before_finetune"], m["accuracy"])
     assert m["sparsity"] == pytest.approx(0.95, abs=1e-4)  # pruned weights stay zero through training
 
 
 def test_keep_better_keeps_the_stored_statistics_when_they_score_higher(evaluator):
     # at 10 % sparsity the stored statistics are still right; 8 calibration images are a poor estimate
     spec = CandidateSpec(target_sparsity=0.1, recal=RecalSpec(images=8, batch_size=8, keep_better=True))
-    r = evaluator.evaluate(spec)
-    assert r.metrics["accuracy"] >= r.metrics["accuracy_before_recal"]
     plain = evaluator.evaluate(spec.model_copy(update={"recal": RecalSpec(images=8, batch_size=8)}))
-    if plain.metrics["accuracy"] < plain.metrics["accuracy_before_recal"]:
-        assert r.metrics["recal_applied"] == 0.0
+    # the premise, asserted rather than assumed (measured: 0.98 stored, 0.91 recalibrated)
+    assert plain.metrics["recal_applied"] == 1.0
+    assert plain.metrics["accuracy"] < plain.metrics["accuracy_before_recal"] - 0.02, plain.metrics
+    r = evaluator.evaluate(spec)
+    assert r.metrics["recal_applied"] == 0.0
+    assert r.metrics["accuracy"] == r.metrics["accuracy_before_recal"] == plain.metrics["accuracy_before_recal"]
 
 
 def test_fine_tuning_learning_rate_comes_from_the_spec(evaluator):

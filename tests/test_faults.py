@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from pathlib import Path
+import time
 
 import pytest
 import ray
 import yaml
 
+from cli_process import CliProcess, sigkill_group
 from conftest import candidate_runs
 from search.config import load_config
 from search.driver import actor_prefix, run_search
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write_cfg(tmp_path: Path, trials: int, **extra) -> Path:
@@ -50,41 +45,16 @@ def _assert_each_trial_once(runs, budget):
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)
 
 
-def _kill_tree(pgid: int, ray_tmp: str) -> None:
-    import psutil
-
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for p in psutil.process_iter(["cmdline"]):  # Ray daemons may leave the process group
-        try:
-            if any(ray_tmp in part for part in p.info["cmdline"] or []):
-                p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
 @pytest.mark.slow
 def test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path, ray_local):
     budget = 14
     cfg_path = _write_cfg(tmp_path, budget)
     cfg = load_config(cfg_path)
-    ray_tmp = tempfile.mkdtemp(prefix="psk", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "run", str(cfg_path), "--quiet"],
-        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    proc = CliProcess("run", str(cfg_path), "--quiet")
     try:
-        deadline = time.monotonic() + 180
-        while len(_records(cfg)) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the search recorded nothing in 180 s"
-            time.sleep(0.2)
+        proc.wait_until(lambda: len(_records(cfg)) >= 3, 180, "3 recorded candidates")
     finally:
-        _kill_tree(proc.pid, ray_tmp)
-        proc.wait(timeout=30)
+        sigkill_group(proc)  # the driver and its Ray at once; survivors are ended by their ids
     before = _records(cfg)
     assert 3 <= len(before) < budget, "the kill did not land mid-search"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -130,6 +131,14 @@ def test_channel_plan_on_digits(trained):
     plan = get_method("screening").plan(model, _ctx(data), spec)
     assert plan.channels and all(0 < len(k) for k in plan.channels.values())
     assert sum(len(k) for k in plan.channels.values()) < sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    # the network the plan leaves has the MACs asked for, by an independent count
+    from macs_count import count_macs
+    from pipeline.structure import shrink
+
+    example = data.val.x[:1]
+    dense, _ = count_macs(model, example)
+    small, _ = count_macs(shrink(copy.deepcopy(model), plan.channels), example)
+    assert 0.40 <= small / dense <= 0.5 + 1e-9, small / dense
 
 
 def test_single_class_calibration_set_is_refused(trained):

@@ -142,12 +142,31 @@ def test_accuracy_fit_recovers_curve() -> None:
     assert np.max(np.abs(fit.accuracy(dens) - truth)) < 0.01 and fit.r2 > 0.99
 
 
+def _pixels(png: bytes) -> np.ndarray:
+    import io
+
+    from matplotlib.image import imread
+
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    return imread(io.BytesIO(png), format="png")[..., :3]  # (H, W, RGB) floats in [0, 1]
+
+
+def _share_near(img: np.ndarray, rgb: tuple[int, int, int]) -> float:
+    return float((np.abs(img - np.array(rgb) / 255).max(axis=-1) < 0.08).mean())
+
+
 def test_plot_returns_png() -> None:
     d = noisy(6)
     pfit = fit_pressure(GAMMA, d)
-    png = plot_fits(np.append(GAMMA, 0.5), np.append(d, 1.0), pfit)
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    one = _pixels(plot_fits(np.append(GAMMA, 0.5), np.append(d, 1.0), pfit))
     dens = np.geomspace(0.02, 1.0, 8)
     acc = 1.0 - (0.07 + 0.01 * dens**-0.9)
-    png2 = plot_fits(GAMMA, d, pfit, dens, acc, fit_accuracy(dens, acc))
-    assert png2.startswith(b"\x89PNG\r\n\x1a\n") and len(png2) > len(png) // 2
+    two = _pixels(plot_fits(GAMMA, d, pfit, dens, acc, fit_accuracy(dens, acc)))
+    half = two.shape[1] // 2
+    assert one.shape[0] == two.shape[0] and abs(two.shape[1] - 2 * one.shape[1]) <= 0.1 * two.shape[1]  # one panel, then two
+    for panel in (one, two[:, :half], two[:, half:]):
+        # something is drawn in every panel: axes and text, the points in matplotlib's first
+        # colour and the fitted curve in the next free one (green after the excluded point)
+        assert (panel.min(axis=-1) < 0.5).mean() > 0.01
+        assert _share_near(panel, (31, 119, 180)) > 0.001
+        assert max(_share_near(panel, (255, 127, 14)), _share_near(panel, (44, 160, 44))) > 0.001

@@ -45,8 +45,13 @@ def test_steering_waits_for_points_and_ignores_failures():
     steering = PressureSteering(_cfg(0.9), every=1)
     for g in (0.01, 0.1, 1.0):
         steering.observe("hyperflows", {"pressure": g}, "ok", 1 - _density(g))
-    steering.observe("hyperflows", {"pressure": 3.0}, "failed", None)
+    # a failed candidate with a sparsity would be a fourth point (min_points=4) and give a fit
+    steering.observe("hyperflows", {"pressure": 3.0}, "failed", 1 - _density(3.0))
+    steering.observe("hyperflows", {"pressure": 5.0}, "ok", None)  # no measured sparsity: no point either
+    assert [[g for g, _ in pts] for pts in steering.points.values()] == [[0.01, 0.1, 1.0]]
     assert not steering.fits and steering.propose() is None
+    steering.observe("hyperflows", {"pressure": 3.0}, "ok", 1 - _density(3.0))  # the fourth real point does fit
+    assert steering.fits
 
 
 def test_steering_is_off_without_a_target_or_pressure_method():
