@@ -264,8 +264,7 @@ def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextl
     parent_id = study.user_attrs.get("parent_run_id")
     if parent_id is None:
         params = {**flat_params(cfg.model_dump(mode="json")), "run_path": str(cfg.run_path), "sampler": cfg.sampler.name}
-        parent_id = recorder.start_parent(None, cfg.name, params)
-        opened.append(parent_id)
+        parent_id = recorder.start_parent(None, cfg.name, params, opened)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
         study.set_user_attr("parent_run_id", parent_id)

@@ -72,8 +72,10 @@ class Recorder:
         if exp is not None and artifact_location and exp.artifact_location != artifact_location:
             raise RecordError(_moved(tracking_uri, exp.artifact_location, artifact_location))
 
-    def start_parent(self, run_id: str | None, name: str, params: dict[str, str]) -> str:
-        """Open (or reopen, when resuming) the parent run of a search; returns its id."""
+    def start_parent(self, run_id: str | None, name: str, params: dict[str, str], opened: list[str] | None = None) -> str:
+        """Open (or reopen, when resuming) the parent run of a search; returns its id. A new
+        run's id is appended to ``opened`` before its params are written, so a signal that
+        lands while they are can still close the run."""
         if run_id:
             try:
                 self.client.update_run(run_id, status="RUNNING")
@@ -85,6 +87,8 @@ class Recorder:
                 ) from None
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={"prunesearch.role": "search"})
+        if opened is not None:
+            opened.append(run.info.run_id)
         items = [Param(k, _fit(v)) for k, v in params.items()]
         for i in range(0, len(items), _BATCH_PARAMS):
             self.client.log_batch(run.info.run_id, params=items[i : i + _BATCH_PARAMS])
