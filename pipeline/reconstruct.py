@@ -176,26 +176,27 @@ def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, calls: int, wa
 
 
 def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """im2col rows of ``layer``'s input: (M, G, d) with d = in/G * kh * kw, bias column included."""
+    """im2col of ``layer``'s input as (G, B, d, L): B images, d = in/G * kh * kw (plus a
+    bias row of ones), L positions. A linear layer's input is one image of L rows."""
     if isinstance(layer, nn.Linear):
-        cols = x.reshape(-1, x.shape[-1])[:, None, :]
+        u = x.reshape(-1, x.shape[-1]).t()[None, None]
     else:
         u = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-        cols = u.transpose(1, 2).reshape(-1, layer.groups, u.shape[1] // layer.groups)
-    cols = cols.double()
+        u = u.view(u.shape[0], layer.groups, -1, u.shape[-1]).transpose(0, 1)
     if layer.bias is not None:
-        cols = torch.cat([cols, cols.new_ones(*cols.shape[:2], 1)], dim=2)
-    return cols
+        u = torch.cat([u, u.new_ones(*u.shape[:2], 1, u.shape[-1])], dim=2)
+    return u
 
 
 def _targets(out: torch.Tensor, groups: int, out_idx: torch.Tensor | None) -> torch.Tensor:
-    """The dense layer's output as (M, G, out/G) rows, at the kept output channels."""
-    if out.ndim == 4:
-        out = out.permute(0, 2, 3, 1)
-    y = out.reshape(-1, out.shape[-1])
+    """The dense layer's output as (G, B, o, L), at the kept output channels."""
+    if out.ndim == 2:
+        out = out.t()[None]
+    else:
+        out = out.reshape(out.shape[0], out.shape[1], -1)
     if out_idx is not None:
-        y = y[:, out_idx.to(y.device)]
-    return y.double().reshape(y.shape[0], groups, -1)
+        out = out[:, out_idx.to(out.device)]
+    return out.view(out.shape[0], groups, -1, out.shape[-1]).transpose(0, 1)
 
 
 def _accumulate(pruned, dense, layer, dlayer, out_idx, calls, images, batch_size):
@@ -208,11 +209,14 @@ def _accumulate(pruned, dense, layer, dlayer, out_idx, calls, images, batch_size
         ins = _capture(pruned, layer, xb, calls, want_input=True)
         outs = _capture(dense, dlayer, xb, calls, want_input=False)
         for x, y in zip(ins, outs):
-            cols, ys = _columns(layer, x), _targets(y, groups, out_idx)
-            a = torch.einsum("mgi,mgj->gij", cols, cols)
-            b = torch.einsum("mgi,mgj->gij", cols, ys)
+            u, t = _columns(layer, x), _targets(y, groups, out_idx)
+            u = u.permute(0, 2, 1, 3).reshape(u.shape[0], u.shape[2], -1)  # (G, d, B*L)
+            t = t.permute(0, 2, 1, 3).reshape(t.shape[0], t.shape[2], -1)
+            # per-batch products in float32 (BLAS speed), summed over batches in float64
+            a = torch.bmm(u, u.transpose(1, 2)).double()
+            b = torch.bmm(u, t.transpose(1, 2)).double()
             xtx, xty = (a, b) if xtx is None else (xtx + a, xty + b)
-            yy += float(ys.square().sum())
+            yy += float(t.double().square().sum())
     return xtx, xty, yy
 
 
@@ -254,18 +258,24 @@ def _solve(xtx, xty, ridge: float, mask, has_bias: bool) -> torch.Tensor:
     if mask is None:
         return _spd_solve(a, xty).transpose(1, 2)
     g, o, d = mask.shape
-    out = torch.empty(g, o, d, dtype=torch.float64, device=xtx.device)
-    chunk = max(1, _CHUNK_BYTES // (d * d * 8))
-    rows = [(gi, r) for gi in range(g) for r in range(o)]
-    eye = torch.eye(d, dtype=torch.float64, device=xtx.device)
-    for s in range(0, len(rows), chunk):
-        gi = torch.tensor([p[0] for p in rows[s : s + chunk]], device=xtx.device)
-        ri = torch.tensor([p[1] for p in rows[s : s + chunk]], device=xtx.device)
-        m = mask[gi, ri].double()  # (k, d)
-        # kept block of A, identity on masked-out coordinates: the solution is 0 there
-        sub = a[gi] * m[:, :, None] * m[:, None, :] + eye * (1 - m)[:, None, :]
-        rhs = xty[gi, :, ri] * m
-        out[gi, ri] = _spd_solve(sub, rhs[:, :, None])[:, :, 0] * m
+    out = torch.zeros(g, o, d, dtype=torch.float64, device=xtx.device)
+    flat = mask.reshape(g * o, d)
+    kept = flat.sum(dim=1)
+    order = torch.argsort(kept, descending=True).tolist()  # similar sizes share a padded batch
+    s = 0
+    while s < len(order):
+        k = max(int(kept[order[s]]), 1)
+        rows = torch.tensor(order[s : s + max(1, _CHUNK_BYTES // (k * k * 8))], device=xtx.device)
+        s += len(rows)
+        gi, ri = rows // o, rows % o
+        # the kept coordinates of each row, padded to k with coordinate 0 (masked out by v)
+        idx = torch.sort(flat[rows].to(torch.int8), dim=1, descending=True, stable=True).indices[:, :k]
+        v = torch.gather(flat[rows], 1, idx).double()
+        sub = a[gi[:, None, None], idx[:, :, None], idx[:, None, :]] * v[:, :, None] * v[:, None, :]
+        sub = sub + torch.diag_embed(1 - v)  # padding solves to 0
+        rhs = xty[gi[:, None], idx, ri[:, None]] * v
+        sol = _spd_solve(sub, rhs[:, :, None])[:, :, 0] * v
+        out[gi[:, None], ri[:, None], idx] = sol
     return out
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pipeline.data import DataConfig
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
-from pipeline.spec import Frozen, Granularity, RecalSpec, Scope
+from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
 
 
 class ConfigError(ValueError):
@@ -53,6 +53,9 @@ class SpaceConfig(Frozen):
         prune_stem, prune_head: whether the first conv / the classifier are pruned.
         target_sparsity: for methods whose sparsity is an outcome (hyperflows): the
             sparsity the user wants; the fitted power law places pressure there.
+        reconstruct: reconstruction modes to choose from (Optuna parameter
+            ``reconstruct``): ``none`` and/or ``lsq`` (refit kept weights on calibration
+            images; settings in the config's ``reconstruction:`` section).
     """
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
@@ -160,6 +163,7 @@ class SearchConfig(Frozen):
     base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     recalibration: RecalSpec = Field(default_factory=RecalSpec)
+    reconstruction: ReconSettings = Field(default_factory=ReconSettings)
     finetune_steps: int = Field(0, ge=0)
     finetune_lr: float = Field(0.01, gt=0)  # SGD learning rate of that fine-tuning
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
@@ -186,6 +190,11 @@ class SearchConfig(Frozen):
         if self.recalibration.images > self.data.calib_size:
             raise ValueError(
                 f"recalibration.images: {self.recalibration.images} calibration images requested but "
+                f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
+            )
+        if "lsq" in self.space.reconstruct and self.reconstruction.images > self.data.calib_size:
+            raise ValueError(
+                f"reconstruction.images: {self.reconstruction.images} calibration images requested but "
                 f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
             )
         return self
