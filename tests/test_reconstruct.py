@@ -242,3 +242,24 @@ def test_a_search_records_reconstructed_candidates_and_export_reproduces_them(tm
     top = max(rows, key=lambda r: r["accuracy"])
     exported = export(out.tracking_uri, top["run_id"], tmp_path / "exp" / "best.pt")
     assert exported.rebuilt_accuracy == pytest.approx(top["accuracy"], abs=1e-9)
+
+
+def test_a_model_fx_cannot_trace_is_walked_with_hooks_to_the_same_weights(digits_model, ctx, digits):
+    import copy
+
+    from pipeline.models.digits import DigitsCNN
+
+    class Untraceable(DigitsCNN):
+        def forward(self, x):
+            if x.sum() > -1e30:  # data-dependent control flow: torch.fx cannot trace it
+                return super().forward(x)
+            return x
+
+    odd = Untraceable()
+    odd.load_state_dict(digits_model.state_dict())
+    plan = plan_candidate(digits_model, ctx, CandidateSpec(target_sparsity=0.8))
+    by_graph, r_graph = reconstruct(digits_model, apply_plan(digits_model, plan), digits.calib.x, LSQ, plan)
+    by_hooks, r_hooks = reconstruct(copy.deepcopy(odd), apply_plan(odd, plan), digits.calib.x, LSQ, plan)
+    assert (r_graph.walk, r_hooks.walk) == ("graph", "hooks") and r_graph.layers == r_hooks.layers
+    for k, v in by_graph.items():
+        assert torch.allclose(v, by_hooks[k], atol=1e-5, rtol=1e-4), k
