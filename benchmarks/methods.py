@@ -96,8 +96,11 @@ class BenchConfig:
     # reconstruction (pipeline.reconstruct): its setting is chosen on validation at the probes
     # (global magnitude at 90 %, layerwise L1 channels at 2x), then every method below runs
     # with it at the target points
-    recon_grid: tuple[ReconSpec, ...] = tuple(
-        ReconSpec(mode="lsq", images=i, ridge=r, layers=l) for i in (512, 1024) for r in (1e-3, 1e-2) for l in ("pruned", "all")
+    recon_grid: tuple[ReconSpec, ...] = (
+        ReconSpec(mode="lsq", images=512, ridge=1e-3, layers="pruned"),
+        ReconSpec(mode="lsq", images=512, ridge=1e-3, layers="all"),
+        ReconSpec(mode="lsq", images=1024, ridge=1e-3, layers="all"),
+        ReconSpec(mode="lsq", images=512, ridge=1e-2, layers="all"),
     )
     recon_probe_unstructured: float = 0.9
     recon_probe_channel: float = 2.0
