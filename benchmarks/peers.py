@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--no-reconstruct", action="store_true", help="prunesearch's space without reconstruction (space.reconstruct [none])")
     ap.add_argument("--recon-images", type=int, default=512, help="reconstruction.images of prunesearch's searches")
     ap.add_argument("--recon-ridge", type=float, default=1e-3, help="reconstruction.ridge of prunesearch's searches")
-    ap.add_argument("--recon-layers", default="pruned", choices=["pruned", "all"], help="reconstruction.layers")
+    ap.add_argument("--recon-layers", default="all", choices=["pruned", "all"], help="reconstruction.layers")
     ap.add_argument("--out", type=Path, default=None,
                     help="folder for peers.json / peers.md (default: benchmarks/results; with --quick a temporary folder, "
                          "so a smoke run never overwrites the measured results)")

@@ -15,7 +15,7 @@ from pipeline.plan import PrunePlan
 from pipeline.reconstruct import reconstruct
 from pipeline.spec import CandidateSpec, ReconSpec
 
-LSQ = ReconSpec(mode="lsq", images=256, ridge=1e-3, batch_size=64)
+LSQ = ReconSpec(mode="lsq", images=256, ridge=1e-3, batch_size=64, layers="pruned")
 FAST_KNOBS = {"hyperflows": {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}, "ocs": {"epochs": 4, "steps_per_epoch": 5}}
 
 
@@ -83,6 +83,7 @@ def test_all_layers_mode_also_refits_untouched_layers(digits_model, ctx, digits)
     plan = plan_candidate(digits_model, ctx, spec)
     _, report = reconstruct(digits_model, apply_plan(digits_model, plan), digits.calib.x, LSQ.model_copy(update={"layers": "all"}), plan)
     assert report.layers == ["conv1", "conv2", "conv3", "fc"]
+    assert ReconSpec().layers == "all"  # the default: measured better on ResNet-20
 
 
 def test_ridge_shrinks_towards_zero(digits_model, ctx, digits):
@@ -220,7 +221,7 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
         ReconSpec(mode="sgd")
     cfg = parse_config({"space": {"reconstruct": ["none", "lsq"]}, "reconstruction": {"images": 128, "ridge": 0.01}})
     spec = suggest(FixedTrial({"target_sparsity": 0.8, "reconstruct": "lsq"}), cfg)
-    assert spec.reconstruct == ReconSpec(mode="lsq", images=128, ridge=0.01)
+    assert spec.reconstruct == ReconSpec(mode="lsq", images=128, ridge=0.01, layers="all")
     assert spec_params(spec)["reconstruct"] == "lsq" and spec_params(spec)["recon_images"] == "128"
     assert suggest(FixedTrial({"target_sparsity": 0.8, "reconstruct": "none"}), cfg).reconstruct.mode == "none"
     assert CandidateSpec.from_json(spec.to_json()) == spec
