@@ -759,7 +759,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in rows:
         if r["granularity"] == "channel" and r["state"] == "ok" and r["selected"] and r.get("latency"):
             lat, den = r["latency"], r["dense_latency"]
-            k1, k2, k64 = "b1_1thread_ms", f"b1_{th}threads_ms", f"b64_{th}threads_ms"
+            k64 = next((k for k in lat if k.startswith("b64_")), f"b64_{th}threads_ms")  # rows kept from a run with other threads
+            k1, k2 = "b1_1thread_ms", k64.replace("b64_", "b1_")
             lrows.append([
                 r["label"], f"{r['point']}x", f"{r['macs'] / 1e6:.1f}", f"{r['macs_reduction']:.2f}x", f"{r['latency_ms']:.2f}",
                 f"{lat[k1]:.2f} / {den[k1]:.2f} = {den[k1] / lat[k1]:.2f}x",

@@ -67,7 +67,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# benchmarks/search.py would shadow the product's ``search`` package for a script run
+# from this folder: import the product's modules first, then make ``common`` importable
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import search.config, search.driver, search.query  # noqa: E401,E402,F401
+sys.path.insert(0, str(_HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
