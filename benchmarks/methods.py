@@ -856,6 +856,15 @@ def findings(result: dict[str, Any]) -> str:
                 f"keep_better, stem/head {'pruned' if s['prune_stem'] else 'dense'}: mean validation accuracy over the probes "
                 f"{pct(chosen[0]['mean'], 2)} % against {pct(plain[0]['mean'], 2)} % for {plain[0]['recal']['images']} plain images."
             )
+    rec = [r for r in rows if r["state"] == "ok" and (r.get("reconstruct") or {}).get("mode", "none") != "none"]
+    if rec:
+        applied = sum(bool(r["recal_applied"]) for r in rec)
+        for g, c in result.get("chosen_reconstruction", {}).items():
+            lines.append(f"- **Reconstruction, {g}**: chosen {c['images']} images, ridge {c['ridge']:g}, layers {c['layers']} on validation.")
+        lines.append(f"- **Recalibration after reconstruction**: `keep_better` kept the recalibrated statistics for {applied} of {len(rec)} reconstructed "
+                     "candidates (the stored ones scored higher for the others): a refit that reproduces the dense layer outputs restores the activations the stored "
+                     "BatchNorm values describe. Reconstruction seconds (`recon_s`, 1 torch thread on the shared, loaded cores): "
+                     f"{min(r['recon_s'] for r in rec):.0f}-{max(r['recon_s'] for r in rec):.0f} s per candidate.")
     lines.append("")
     lines.append(result.get("notes_md", ""))
     return "\n".join(lines) + "\n"
