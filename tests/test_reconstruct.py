@@ -16,7 +16,6 @@ from pipeline.reconstruct import reconstruct
 from pipeline.spec import CandidateSpec, ReconSpec
 
 LSQ = ReconSpec(mode="lsq", images=256, ridge=1e-3, batch_size=64, layers="pruned")
-FAST_KNOBS = {"hyperflows": {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}, "ocs": {"epochs": 4, "steps_per_epoch": 5}}
 
 
 @torch.no_grad()
@@ -100,7 +99,7 @@ def _tiny_ctx(model: nn.Module, n: int = 48, size: int = 32) -> tuple[PruneConte
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, size, size, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
-    return PruneContext(x, y, x, y, x[:1], 10), x
+    return PruneContext(calib_x=x, calib_y=y, train_x=x, train_y=y, example_input=x[:1], num_classes=10), x
 
 
 def _warm_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -155,7 +154,7 @@ def test_every_method_is_reconstructed_and_rebuilds_from_its_plan(name, evaluato
 
     m = get_method(name)
     gran = "unstructured" if "unstructured" in m.granularities else "channel"
-    spec = CandidateSpec(method=name, granularity=gran, knobs=FAST_KNOBS.get(name, {}), reconstruct=LSQ,
+    spec = CandidateSpec(method=name, granularity=gran, knobs=dict(m.fast_knobs), reconstruct=LSQ,
                          target_sparsity=0.8 if gran == "unstructured" and m.target == "sparsity" else None,
                          target_macs_ratio=0.5 if gran == "channel" else None)
     r = evaluator.evaluate(spec)
