@@ -263,3 +263,14 @@ def test_a_model_fx_cannot_trace_is_walked_with_hooks_to_the_same_weights(digits
     assert (r_graph.walk, r_hooks.walk) == ("graph", "hooks") and r_graph.layers == r_hooks.layers
     for k, v in by_graph.items():
         assert torch.allclose(v, by_hooks[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_the_prune_api_reconstructs_on_request(digits_model, digits):
+    from pipeline.prune import prune
+
+    calib = (digits.calib.x, digits.calib.y)
+    plain, p0 = prune(digits_model, sparsity=0.9, calib=calib, recal_images=0)
+    refit, p1 = prune(digits_model, sparsity=0.9, calib=calib, recal_images=0, reconstruct=True)
+    assert not p0.refit and p1.refit and all(torch.equal(p0.masks[k], p1.masks[k]) for k in p0.masks)
+    acc = [float((m(digits.val.x).argmax(1) == digits.val.y).float().mean()) for m in (plain, refit)]
+    assert acc[1] > acc[0]
