@@ -181,6 +181,7 @@ def main() -> None:
     result["loadavg_at_end"] = loadavg()
     for part in ("unstructured", "structured"):  # plans are bulky: keep them out of the JSON
         for point in result[part]:
+            point.pop("_ee_candidates", None)  # left when fine-tuning (which consumes them) is skipped
             for r in point["tools"].values():
                 r.pop("_plan", None)
     result["structured_spearman_candidates"] = result["finetune"].pop("_candidates", [])
