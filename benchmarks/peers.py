@@ -67,7 +67,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# benchmarks/search.py would shadow the product's ``search`` package for a script run
+# from this folder: import the product's modules first, then make ``common`` importable
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import search.config, search.driver, search.query  # noqa: E401,E402,F401
+sys.path.insert(0, str(_HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -107,6 +112,13 @@ def main() -> None:
     ap.add_argument("--spearman-steps", type=int, default=100, help="fine-tuning steps per candidate of the Spearman measurement")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker and for latency")
     ap.add_argument("--render", action="store_true", help="only re-render peers.md (and the verdict) from an existing peers.json")
+    ap.add_argument("--sparsities", type=float, nargs="*", default=None, help=f"unstructured points (default {SPARSITIES}; none: skip)")
+    ap.add_argument("--macs-ratios", type=float, nargs="*", default=None, help=f"structured MACs ratios (default {MACS_TARGETS}; none: skip)")
+    ap.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning part (and the Spearman measurement)")
+    ap.add_argument("--no-reconstruct", action="store_true", help="prunesearch's space without reconstruction (space.reconstruct [none])")
+    ap.add_argument("--recon-images", type=int, default=512, help="reconstruction.images of prunesearch's searches")
+    ap.add_argument("--recon-ridge", type=float, default=1e-3, help="reconstruction.ridge of prunesearch's searches")
+    ap.add_argument("--recon-layers", default="all", choices=["pruned", "all"], help="reconstruction.layers")
     ap.add_argument("--out", type=Path, default=None,
                     help="folder for peers.json / peers.md (default: benchmarks/results; with --quick a temporary folder, "
                          "so a smoke run never overwrites the measured results)")
@@ -123,8 +135,8 @@ def main() -> None:
         write_text(out_dir / "peers.md", markdown(result))
         print(markdown(result))
         return
-    sparsities = (0.8,) if args.quick else SPARSITIES
-    targets = (0.5,) if args.quick else MACS_TARGETS
+    sparsities = (0.8,) if args.quick else tuple(SPARSITIES if args.sparsities is None else args.sparsities)
+    targets = (0.5,) if args.quick else tuple(MACS_TARGETS if args.macs_ratios is None else args.macs_ratios)
     val_size = 300 if args.quick else VAL
     shared = Path(args.shared).expanduser().resolve()
     t_start = time.perf_counter()
@@ -159,7 +171,7 @@ def main() -> None:
     try:
         result["unstructured"] = part_unstructured(args, shared, runs_root, ev, assets, sparsities, val_size)
         result["structured"] = part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool)
-        result["finetune"] = part_finetune(args, result, pool)
+        result["finetune"] = {} if args.no_finetune else part_finetune(args, result, pool)
     finally:
         pool.shutdown(cancel_futures=True)
         shutil.rmtree(runs_root, ignore_errors=True)
@@ -169,6 +181,7 @@ def main() -> None:
     result["loadavg_at_end"] = loadavg()
     for part in ("unstructured", "structured"):  # plans are bulky: keep them out of the JSON
         for point in result[part]:
+            point.pop("_ee_candidates", None)  # left when fine-tuning (which consumes them) is skipped
             for r in point["tools"].values():
                 r.pop("_plan", None)
     result["structured_spearman_candidates"] = result["finetune"].pop("_candidates", [])
@@ -253,11 +266,12 @@ def _search(args, shared: Path, runs_root: Path, name: str, val_size: int, overr
                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                  "calib_size": CALIB, "val_size": val_size},
         "recalibration": RECAL.model_dump(),
+        "reconstruction": {"images": args.recon_images, "ridge": args.recon_ridge, "layers": args.recon_layers},
         "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(2, args.candidates // 3)},
         "budget": {"trials": args.candidates},
         "actors": {"count": 2, "num_cpus": 1, "threads": args.threads},
         "measure": _measure_cfg().model_dump(),
-        **overrides,
+        **{**overrides, "space": {**overrides["space"], "reconstruct": ["none"] if args.no_reconstruct else ["none", "lsq"]}},
     })
     load0 = loadavg()
     with Timer() as t:
@@ -265,6 +279,13 @@ def _search(args, shared: Path, runs_root: Path, name: str, val_size: int, overr
     rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
     return {"rows": rows, "tracking_uri": outcome.tracking_uri, "wall_s": t.s, "loop_s": outcome.loop_s,
             "evaluated": outcome.evaluated, "failed": outcome.failed, "loadavg_before": load0, "loadavg_after": loadavg()}
+
+
+def _methods(*names: str) -> list[str]:
+    """The named methods that the registry has (the activation-aware ones are newer)."""
+    from pipeline.methods import list_methods
+
+    return [n for n in names if n in list_methods()]
 
 
 def _rebuild_winner(ev, tracking_uri: str, run_id: str) -> tuple[nn.Module, dict[str, float], CandidateSpec, PrunePlan]:
@@ -284,6 +305,8 @@ def _spec_summary(spec: CandidateSpec) -> str:
     parts += [f"{k}={v:.2f}" for k, v in spec.knobs.items()]
     if spec.allocation:
         parts.append("alloc " + "/".join(f"{v:.2f}" for _, v in sorted(spec.allocation.items())))
+    if spec.reconstruct.mode != "none":
+        parts.append(f"+ {spec.reconstruct.mode} reconstruction")
     return " ".join(parts)
 
 
@@ -354,7 +377,7 @@ def part_unstructured(args, shared, runs_root, ev, assets, sparsities, val_size)
         }
         log(f"  torch L1 test {tools['torch_l1']['test_accuracy']:.4f}, + recal {m['test_accuracy']:.4f}")
         log(f"unstructured {t:.0%}: prunesearch search ({args.candidates} candidates); load {loadavg()}")
-        space = {"methods": ["magnitude", "screening"], "granularity": ["unstructured"], "scope": ["global", "layerwise"],
+        space = {"methods": _methods("magnitude", "screening", "activation"), "granularity": ["unstructured"], "scope": ["global", "layerwise"],
                  "sparsity": [t, min(t + 0.01, 0.99)], "knobs": {"screening": {"screening_weight": [0.0, 1.0]}}}
         ps = _prunesearch_point(args, shared, runs_root, ev, f"peers-unstructured-{round(t * 100)}", val_size,
                                 {"space": space, "objective": {"mode": "constrained", "min_sparsity": t}},
@@ -555,7 +578,7 @@ def part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool
         log(f"structured {t:.3f}: prunesearch search ({args.candidates} candidates); load {loadavg()}")
         # scope: layerwise only, the better channel scope on this model (methods benchmark,
         # magnitude at 2x: 54.3 % layerwise, 46.6 % global)
-        space = {"methods": ["magnitude", "screening"], "granularity": ["channel"], "scope": ["layerwise"],
+        space = {"methods": _methods("magnitude", "screening", "activation", "bn_activation"), "granularity": ["channel"], "scope": ["layerwise"],
                  "macs_ratio": [max(t - 0.01, 0.01), t], "prune_stem": False, "prune_head": False,
                  "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]}},
                  "allocation": {"layer1": ALLOC, "layer2": ALLOC, "layer3": ALLOC}}
@@ -859,8 +882,11 @@ def markdown(r: dict[str, Any]) -> str:
               "Torch-Pruning is shown as documented (no recalibration) and with prunesearch's recalibration (+ recal). "
               "EagleEye-style candidates are all adaptive-BN recalibrated.", ""]
 
-    lines += ["## 3. Fine-tuning the winners (same budget), and the EagleEye claim", "",
-              f"{st['finetune']['steps']} SGD steps, batch {st['finetune']['batch']}, lr {st['finetune']['lr']} ({st['finetune']['schedule']}) "
+    lines += ["## 3. Fine-tuning the winners (same budget), and the EagleEye claim", ""]
+    if not r["finetune"]:
+        lines += ["Not run (`--no-finetune`).", ""]
+    else:
+        lines += [f"{st['finetune']['steps']} SGD steps, batch {st['finetune']['batch']}, lr {st['finetune']['lr']} ({st['finetune']['schedule']}) "
               f"on the {st['train_images']} training images, masks kept for unstructured networks; test accuracy before -> after. "
               f"Wall {r['finetune']['wall_s'] / 60:.1f} min on 2 workers (load {r['finetune']['loadavg']}).", ""]
     rows = []

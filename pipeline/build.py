@@ -21,8 +21,9 @@ def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> P
 
 def apply_plan(base: nn.Module, plan: PrunePlan, graph: ChannelGraph | None = None) -> nn.Module:
     """A pruned copy of ``base``: trained weights loaded, channels physically removed,
-    then weights masked. ``base`` is never modified. ``graph``: ``base``'s channel graph
-    (``structure.cached_graph``), so channels are cut without tracing ``base`` again.
+    weights masked, then reconstructed weights (``plan.refit``) loaded. ``base`` is never
+    modified. ``graph``: ``base``'s channel graph (``structure.cached_graph``), so
+    channels are cut without tracing ``base`` again.
     """
     if plan.weights:
         base = copy.deepcopy(base)
@@ -36,4 +37,17 @@ def apply_plan(base: nn.Module, plan: PrunePlan, graph: ChannelGraph | None = No
     else:
         model = copy.deepcopy(base)
     apply_masks(model, plan.masks)
+    if plan.refit:
+        load_refit(model, plan.refit)
+        apply_masks(model, plan.masks)  # refit weights are zero where masked; keep that exact
     return model
+
+
+def load_refit(model: nn.Module, refit: dict) -> None:
+    """Load reconstructed state-dict entries into the pruned ``model`` in place."""
+    state = model.state_dict()
+    for k, v in refit.items():
+        if k not in state or tuple(state[k].shape) != tuple(v.shape):
+            got = tuple(state[k].shape) if k in state else "nothing"
+            raise KeyError(f"plan refits {k!r} with shape {tuple(v.shape)}, the pruned model has {got}")
+        state[k].copy_(v.to(state[k].device, state[k].dtype))

@@ -1,4 +1,4 @@
-"""The evaluator: one long-lived worker that prunes, recalibrates and measures candidates.
+"""The evaluator: one long-lived worker that prunes, reconstructs, recalibrates and measures candidates.
 
 ``Evaluator`` is a plain class (unit-testable without Ray); ``evaluator_actor`` wraps it
 as a Ray actor. Contract:
@@ -13,6 +13,7 @@ as a Ray actor. Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -32,6 +33,7 @@ from pipeline.methods import PruneContext
 from pipeline.models import ModelConfig, load_base
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
+from pipeline.reconstruct import reconstruct
 from pipeline.spec import CandidateResult, CandidateSpec
 from pipeline.structure import cached_graph, check_forward
 from pipeline.train import train_classifier
@@ -91,7 +93,7 @@ class Evaluator:
             self._running = {**self._running, "step": done, "total": total}
 
     def evaluate(self, spec: CandidateSpec) -> CandidateResult:
-        """Prune, recalibrate, (fine-tune,) and measure one candidate."""
+        """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate."""
         self._running = {"spec": spec, "t0": time.monotonic(), "step": 0, "total": 0}
         try:
             return self._evaluate(spec)[0]
@@ -109,7 +111,8 @@ class Evaluator:
         """Replay a recorded candidate from its spec and plan (no method is re-run).
 
         The same code path as ``evaluate``, with the plan given instead of computed:
-        returns the recalibrated network and its fresh measurements. Raises on failure.
+        returns the recalibrated network and its fresh measurements. Reconstruction is
+        not re-run: its weights are in ``plan.refit``. Raises on failure.
         """
         result, model = self._evaluate(spec, plan)
         return model, result
@@ -120,13 +123,16 @@ class Evaluator:
     def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
         m: dict[str, float] = {}
         t0 = time.perf_counter()
-        plan = plan if plan is not None else plan_candidate(self.base, self.ctx, spec)
+        planning = plan is None
+        plan = plan_candidate(self.base, self.ctx, spec) if planning else plan
         graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
         model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
         if plan.channels:
             check_forward(model, self.ctx.example_input, (1, self.ctx.num_classes))
         m["prune_s"] = time.perf_counter() - t0
         m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
+        if planning and spec.reconstruct.mode == "lsq":  # a rebuild finds the refit weights in the plan
+            plan = self._reconstruct(model, plan, spec, m)
 
         t0 = time.perf_counter()
         val = self.splits.val
@@ -172,6 +178,18 @@ class Evaluator:
             diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
         )
         return result, model
+
+    def _reconstruct(self, model: nn.Module, plan: PrunePlan, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
+        """Refit ``model`` in place; the plan returned carries the refit weights."""
+        val = self.splits.val
+        m["accuracy_before_recon"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
+        t0 = time.perf_counter()
+        refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan)
+        m["recon_s"] = time.perf_counter() - t0
+        m["recon_layers"] = float(len(report.layers))
+        m["recon_error_before"] = report.mean(report.error_before)
+        m["recon_error"] = report.mean(report.error_after)
+        return dataclasses.replace(plan, refit=refit)
 
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
         dense_weights = prunable_weights(self.base, spec.prune_stem, spec.prune_head)

@@ -19,7 +19,7 @@ from torch import nn
 
 _SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # "mask", "channels" (kept output channels) or "weight" (trained tensor)
+        ("kind", pa.string()),  # "mask", "channels" (kept output channels), "weight" (trained tensor) or "refit"
         ("name", pa.string()),  # parameter name (mask) or module name (channels)
         ("shape", pa.list_(pa.int64())),
         ("data", pa.binary()),  # np.packbits of the flat mask, int64 indices, or float32 values
@@ -43,12 +43,17 @@ class PrunePlan:
         diagnostics: what the method reports about how it got there (OCS: its stable
             epoch and stability history), plain numbers or lists of numbers; stored as
             JSON in the Parquet metadata, scalars surface as metrics ``<method>_<key>``.
+        refit: state-dict entries of the *pruned* network (shapes after channels are
+            removed) that reconstruction fitted; applied last, over everything else.
+            Non-empty means the candidate is reconstructed: a rebuild loads them and
+            never re-runs reconstruction.
     """
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     channels: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     diagnostics: dict[str, float | list[float]] = field(default_factory=dict)
+    refit: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def scalar_diagnostics(self, prefix: str) -> dict[str, float]:
         """The scalar ``diagnostics`` as metrics named ``prefix + key``."""
@@ -62,6 +67,9 @@ class PrunePlan:
         for name, w in sorted(self.weights.items()):
             arr = w.detach().to(torch.float32).cpu().numpy()
             _append(rows, "weight", name, list(arr.shape), arr.tobytes())
+        for name, w in sorted(self.refit.items()):
+            arr = w.detach().to(torch.float32).cpu().numpy()
+            _append(rows, "refit", name, list(arr.shape), arr.tobytes())
         for name, mask in sorted(self.masks.items()):
             bits = np.packbits(mask.cpu().numpy().astype(bool).ravel())
             _append(rows, "mask", name, list(mask.shape), bits.tobytes())
@@ -81,15 +89,15 @@ class PrunePlan:
             if row["kind"] == "channels":
                 arr = np.frombuffer(row["data"], dtype=np.int64).copy()
                 plan.channels[row["name"]] = torch.from_numpy(arr)
-            elif row["kind"] == "weight":
+            elif row["kind"] in ("weight", "refit"):
                 arr = np.frombuffer(row["data"], dtype=np.float32).copy().reshape(shape)
-                plan.weights[row["name"]] = torch.from_numpy(arr)
+                (plan.weights if row["kind"] == "weight" else plan.refit)[row["name"]] = torch.from_numpy(arr)
             elif row["kind"] == "mask":
                 n = int(np.prod(shape))
                 bits = np.unpackbits(np.frombuffer(row["data"], dtype=np.uint8))[:n]
                 plan.masks[row["name"]] = torch.from_numpy(bits.astype(bool)).reshape(shape)
             else:
-                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels' or 'weight'")
+                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels', 'weight' or 'refit'")
         return plan
 
 

@@ -2,11 +2,13 @@
 
 ``prune(model, method="magnitude", sparsity=0.8, calib=(x, y))`` runs the same code
 path as a search candidate (``pipeline.build``): the method's plan, channels removed,
-masks applied, BatchNorm statistics recalibrated on the calibration images.
+masks applied, (the kept weights refit, with ``reconstruct=True``,) BatchNorm
+statistics recalibrated on the calibration images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping
 
 import torch
@@ -16,7 +18,8 @@ from pipeline.build import apply_plan, plan_candidate
 from pipeline.methods import PruneContext, get_method
 from pipeline.plan import PrunePlan
 from pipeline.recalibrate import recalibrate
-from pipeline.spec import CandidateSpec, Granularity, RecalSpec, Scope
+from pipeline.reconstruct import reconstruct as run_reconstruction
+from pipeline.spec import CandidateSpec, Granularity, RecalSpec, ReconSpec, Scope
 
 Data = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 
@@ -34,6 +37,7 @@ def prune(
     allocation: Mapping[str, float] | None = None,
     train: Data | None = None,
     recal_images: int = 256,
+    reconstruct: bool = False,
     prune_stem: bool = True,
     prune_head: bool = True,
     seed: int = 0,
@@ -54,6 +58,8 @@ def prune(
             the calibration data by default.
         recal_images: calibration images used to recompute BatchNorm statistics (0: keep
             the stored ones).
+        reconstruct: refit the kept weights on the calibration images first
+            (``pipeline.reconstruct``, default settings); the plan then carries them.
 
     Raises:
         ValueError: no or two targets, missing data or labels, or a method that does not
@@ -77,6 +83,7 @@ def prune(
         prune_stem=prune_stem,
         prune_head=prune_head,
         recal=RecalSpec(images=min(recal_images, len(cx))),
+        reconstruct=ReconSpec(mode="lsq" if reconstruct else "none", images=min(ReconSpec().images, len(cx))),
         seed=seed,
     )
     model = model.eval()
@@ -90,6 +97,9 @@ def prune(
     ctx = PruneContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
     plan = plan_candidate(model, ctx, spec)
     pruned = apply_plan(model, plan)
+    if spec.reconstruct.mode == "lsq":
+        refit, _ = run_reconstruction(model, pruned, cx[: spec.reconstruct.images], spec.reconstruct, plan)
+        plan = dataclasses.replace(plan, refit=refit)
     recalibrate(pruned, cx, spec.recal, seed=seed)
     return pruned.eval(), plan
 

@@ -19,7 +19,7 @@ from pipeline.errors import InputError, excerpt
 from pipeline.measure import MeasureConfig
 from pipeline.methods import get_method
 from pipeline.models import ModelConfig
-from pipeline.spec import Frozen, Granularity, RecalSpec, Scope
+from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
 
 
 class ConfigError(InputError):
@@ -63,6 +63,9 @@ class SpaceConfig(Frozen):
         prune_stem, prune_head: whether the first conv / the classifier are pruned.
         target_sparsity: for methods whose sparsity is an outcome (hyperflows): the
             sparsity the user wants; the fitted power law places pressure there.
+        reconstruct: reconstruction modes to choose from (Optuna parameter
+            ``reconstruct``): ``none`` and/or ``lsq`` (refit kept weights on calibration
+            images; settings in the config's ``reconstruction:`` section).
     """
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
@@ -205,6 +208,7 @@ class SearchConfig(Frozen):
     base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     recalibration: RecalSpec = Field(default_factory=RecalSpec)
+    reconstruction: ReconSettings = Field(default_factory=ReconSettings)
     finetune_steps: int = Field(0, ge=0)
     finetune_lr: float = Field(0.01, gt=0)  # SGD learning rate of that fine-tuning
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
@@ -245,6 +249,11 @@ class SearchConfig(Frozen):
         if self.recalibration.images > self.data.calib_size:
             raise ValueError(
                 f"recalibration.images: {self.recalibration.images} calibration images requested but "
+                f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
+            )
+        if "lsq" in self.space.reconstruct and self.reconstruction.images > self.data.calib_size:
+            raise ValueError(
+                f"reconstruction.images: {self.reconstruction.images} calibration images requested but "
                 f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
             )
         return self

@@ -78,6 +78,7 @@ def _row(run: Any) -> dict[str, Any]:
         "method": p.get("method", ""),
         "granularity": p.get("granularity", ""),
         "scope": p.get("scope", ""),
+        "reconstruct": p.get("reconstruct", "none"),
         "node": t.get("node", ""),
         "error": t.get("error", ""),
         "knobs": {k.removeprefix("knob."): float(v) for k, v in p.items() if k.startswith("knob.")},

@@ -6,9 +6,9 @@ the two is repaired on resume from the record alone. Records are never rewritten
 
 Child runs carry:
 - params: the spec flattened (``method``, ``granularity``, ``target_sparsity``, knobs
-  as ``knob.NAME``, ``recal_images``, ...) and the full ``spec`` JSON;
+  as ``knob.NAME``, ``reconstruct``, ``recal_images``, ...) and the full ``spec`` JSON;
 - metrics: accuracy, accuracy_before_recal, sparsity, macs, macs_dense, params,
-  latency_ms, prune_s, recal_s, eval_s, ... (numbers users sort on);
+  latency_ms, prune_s, recon_s, recal_s, eval_s, ... (numbers users sort on);
 - metrics added by the driver: ``feasible`` (1 or 0: meets the objective's constraints);
 - tags: ``mlflow.parentRunId``, ``trial_number``, ``state``, ``error``, ``node``, and
   ``baseline`` = "1" / ``steered`` for trials not chosen by the sampler;
@@ -230,6 +230,7 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "scope": spec.scope,
         "target_sparsity": "" if spec.target_sparsity is None else f"{spec.target_sparsity:.6g}",
         "target_macs_ratio": "" if spec.target_macs_ratio is None else f"{spec.target_macs_ratio:.6g}",
+        "reconstruct": spec.reconstruct.mode,
         "recal_images": str(spec.recal.images),
         "recal_mode": spec.recal.mode,
         "recal_augment": str(spec.recal.augment),
@@ -239,6 +240,9 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "seed": str(spec.seed),
         "spec": spec.to_json(),
     }
+    if spec.reconstruct.mode != "none":
+        p.update({"recon_images": str(spec.reconstruct.images), "recon_ridge": f"{spec.reconstruct.ridge:.6g}",
+                  "recon_layers": spec.reconstruct.layers})
     p.update({f"knob.{k}": f"{v:.6g}" for k, v in spec.knobs.items()})
     p.update({f"alloc.{k}": f"{v:.6g}" for k, v in spec.allocation.items()})
     return p

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipeline.methods import Knob, get_method
-from pipeline.spec import CandidateSpec
+from pipeline.spec import CandidateSpec, ReconSpec
 
 from search.config import ConfigError
 
@@ -47,6 +47,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
     if method.allocates and space.allocation and trial.suggest_categorical("allocate", [True, False]):
         allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
+    reconstruct = ReconSpec(mode=_categorical(trial, "reconstruct", space.reconstruct), **cfg.reconstruction.model_dump())
     return CandidateSpec(
         method=method_name,
         granularity=gran,
@@ -57,6 +58,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         allocation=allocation,
         prune_stem=space.prune_stem,
         prune_head=space.prune_head,
+        reconstruct=reconstruct,
         recal=cfg.recalibration,
         finetune_steps=cfg.finetune_steps,
         finetune_lr=cfg.finetune_lr,
