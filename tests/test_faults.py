@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
-from cli_process import CliProcess, sigkill_group
+from cli_process import ROOT, CliProcess, sigkill_group
 from conftest import candidate_runs
 from search.config import load_config
 from search.driver import actor_prefix, run_search
@@ -95,12 +98,6 @@ def test_actor_killed_mid_search_loses_no_candidate(tmp_path, ray_local):
     assert retried and all("lost" in r.data.tags["info.lost"].lower() or "actor" in r.data.tags["info.lost"].lower() for r in retried)
 
 
-def _cli(cfg_path: Path, ray_tmp: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", "run", str(cfg_path), "--quiet"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.mark.slow
 def test_a_run_folder_has_one_driver(tmp_path):
     """Two drivers started at the same instant on a fresh folder, then a third mid-search:
@@ -109,28 +106,21 @@ def test_a_run_folder_has_one_driver(tmp_path):
     budget = 10
     cfg_path = _write_cfg(tmp_path, budget)
     cfg = load_config(cfg_path)
-    ray_tmp = tempfile.mkdtemp(prefix="psl", dir="/tmp")
-    procs = [_cli(cfg_path, ray_tmp), _cli(cfg_path, ray_tmp)]
-    try:
+    args = ("run", str(cfg_path), "--quiet")
+    with CliProcess(*args) as first, CliProcess(*args) as second:
         deadline = time.monotonic() + 60
-        while all(p.poll() is None for p in procs):
+        while first.proc.poll() is None and second.proc.poll() is None:
             assert time.monotonic() < deadline, "neither driver was refused"
             time.sleep(0.1)
-        loser = next(p for p in procs if p.poll() is not None)
-        winner = next(p for p in procs if p is not loser)
-        err = loser.stderr.read().decode()
-        assert loser.returncode == 2 and f"search faults is running in {cfg.run_path} (pid {winner.pid})" in err, err
+        loser, winner = (first, second) if first.proc.poll() is not None else (second, first)
+        err = loser.err()
+        assert loser.proc.returncode == 2 and f"search faults is running in {cfg.run_path} (pid {winner.proc.pid})" in err, err
         assert "Traceback" not in err
-        deadline = time.monotonic() + 400
-        while len(_records(cfg)) < 1:
-            assert winner.poll() is None and time.monotonic() < deadline, winner.stderr.read().decode()[-2000:]
-            time.sleep(0.2)
-        late = _cli(cfg_path, ray_tmp)  # mid-search: it must not repair the first driver's trials
-        assert late.wait(timeout=60) == 2 and f"(pid {winner.pid})" in late.stderr.read().decode()
-        assert winner.wait(timeout=300) == 0, winner.stderr.read().decode()[-2000:]
-    finally:
-        for p in procs:
-            _kill_tree(p.pid, ray_tmp)
+        winner.wait_until(lambda: len(_records(cfg)) >= 1, 400, "a recorded candidate")
+        with CliProcess(*args) as late:  # mid-search: it must not repair the first driver's trials
+            assert late.proc.wait(timeout=60) == 2 and f"(pid {winner.proc.pid})" in late.err()
+        winner.track()
+        assert winner.proc.wait(timeout=300) == 0, winner.err()[-2000:]
     runs = _records(cfg)
     _assert_each_trial_once(runs, budget)
     assert len(runs) == budget
@@ -177,21 +167,14 @@ def test_nothing_of_a_local_ray_outlives_a_killed_driver(tmp_path):
 
     cfg_path = _write_cfg(tmp_path, 30, name="orphans")
     cfg = load_config(cfg_path)
-    ray_tmp = tempfile.mkdtemp(prefix="pso", dir="/tmp")
-    proc = _cli(cfg_path, ray_tmp)
-    try:
-        deadline = time.monotonic() + 400
-        while len(_records(cfg)) < 1:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.2)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        assert any("raylet" in " ".join(p.cmdline()) for p in tree)
-        proc.kill()  # the driver alone, as the OOM killer would
-        proc.wait(timeout=30)
+    with CliProcess("run", str(cfg_path), "--quiet") as proc:
+        proc.wait_until(lambda: len(_records(cfg)) >= 1, 400, "a recorded candidate")
+        tree = list(proc.tracked.values())
+        assert any("raylet" in " ".join(p.cmdline()) for p in tree if _running(p))
+        proc.proc.kill()  # the driver alone, as the OOM killer would
+        proc.proc.wait(timeout=30)
         _, alive = psutil.wait_procs(tree, timeout=15)
         assert [p for p in alive if _running(p)] == [], [" ".join(p.cmdline())[:120] for p in alive if _running(p)]
-    finally:
-        _kill_tree(proc.pid, ray_tmp)
 
 
 def _running(p) -> bool:

@@ -26,6 +26,7 @@ from conftest import candidate_runs, search_config
 from search.cli import main
 from search.config import load_config, parse_config
 from search.driver import run_search
+from search.records import RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 
