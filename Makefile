@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-fast bench mutate clean
+.PHONY: demo test test-fast lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)            ## the main job on the embedded default (digits, local Ray, files in ./runs)
 	$(VENV)/bin/prunesearch demo
 
-test: $(STAMP)            ## the whole test suite
+test: lint               ## lint, then the whole test suite
 	$(PY) -m pytest -q --durations=10
+
+lint: $(STAMP)            ## ruff lint (rules in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 	$(PY) -m pytest -q -m "not slow"
@@ -24,7 +27,7 @@ test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmarks/results/
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/methods.py      # about 10 min on 2 cores
-	$(PY) benchmarks/search.py       # about 45 min; reads methods.json for its comparison
+	$(PY) benchmarks/search_bench.py       # about 45 min; reads methods.json for its comparison
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/peers.py        # about 1 hour
 

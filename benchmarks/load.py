@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-# The repository first on sys.path: this folder's search.py would shadow the search package.
+# The repository first on sys.path, so the product packages import from a script run.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).resolve().parent / "results"

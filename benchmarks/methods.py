@@ -36,9 +36,6 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Timer, log, md_table, pct  # noqa: E402
-
 from pipeline import measure, structure  # noqa: E402
 from pipeline.build import apply_plan, plan_candidate  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
@@ -50,6 +47,9 @@ from pipeline.methods.ocs import BATCH as OCS_BATCH  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
 from pipeline.recalibrate import recalibrate  # noqa: E402
 from pipeline.spec import CandidateResult, CandidateSpec, RecalSpec, ReconSpec  # noqa: E402
+
+import common  # noqa: E402
+from common import Timer, log, md_table, pct  # noqa: E402
 
 # The targets (issue 11): test top-1, no fine-tuning; "now" is the previous run's best.
 TARGETS = [

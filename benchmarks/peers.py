@@ -71,23 +71,35 @@ from typing import Any
 # from this folder: import the product's modules first, then make ``common`` importable
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-import search.config, search.driver, search.query  # noqa: E401,E402,F401
+import search.config  # noqa: E401,E402,F401
+
 sys.path.insert(0, str(_HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from common import (  # noqa: E402
-    RESULTS_DIR, Timer, add_shared_arg, load_resnet20_cifar, loadavg, log, machine_info, make_evaluator, md_table,
-    pct, write_json, write_text,
-)
 from pipeline import measure  # noqa: E402
 from pipeline.build import apply_plan  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.methods.magnitude import filter_norms  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
 from pipeline.spec import CandidateSpec, RecalSpec  # noqa: E402
+
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    Timer,
+    add_shared_arg,
+    load_resnet20_cifar,
+    loadavg,
+    log,
+    machine_info,
+    make_evaluator,
+    md_table,
+    pct,
+    write_json,
+    write_text,
+)
 
 CALIB, VAL = 512, 1000
 # prunesearch's recalibration for every tool that gets one (the project's ResNet-20 config):
@@ -497,7 +509,7 @@ def eagleeye_plans(graph, scores: dict[str, torch.Tensor], target: float, n: int
     while len(plans) < n:
         u = {g: float(rng.uniform(0.0, 1.0)) for g in sizes}
 
-        def removed(f: float) -> dict[str, int]:
+        def removed(f: float, u: dict[str, float] = u) -> dict[str, int]:
             return {g: min(int(round(f * u[g] * s)), caps[g]) for g, s in sizes.items()}
 
         def macs(f: float) -> int:
@@ -890,7 +902,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"on the {st['train_images']} training images, masks kept for unstructured networks; test accuracy before -> after. "
               f"Wall {r['finetune']['wall_s'] / 60:.1f} min on 2 workers (load {r['finetune']['loadavg']}).", ""]
     rows = []
-    for part, label in (("unstructured", "sparsity"), ("structured", "MACs")):
+    for part in ("unstructured", "structured"):
         for p in r[part]:
             pt = f"{p['target_sparsity']:.0%} sparsity" if part == "unstructured" else f"{1 / p['target_macs_ratio']:.1f}x fewer MACs"
             for key, x in p["tools"].items():

@@ -281,7 +281,6 @@ def _cifar100(cfg: DataConfig):
 
 def _image_folder(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
-
     from PIL import UnidentifiedImageError
 
     try:

@@ -200,8 +200,8 @@ def _run(node: fx.Node, model: nn.Module, env: dict, batches: list[torch.Tensor]
         return [value] * len(batches)
     out = []
     for b in range(len(batches)):
-        args = fx.node.map_arg(node.args, lambda a: env[a][b])
-        kwargs = fx.node.map_arg(node.kwargs, lambda a: env[a][b])
+        args = fx.node.map_arg(node.args, lambda a, b=b: env[a][b])
+        kwargs = fx.node.map_arg(node.kwargs, lambda a, b=b: env[a][b])
         if node.op == "call_module":
             out.append(model.get_submodule(node.target)(*args, **kwargs))
         elif node.op == "call_function":

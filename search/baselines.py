@@ -25,7 +25,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from pipeline.methods import Knob, get_method
-
 from search.space import searched_knobs
 
 if TYPE_CHECKING:

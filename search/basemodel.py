@@ -10,7 +10,6 @@ import torch
 from pipeline.data import Splits
 from pipeline.models import build_model, load_base
 from pipeline.train import train_classifier
-
 from search.config import ConfigError, SearchConfig
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from optuna.trial import TrialState
 
 from pipeline.data import load_data
 from pipeline.errors import InputError
-
 from search.basemodel import base_state
 from search.config import SearchConfig
 from search.lock import RunFolderLock, StudyHeartbeat
@@ -31,11 +30,11 @@ from search.mlmodel import log_front_models
 from search.pool import EvaluatorPool
 from search.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.progress import STATUS_EVERY_S, Progress
+from search.query import candidate_rows
 from search.reaper import reap_with
 from search.records import Recorder, flat_params
 from search.report import finish_report
 from search.resume import check_resume, record_config
-from search.query import candidate_rows
 from search.space import suggest
 from search.steering import PressureSteering
 from search.study import derived_metrics, open_study, recorded_trials, repair, tell, trial_tags

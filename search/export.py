@@ -28,7 +28,6 @@ from pipeline.data import preprocessing
 from pipeline.models import ModelConfig, load_base
 from pipeline.preprocess import Preprocessing
 from pipeline.structure import shrink
-
 from search.rebuild import ExportError, Rebuilt, rebuild, refuse_imports
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from pipeline.preprocess import Preprocessing
-
 from search.export import quiet_loggers
 
 ARTIFACT = "model"

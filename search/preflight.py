@@ -11,7 +11,6 @@ from pipeline.measure import NumericsError, accuracy, macs
 from pipeline.methods import PruneContext, get_method
 from pipeline.models import build_model, load_base
 from pipeline.spec import CandidateSpec
-
 from search.config import ConfigError, SearchConfig
 
 

@@ -24,7 +24,6 @@ from pipeline.evaluator import Evaluator
 from pipeline.models import ModelConfig
 from pipeline.plan import PrunePlan
 from pipeline.spec import CandidateSpec
-
 from search.basemodel import base_state
 from search.config import SearchConfig
 from search.records import PARENT_TAG

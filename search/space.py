@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from pipeline.methods import Knob, get_method
 from pipeline.spec import CandidateSpec, ReconSpec
-
 from search.config import ConfigError
 
 if TYPE_CHECKING:

@@ -29,7 +29,6 @@ from typing import Any
 
 from pipeline.methods import get_method
 from pipeline.spec import CandidateResult
-
 from search import powerlaw
 from search.config import SearchConfig
 from search.space import searched_knobs

@@ -14,7 +14,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from pipeline.errors import InputError, excerpt
-
 from search.baselines import BASELINE_ATTR, enqueue_baselines
 from search.config import ConfigError, SearchConfig
 

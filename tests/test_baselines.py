@@ -99,10 +99,10 @@ def test_a_new_study_starts_with_the_baselines_and_a_resumed_one_does_not_enqueu
 
 @pytest.mark.slow
 def test_a_constrained_search_starts_from_its_baselines_and_reports_only_feasible_candidates(tmp_path, ray_local):
-    from conftest import candidate_runs, search_config
-
     from search.driver import run_search
     from search.query import best
+
+    from conftest import candidate_runs, search_config
 
     space = {"methods": ["magnitude", "random"], "sparsity": [0.5, 0.98]}
     over = {"space": space, "objective": {"mode": "constrained", "min_sparsity": 0.96}}

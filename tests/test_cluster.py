@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from search.config import load_config
-from search.submit import EXCLUDES, STAGED_DIR, SubmitError, check_config, exit_code, follow_job, prepare
+from search.submit import STAGED_DIR, SubmitError, check_config, exit_code, follow_job, prepare
+
 from cluster_fixtures import BIN, ROOT, LocalCluster, MlflowServer, ray_env, short_tempdir
 
 CLUSTER_YAML = ROOT / "cluster.yaml"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import io
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.evaluator import Evaluator

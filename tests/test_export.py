@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_search_logs_its_pareto_front_as_mlflow_models(digits_search):
             if rid in front:
                 assert mlflow.pytorch.load_model(f"runs:/{rid}/model")(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
             else:
-                with pytest.raises(Exception):
+                with pytest.raises(MlflowException):
                     mlflow.pytorch.load_model(f"runs:/{rid}/model")
     finally:
         mlflow.set_tracking_uri(None)

@@ -13,11 +13,11 @@ import pytest
 import ray
 import yaml
 
-from cli_process import ROOT, CliProcess, sigkill_group
-from conftest import candidate_runs
 from search.config import load_config
 from search.driver import actor_prefix, run_search
 
+from cli_process import ROOT, CliProcess, sigkill_group
+from conftest import candidate_runs
 
 
 def _write_cfg(tmp_path: Path, trials: int, **extra) -> Path:
@@ -148,7 +148,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 def test_a_shared_study_has_one_driver(tmp_path):
     import optuna
 
-    from search.lock import StudyHeartbeat, SearchRunningError
+    from search.lock import SearchRunningError, StudyHeartbeat
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = optuna.create_study(study_name="s", storage=url)

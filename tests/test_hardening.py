@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from torch import nn
 
@@ -21,12 +20,13 @@ from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, register_model
 from pipeline.spec import CandidateSpec
-from cli_process import CliProcess
-from conftest import candidate_runs, search_config
 from search.cli import main
 from search.config import load_config, parse_config
 from search.driver import run_search
 from search.records import RecordError
+
+from cli_process import CliProcess
+from conftest import candidate_runs, search_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -132,8 +132,9 @@ def test_channel_plan_on_digits(trained):
     assert plan.channels and all(0 < len(k) for k in plan.channels.values())
     assert sum(len(k) for k in plan.channels.values()) < sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
     # the network the plan leaves has the MACs asked for, by an independent count
-    from macs_count import count_macs
     from pipeline.structure import shrink
+
+    from macs_count import count_macs
 
     example = data.val.x[:1]
     dense, _ = count_macs(model, example)

@@ -25,14 +25,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from conftest import candidate_runs
-from macs_count import count_macs
 from pipeline.data import load_data
 from pipeline.models import ModelConfig, build_model
 from search.cli import main
 from search.config import load_config
 from search.driver import actor_prefix
 from search.export import load_exported
+
+from conftest import candidate_runs
+from macs_count import count_macs
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_TRIALS, OCS_TRIALS = 10, 6

@@ -85,6 +85,6 @@ def test_cli_curves_fits_and_predicts_pressure(tmp_path, capsys):
     assert main(["curves", "--tracking-uri", uri, "--experiment", "curves", "--target-sparsity", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "a0=0.9" in out
-    line = next(l for l in out.splitlines() if l.startswith("pressure for sparsity 0.900"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("pressure for sparsity 0.900"))
     gamma = float(line.split(":")[1].split()[0])
     assert gamma == pytest.approx(1.0, rel=0.02)  # the curve above reaches density 0.1 at gamma = 1

@@ -228,10 +228,11 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
 
 @pytest.mark.slow
 def test_a_search_records_reconstructed_candidates_and_export_reproduces_them(tmp_path, ray_local):
-    from conftest import search_config
     from search.driver import run_search
     from search.export import export
     from search.query import candidate_rows
+
+    from conftest import search_config
 
     cfg = search_config(tmp_path, "recon", 4, space={"sparsity": [0.85, 0.95], "reconstruct": ["lsq"]},
                         reconstruction={"images": 128})

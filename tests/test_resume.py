@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import candidate_runs
 from search.cli import main
 from search.config import load_config
 from search.driver import run_search
+
+from conftest import candidate_runs
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from conftest import candidate_runs, search_config
 from search.driver import run_search
 from search.study import RUN_ID_ATTR
+
+from conftest import candidate_runs, search_config
 
 METRICS = {"accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "params", "latency_ms", "prune_s", "recal_s", "eval_s"}
 

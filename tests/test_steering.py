@@ -120,7 +120,10 @@ def test_budgets_that_never_repeat_get_one_budget_filled_until_it_can_be_fitted(
     cfg = parse_config({"space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
                                   "knobs": {"hyperflows": {"pressure": [0.11, 10.0], "steps": [100, 2000]}}}})
     steering = PressureSteering(cfg, every=1)
-    density = lambda g: _density(g, a1=0.0)  # 0.1 / g: below 1 on the whole range
+
+    def density(g):
+        return _density(g, a1=0.0)  # 0.1 / g: below 1 on the whole range
+
     for i, g in enumerate((0.2, 0.4, 0.8, 1.6, 3.2)):  # a fresh steps value each time, as TPE samples them
         steering.observe("hyperflows", {"pressure": g, "steps": 300 + i}, "ok", 1 - density(g))
     assert not steering.fits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import sys
@@ -10,7 +11,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import math
 import pytest
 
 from pipeline.spec import CandidateSpec

@@ -1,14 +1,14 @@
 """Pruning methods behind one interface. Adding a method: one file, one import line below."""
 
-from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, PruningMethod
-from pipeline.methods.registry import get_method, list_methods, register_method
+from pipeline.methods import activation as _activation  # noqa: E402,F401
+from pipeline.methods import hyperflows as _hyperflows  # noqa: E402,F401
 
 # Built-in methods register themselves on import, one line each.
 from pipeline.methods import magnitude as _magnitude  # noqa: E402,F401
+from pipeline.methods import ocs as _ocs  # noqa: E402,F401
 from pipeline.methods import random as _random  # noqa: E402,F401
 from pipeline.methods import screening as _screening  # noqa: E402,F401
-from pipeline.methods import hyperflows as _hyperflows  # noqa: E402,F401
-from pipeline.methods import ocs as _ocs  # noqa: E402,F401
-from pipeline.methods import activation as _activation  # noqa: E402,F401
+from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, PruningMethod
+from pipeline.methods.registry import get_method, list_methods, register_method
 
 __all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "get_method", "list_methods", "register_method"]

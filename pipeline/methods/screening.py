@@ -27,7 +27,6 @@ Choices left open by the paper (measured on digits, DigitsCNN, 300 validation im
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch

@@ -85,9 +85,9 @@ def load_base(cfg: ModelConfig, state: dict[str, torch.Tensor], reshape: Callabl
 
 
 # Built-in architectures register themselves on import, one line each.
-from pipeline.models import digits as _digits  # noqa: E402,F401
 from pipeline.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
-from pipeline.models import tv as _tv  # noqa: E402,F401
+from pipeline.models import digits as _digits  # noqa: E402,F401
 from pipeline.models import imported as _imported  # noqa: E402,F401
+from pipeline.models import tv as _tv  # noqa: E402,F401
 
 __all__ = ["ModelConfig", "build_model", "list_models", "load_base", "register_model"]

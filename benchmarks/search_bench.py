@@ -16,7 +16,7 @@ Writes benchmarks/results/search.json and search.md:
    allocation. The candidate selected on validation is reported on the test split, beside
    the best single method of the methods benchmark (``benchmarks/results/methods.json``).
 
-    .venv/bin/python benchmarks/search.py [--quick] [--candidates 40] [--targeted 30] [--shared ../shared]
+    .venv/bin/python benchmarks/search_bench.py [--quick] [--candidates 40] [--targeted 30] [--shared ../shared]
 """
 
 from __future__ import annotations
@@ -34,15 +34,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import (  # noqa: E402
-    RESULTS_DIR, add_shared_arg, load_resnet20_cifar, loadavg, log, machine_info, md_table, pct, write_json, write_text,
-)
 from pipeline import measure  # noqa: E402
 from pipeline.layers import prunable_weights  # noqa: E402
 from pipeline.plan import apply_masks  # noqa: E402
 from pipeline.recalibrate import recalibrate  # noqa: E402
 from pipeline.select import global_masks  # noqa: E402
 from pipeline.spec import RecalSpec  # noqa: E402
+
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    add_shared_arg,
+    load_resnet20_cifar,
+    loadavg,
+    log,
+    machine_info,
+    md_table,
+    pct,
+    write_json,
+    write_text,
+)
 
 CALIB, VAL = 512, 1000
 
