@@ -35,9 +35,10 @@ def check_resume(cfg: SearchConfig) -> None:
     if not path.exists():
         return
     try:
-        recorded = _flatten(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path} cannot be read ({e}); restore it from a backup, or delete it to accept the current config as the recorded one") from None
+    recorded = _flatten(_with_defaults(raw))
     current = _flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k, _MISSING) != current.get(k, _MISSING))
     unsafe = [k for k in changed if not _safe(k)]
@@ -60,6 +61,16 @@ def record_config(cfg: SearchConfig) -> None:
 
 
 _MISSING = object()
+
+
+def _with_defaults(raw: Any) -> Any:
+    """The recorded config with the fields added to prunesearch since it was written at
+    their defaults (an upgrade alone changes no candidate); as recorded if it no longer
+    validates (the comparison then names what differs)."""
+    try:
+        return SearchConfig.model_validate(raw).model_dump(mode="json")
+    except ValueError:
+        return raw
 
 
 def _safe(key: str) -> bool:

@@ -10,6 +10,8 @@ import yaml
 from search.cli import main
 from search.config import ConfigError, load_config, parse_config
 
+from conftest import search_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -176,3 +178,23 @@ def test_a_candidate_spec_has_one_target_and_cannot_change():
     old = ('{"method":"magnitude","granularity":"channel","scope":"global","target_sparsity":0.5,'
            '"target_macs_ratio":0.4,"knobs":{},"allocation":{}}')
     assert CandidateSpec.from_json(old) == CandidateSpec(granularity="channel", target_macs_ratio=0.4)
+
+
+def test_resume_accepts_fields_added_since_at_their_defaults(tmp_path):
+    """A run folder recorded before a config section existed resumes when the section is at
+    its defaults, and is still refused, naming the field, when it is not."""
+    import json
+
+    from search.resume import check_resume, record_config, recorded_config_path
+
+    cfg = search_config(tmp_path, "upgrade", 4)
+    cfg.run_path.mkdir(parents=True)  # the driver creates it before recording
+    record_config(cfg)
+    path = recorded_config_path(cfg)
+    old = json.loads(path.read_text())
+    del old["reconstruction"]  # as written by a prunesearch without reconstruction
+    path.write_text(json.dumps(old))
+    check_resume(cfg)
+    changed = cfg.model_copy(update={"reconstruction": cfg.reconstruction.model_copy(update={"images": 512})})
+    with pytest.raises(ConfigError, match=r"reconstruction\.images: 256 -> 512"):
+        check_resume(changed)
