@@ -282,7 +282,7 @@ def export_path(run_dir: str, output: str | None) -> Path | None:
     root = Path(run_dir).expanduser().resolve()
     full = (root / p).resolve()
     if not full.is_relative_to(root):
-        raise ValueError(f"-o {output}: a relative output path stays inside the run folder {root}; give an absolute path to write elsewhere")
+        raise InputError(f"-o {output}: a relative output path stays inside the run folder {root}; give an absolute path to write elsewhere")
     return full
 
 

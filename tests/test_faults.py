@@ -103,7 +103,7 @@ def test_a_run_folder_has_one_driver(tmp_path):
     """Two drivers started at the same instant on a fresh folder, then a third mid-search:
     only the first runs (no half-migrated store); the others exit 2 naming the holder;
     every candidate is recorded once."""
-    budget = 10
+    budget = 40  # enough work left that the late driver starts while the first still runs
     cfg_path = _write_cfg(tmp_path, budget)
     cfg = load_config(cfg_path)
     args = ("run", str(cfg_path), "--quiet")
