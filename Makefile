@@ -18,8 +18,9 @@ demo: $(STAMP)            ## the main job on the embedded default (digits, local
 test: lint               ## lint, then the whole test suite
 	$(PY) -m pytest -q --durations=10
 
-lint: $(STAMP)            ## ruff lint (rules in pyproject.toml)
+lint: $(STAMP)            ## ruff lint and format check (rules in pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 	$(PY) -m pytest -q -m "not slow"

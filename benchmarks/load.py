@@ -36,25 +36,36 @@ def main() -> None:
     from search.driver import run_search
 
     run_dir = tempfile.mkdtemp(prefix="prunesearch-load-")
-    cfg = parse_config({
-        "name": "load", "run_dir": run_dir, "budget": {"trials": args.trials}, "actors": {"count": args.actors},
-        "sampler": {"name": "random"}, "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
-        "base_training": {"steps": 150},  # the base model's quality does not matter here
-    })
+    cfg = parse_config(
+        {
+            "name": "load",
+            "run_dir": run_dir,
+            "budget": {"trials": args.trials},
+            "actors": {"count": args.actors},
+            "sampler": {"name": "random"},
+            "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
+            "base_training": {"steps": 150},  # the base model's quality does not matter here
+        }
+    )
     samples: list[dict] = []
     stop = threading.Event()
 
     def sample() -> None:
         me = psutil.Process()
         while not stop.wait(2.0):
-            actors = [p for p in psutil.process_iter(["cmdline"]) if "ray::Evaluator" in " ".join(p.info["cmdline"] or [])
-                      or any("Evaluator" in c for c in (p.info["cmdline"] or [])[:1])]
-            samples.append({
-                "t": time.monotonic(),
-                "candidates": _recorded(cfg),
-                "driver_mib": me.memory_info().rss / 2**20,
-                "actor_mib": sorted(p.memory_info().rss / 2**20 for p in actors),
-            })
+            actors = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "ray::Evaluator" in " ".join(p.info["cmdline"] or []) or any("Evaluator" in c for c in (p.info["cmdline"] or [])[:1])
+            ]
+            samples.append(
+                {
+                    "t": time.monotonic(),
+                    "candidates": _recorded(cfg),
+                    "driver_mib": me.memory_info().rss / 2**20,
+                    "actor_mib": sorted(p.memory_info().rss / 2**20 for p in actors),
+                }
+            )
 
     t = threading.Thread(target=sample, daemon=True)
     t0 = time.monotonic()
@@ -67,14 +78,24 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "trials": args.trials, "actors": args.actors, "evaluated": out.evaluated, "failed": out.failed,
-        "wall_s": wall, "candidates_per_min": 60 * out.evaluated / wall, "memory": rows,
+        "trials": args.trials,
+        "actors": args.actors,
+        "evaluated": out.evaluated,
+        "failed": out.failed,
+        "wall_s": wall,
+        "candidates_per_min": 60 * out.evaluated / wall,
+        "memory": rows,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "load.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Load: {args.trials} digits candidates, {args.actors} actors ({result['date']}, {result['machine']})", "",
-             f"{out.evaluated} evaluated, {out.failed} failed, {wall:.0f} s, {result['candidates_per_min']:.0f} candidates/min.", "",
-             "| candidates recorded | driver RSS MiB | actor RSS MiB |", "|---|---|---|"]
+    lines = [
+        f"# Load: {args.trials} digits candidates, {args.actors} actors ({result['date']}, {result['machine']})",
+        "",
+        f"{out.evaluated} evaluated, {out.failed} failed, {wall:.0f} s, {result['candidates_per_min']:.0f} candidates/min.",
+        "",
+        "| candidates recorded | driver RSS MiB | actor RSS MiB |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['candidates']} | {r['driver_mib']:.0f} | {', '.join(f'{m:.0f}' for m in r['actor_mib'])} |" for r in rows]
     (RESULTS / "load.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

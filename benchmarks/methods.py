@@ -108,13 +108,18 @@ class BenchConfig:
     recon_reductions: tuple[float, ...] = (2.0, 2.5)
     # (label, method, scope); methods missing from the registry are skipped
     recon_unstructured: tuple[tuple[str, str, str], ...] = (
-        ("magnitude global", "magnitude", "global"), ("magnitude layerwise", "magnitude", "layerwise"),
-        ("activation (Wanda) global", "activation", "global"), ("activation (Wanda) layerwise", "activation", "layerwise"),
+        ("magnitude global", "magnitude", "global"),
+        ("magnitude layerwise", "magnitude", "layerwise"),
+        ("activation (Wanda) global", "activation", "global"),
+        ("activation (Wanda) layerwise", "activation", "layerwise"),
     )
     recon_channel: tuple[tuple[str, str, str], ...] = (
-        ("magnitude layerwise (L1)", "magnitude", "layerwise"), ("magnitude global (L1)", "magnitude", "global"),
-        ("activation global", "activation", "global"), ("activation layerwise", "activation", "layerwise"),
-        ("bn_activation global", "bn_activation", "global"), ("ocs", "ocs", "global"),
+        ("magnitude layerwise (L1)", "magnitude", "layerwise"),
+        ("magnitude global (L1)", "magnitude", "global"),
+        ("activation global", "activation", "global"),
+        ("activation layerwise", "activation", "layerwise"),
+        ("bn_activation global", "bn_activation", "global"),
+        ("ocs", "ocs", "global"),
     )
     latency_repeats: int = 20  # the evaluator's latency_ms (batch 1)
     latency_b64_repeats: int = 3  # the extra batch-64 latency of structured candidates
@@ -242,11 +247,18 @@ class ResultCache:
         rec = self._store.get(key)
         if rec is not None:
             self.hits += 1
-            return CandidateResult(spec=spec, state=rec["state"], metrics=rec["metrics"], info=rec["info"],
-                                   plan=self._b64.b64decode(rec["plan"]), error=rec["error"])
+            return CandidateResult(
+                spec=spec, state=rec["state"], metrics=rec["metrics"], info=rec["info"], plan=self._b64.b64decode(rec["plan"]), error=rec["error"]
+            )
         res = self._ev.evaluate(spec)
-        rec = {"spec": key, "state": res.state, "metrics": dict(res.metrics), "info": dict(res.info),
-               "plan": self._b64.b64encode(res.plan).decode(), "error": res.error}
+        rec = {
+            "spec": key,
+            "state": res.state,
+            "metrics": dict(res.metrics),
+            "info": dict(res.info),
+            "plan": self._b64.b64encode(res.plan).decode(),
+            "error": res.error,
+        }
         self._store[key] = rec
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("a") as f:
@@ -378,8 +390,18 @@ def select_recal(ev: Evaluator, cfg: BenchConfig) -> tuple[dict[str, Setting], l
                 if recal.keep_better:
                     accs = {p: max(a, before[p]) for p, a in accs.items()}
             mean = sum(accs.values()) / len(accs)
-            table.append({"granularity": gran, "recal": recal.model_dump(), "prune_stem": True, "prune_head": True,
-                          "val_accuracy": accs, "val_before": before, "mean": mean, "seconds": t.s})
+            table.append(
+                {
+                    "granularity": gran,
+                    "recal": recal.model_dump(),
+                    "prune_stem": True,
+                    "prune_head": True,
+                    "val_accuracy": accs,
+                    "val_before": before,
+                    "mean": mean,
+                    "seconds": t.s,
+                }
+            )
             log(f"  recal {gran:<12} images={recal.images:<5} augment={recal.augment!s:<5} val {[pct(a) for a in accs.values()]} mean {pct(mean, 2)}")
             if best is None or mean > best[0]:
                 best = (mean, recal)
@@ -390,8 +412,9 @@ def select_recal(ev: Evaluator, cfg: BenchConfig) -> tuple[dict[str, Setting], l
             models = {p: apply_plan(ev.base, plan_candidate(ev.base, ev.ctx, unstructured("magnitude", p, dense_ends))) for p in cfg.probe_sparsities}
             accs = {p: light_accuracy(ev, m, best[1]) for p, m in models.items()}
             mean = sum(accs.values()) / len(accs)
-            table.append({"granularity": gran, "recal": best[1].model_dump(), "prune_stem": False, "prune_head": False,
-                          "val_accuracy": accs, "mean": mean})
+            table.append(
+                {"granularity": gran, "recal": best[1].model_dump(), "prune_stem": False, "prune_head": False, "val_accuracy": accs, "mean": mean}
+            )
             log(f"  recal {gran:<12} same, stem+head dense: val {[pct(a) for a in accs.values()]} mean {pct(mean, 2)}")
             if mean > best[0]:
                 chosen[gran] = dense_ends
@@ -453,8 +476,14 @@ def run_unstructured(ev: Evaluator, cfg: BenchConfig, setting: Setting, selectio
         rows.append(row_of(ev, ev.evaluate(unstructured("magnitude", s, setting)), "magnitude global", s))
         rows.append(row_of(ev, ev.evaluate(unstructured("magnitude", s, setting, scope="layerwise")), "magnitude layerwise", s))
         rows.append(row_of(ev, ev.evaluate(unstructured("random", s, setting)), "random", s))
-        chosen, sel = pick(ev, [(f"screening wF={w:g}", unstructured("screening", s, setting, knobs={"screening_weight": w}))
-                                for w in cfg.screening_weights_unstructured], s)
+        chosen, sel = pick(
+            ev,
+            [
+                (f"screening wF={w:g}", unstructured("screening", s, setting, knobs={"screening_weight": w}))
+                for w in cfg.screening_weights_unstructured
+            ],
+            s,
+        )
         rows += chosen
         selections.append(sel)
     for pressure, steps, regrowth in cfg.hyperflows_runs:
@@ -478,8 +507,9 @@ def run_channel(ev: Evaluator, cfg: BenchConfig, setting: Setting, selections: l
             row_of(ev, ev.evaluate(channel("magnitude", r, setting, scope="layerwise")), "magnitude layerwise (L1)", r),
             row_of(ev, ev.evaluate(channel("random", r, setting)), "random", r),
         ]
-        chosen, sel = pick(ev, [(f"screening wF={w:g}", channel("screening", r, setting, knobs={"screening_weight": w}))
-                                for w in cfg.screening_weights_channel], r)
+        chosen, sel = pick(
+            ev, [(f"screening wF={w:g}", channel("screening", r, setting, knobs={"screening_weight": w})) for w in cfg.screening_weights_channel], r
+        )
         new += chosen
         selections.append(sel)
         if with_ocs:
@@ -513,11 +543,22 @@ def select_recon(ev: Evaluator, cfg: BenchConfig, settings: dict[str, Setting]) 
             res = ev.evaluate(probe.model_copy(update={"reconstruct": rc}))
             m = res.metrics
             acc = m.get("accuracy", float("nan")) if res.state == "ok" else float("nan")
-            table.append({"granularity": gran, "reconstruct": rc.model_dump(), "val_accuracy": acc, "state": res.state,
-                          "val_accuracy_before_recon": m.get("accuracy_before_recon"), "recon_s": m.get("recon_s"),
-                          "recon_error": m.get("recon_error"), "error": res.error})
-            log(f"  recon {gran:<12} images={rc.images:<5} ridge={rc.ridge:<6g} layers={rc.layers:<6} val {pct(acc)} "
-                f"recon {m.get('recon_s', float('nan')):.1f}s")
+            table.append(
+                {
+                    "granularity": gran,
+                    "reconstruct": rc.model_dump(),
+                    "val_accuracy": acc,
+                    "state": res.state,
+                    "val_accuracy_before_recon": m.get("accuracy_before_recon"),
+                    "recon_s": m.get("recon_s"),
+                    "recon_error": m.get("recon_error"),
+                    "error": res.error,
+                }
+            )
+            log(
+                f"  recon {gran:<12} images={rc.images:<5} ridge={rc.ridge:<6g} layers={rc.layers:<6} val {pct(acc)} "
+                f"recon {m.get('recon_s', float('nan')):.1f}s"
+            )
             if acc == acc and (best is None or acc > best[0]):
                 best = (acc, rc)
         chosen[gran] = best[1] if best else cfg.recon_grid[0]
@@ -576,23 +617,45 @@ def raw_l1_diagnostic(ev: Evaluator, cfg: BenchConfig, setting: Setting, rows: l
     v, t = ev.splits.val, ev.splits.test
     out = []
     for r in cfg.reductions:
-        ref = next((x for x in rows if x["label"].startswith("magnitude global") and x["granularity"] == "channel"
-                    and x["point"] == r and x["state"] == "ok"), None)
+        ref = next(
+            (
+                x
+                for x in rows
+                if x["label"].startswith("magnitude global") and x["granularity"] == "channel" and x["point"] == r and x["state"] == "ok"
+            ),
+            None,
+        )
         if ref is not None:
             kept_ref = PrunePlan.from_parquet(ref["_plan"]).channels
-            out.append({"reduction": r, "normalize": True, "macs_ratio": ref["macs_ratio"], "kept_per_stage": _kept_per_stage(kept_ref),
-                        "val_after": ref["val_accuracy"], "test_before": ref["test_accuracy_before_recal"], "test_after": ref["test_accuracy"]})
+            out.append(
+                {
+                    "reduction": r,
+                    "normalize": True,
+                    "macs_ratio": ref["macs_ratio"],
+                    "kept_per_stage": _kept_per_stage(kept_ref),
+                    "val_after": ref["val_accuracy"],
+                    "test_before": ref["test_accuracy_before_recal"],
+                    "test_after": ref["test_accuracy"],
+                }
+            )
         kept = structure.select_channels(graph, scores, 1.0 / r, "global", normalize=False)
         model = apply_plan(ev.base, PrunePlan(channels=kept))
         macs, _ = measure.macs(model, ev.ctx.example_input)
-        row = {"reduction": r, "normalize": False, "macs_ratio": macs / ev.dense_macs, "kept_per_stage": _kept_per_stage(kept),
-               "test_before": measure.accuracy(model, t.x, t.y)}
+        row = {
+            "reduction": r,
+            "normalize": False,
+            "macs_ratio": macs / ev.dense_macs,
+            "kept_per_stage": _kept_per_stage(kept),
+            "test_before": measure.accuracy(model, t.x, t.y),
+        }
         recalibrate(model, ev.ctx.calib_x, setting.recal, black=ev.splits.black)
         row["val_after"] = measure.accuracy(model, v.x, v.y)
         row["test_after"] = measure.accuracy(model, t.x, t.y)
         out.append(row)
-        log(f"  raw-L1 diagnostic {r}x: val after {pct(row['val_after'])}, test {pct(row['test_before'])}->{pct(row['test_after'])}, "
-            f"kept {row['kept_per_stage']} (normalised: {out[-2]['kept_per_stage'] if ref else '?'})")
+        log(
+            f"  raw-L1 diagnostic {r}x: val after {pct(row['val_after'])}, test {pct(row['test_before'])}->{pct(row['test_after'])}, "
+            f"kept {row['kept_per_stage']} (normalised: {out[-2]['kept_per_stage'] if ref else '?'})"
+        )
     return out
 
 
@@ -610,9 +673,9 @@ def best_row(rows: list[dict[str, Any]], gran: str, point: float, methods: tuple
     """The reported row with the highest test accuracy after recalibration at ``point``
     (reporting only: nothing downstream is chosen from it)."""
     cand = [
-        r for r in rows
-        if r["granularity"] == gran and r["state"] == "ok" and r["selected"] and r["point"] == point
-        and (methods is None or r["method"] in methods)
+        r
+        for r in rows
+        if r["granularity"] == gran and r["state"] == "ok" and r["selected"] and r["point"] == point and (methods is None or r["method"] in methods)
     ]
     return max(cand, key=lambda r: r["test_accuracy"]) if cand else None
 
@@ -625,18 +688,31 @@ def target_status(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         best_any = best_row(rows, t["granularity"], t["point"])
         entry = {**t, "best_label": None, "best_test_accuracy": None, "met": None}
         if best is not None:
-            entry.update(best_label=best["label"], best_test_accuracy=best["test_accuracy"], met=best["test_accuracy"] > t["beat"],
-                         best_val_accuracy=best["val_accuracy"])
+            entry.update(
+                best_label=best["label"],
+                best_test_accuracy=best["test_accuracy"],
+                met=best["test_accuracy"] > t["beat"],
+                best_val_accuracy=best["val_accuracy"],
+            )
         if best_any is not None and best_any is not best:
-            entry.update(best_any_label=best_any["label"], best_any_test_accuracy=best_any["test_accuracy"],
-                         best_any_met=best_any["test_accuracy"] > t["beat"])
+            entry.update(
+                best_any_label=best_any["label"], best_any_test_accuracy=best_any["test_accuracy"], best_any_met=best_any["test_accuracy"] > t["beat"]
+            )
         # which row would validation have picked (the honest choice of a search)?
-        cand = [r for r in rows if r["granularity"] == t["granularity"] and r["state"] == "ok" and r["selected"]
-                and r["point"] == t["point"] and (methods is None or r["method"] in methods)]
+        cand = [
+            r
+            for r in rows
+            if r["granularity"] == t["granularity"]
+            and r["state"] == "ok"
+            and r["selected"]
+            and r["point"] == t["point"]
+            and (methods is None or r["method"] in methods)
+        ]
         if cand:
             v = max(cand, key=lambda r: r["val_accuracy"])
-            entry.update(val_selected_label=v["label"], val_selected_test_accuracy=v["test_accuracy"],
-                         val_selected_met=v["test_accuracy"] > t["beat"])
+            entry.update(
+                val_selected_label=v["label"], val_selected_test_accuracy=v["test_accuracy"], val_selected_met=v["test_accuracy"] > t["beat"]
+            )
         out.append(entry)
     return out
 
@@ -663,10 +739,16 @@ def _pivot(rows: list[dict[str, Any]], gran: str, points: tuple[float, ...], col
         cells = []
         for p in points:
             hits = [
-                r for r in rows
-                if r["granularity"] == gran and r["selected"] and r["point"] == p
-                and (r["label"] == key or (key.startswith("screening") and r["method"] == "screening")
-                     or (key.startswith("hyperflows") and r["method"] == "hyperflows"))
+                r
+                for r in rows
+                if r["granularity"] == gran
+                and r["selected"]
+                and r["point"] == p
+                and (
+                    r["label"] == key
+                    or (key.startswith("screening") and r["method"] == "screening")
+                    or (key.startswith("hyperflows") and r["method"] == "hyperflows")
+                )
             ]
             parts = []
             for r in hits:
@@ -714,122 +796,291 @@ def markdown(result: dict[str, Any]) -> str:
         best = f"{t['best_label']} {pct(t['best_test_accuracy'])}{extra}" if t["best_label"] else "not run"
         trows.append([f"{unit} ({who})", f"> {pct(t['beat'], 0)} %", best, vsel, met])
     out.append(md_table(["target", "beat", "best test (reporting)", "chosen on val → its test", "status"], trows))
-    out.append("\n`status` judges the best reported row; `chosen on val` is what a search selecting on validation would "
-               "have shipped. A margin under 1.5 points is within the test split's standard error.\n")
+    out.append(
+        "\n`status` judges the best reported row; `chosen on val` is what a search selecting on validation would "
+        "have shipped. A margin under 1.5 points is within the test split's standard error.\n"
+    )
     out.append("\n## Unstructured (weight sparsity of conv + linear weights)\n")
     out.append(_pivot(rows, "unstructured", tuple(cfg["sparsities"]), "{:.0%}"))
     out.append("\n## Structured (channels; block-internal only)\n")
-    out.append("Option-A shortcuts tie the residual stream, so only each block's inner channels (conv1 output, "
-               "conv2 input) are prunable; `[..x]` is the achieved MACs reduction.\n\n")
+    out.append(
+        "Option-A shortcuts tie the residual stream, so only each block's inner channels (conv1 output, "
+        "conv2 input) are prunable; `[..x]` is the achieved MACs reduction.\n\n"
+    )
     out.append(_pivot(rows, "channel", tuple(cfg["reductions"]), "{}x fewer MACs"))
     out.append("\n## Reconstruction (least-squares refit of the kept weights, then recalibration)\n")
-    out.append("Rows `+ lsq` refit every changed layer on calibration images, sequentially (pipeline/reconstruct.py), "
-               "with the setting chosen on validation below, then recalibrate with the granularity's recalibration setting "
-               "(`keep_better`). Cells: validation accuracy right after pruning → after the refit (stored statistics) → "
-               "after recalibration; test after; mean relative layer-output error on the calibration images before → after "
-               "the refit; seconds per stage of this candidate.\n\n")
+    out.append(
+        "Rows `+ lsq` refit every changed layer on calibration images, sequentially (pipeline/reconstruct.py), "
+        "with the setting chosen on validation below, then recalibrate with the granularity's recalibration setting "
+        "(`keep_better`). Cells: validation accuracy right after pruning → after the refit (stored statistics) → "
+        "after recalibration; test after; mean relative layer-output error on the calibration images before → after "
+        "the refit; seconds per stage of this candidate.\n\n"
+    )
     rec = [r for r in rows if r["state"] == "ok" and (r.get("reconstruct") or {}).get("mode", "none") != "none"]
-    out.append(md_table(["candidate", "granularity", "point", "sparsity", "MACs ratio", "val pruned → refit → recal", "test after",
-                         "layer error", "prune s", "recon s", "recal s", "eval s"], [
-        [r["label"], r["granularity"], r["point"], f"{r['sparsity']:.3f}", f"{r['macs_ratio']:.3f}",
-         f"{pct(r['val_accuracy_before_recon'])} → {pct(r['val_accuracy_before_recal'])} → {pct(r['val_accuracy'])}",
-         f"**{pct(r['test_accuracy'])}**", f"{r['recon_error_before']:.3f} → {r['recon_error']:.3f}",
-         f"{r['prune_s']:.1f}", f"{r['recon_s']:.1f}", f"{r['recal_s']:.1f}", f"{r['eval_s']:.1f}"] for r in rec]))
+    out.append(
+        md_table(
+            [
+                "candidate",
+                "granularity",
+                "point",
+                "sparsity",
+                "MACs ratio",
+                "val pruned → refit → recal",
+                "test after",
+                "layer error",
+                "prune s",
+                "recon s",
+                "recal s",
+                "eval s",
+            ],
+            [
+                [
+                    r["label"],
+                    r["granularity"],
+                    r["point"],
+                    f"{r['sparsity']:.3f}",
+                    f"{r['macs_ratio']:.3f}",
+                    f"{pct(r['val_accuracy_before_recon'])} → {pct(r['val_accuracy_before_recal'])} → {pct(r['val_accuracy'])}",
+                    f"**{pct(r['test_accuracy'])}**",
+                    f"{r['recon_error_before']:.3f} → {r['recon_error']:.3f}",
+                    f"{r['prune_s']:.1f}",
+                    f"{r['recon_s']:.1f}",
+                    f"{r['recal_s']:.1f}",
+                    f"{r['eval_s']:.1f}",
+                ]
+                for r in rec
+            ],
+        )
+    )
     if result.get("recon_selection"):
-        out.append("\nReconstruction setting chosen on validation (probes: global magnitude at "
-                   f"{cfg.get('recon_probe_unstructured', 0.9):.0%}, layerwise L1 channels at {cfg.get('recon_probe_channel', 2.0)}x):\n\n")
-        out.append(md_table(["granularity", "images", "ridge", "layers", "val after pruning", "val after refit + recal", "recon s", ""], [
-            [t["granularity"], t["reconstruct"]["images"], f"{t['reconstruct']['ridge']:g}", t["reconstruct"]["layers"],
-             pct(t.get("val_accuracy_before_recon")), pct(t["val_accuracy"]),
-             f"{t['recon_s']:.1f}" if t.get("recon_s") is not None else "", "**chosen**" if t.get("chosen") else ""]
-            for t in result["recon_selection"]]))
+        out.append(
+            "\nReconstruction setting chosen on validation (probes: global magnitude at "
+            f"{cfg.get('recon_probe_unstructured', 0.9):.0%}, layerwise L1 channels at {cfg.get('recon_probe_channel', 2.0)}x):\n\n"
+        )
+        out.append(
+            md_table(
+                ["granularity", "images", "ridge", "layers", "val after pruning", "val after refit + recal", "recon s", ""],
+                [
+                    [
+                        t["granularity"],
+                        t["reconstruct"]["images"],
+                        f"{t['reconstruct']['ridge']:g}",
+                        t["reconstruct"]["layers"],
+                        pct(t.get("val_accuracy_before_recon")),
+                        pct(t["val_accuracy"]),
+                        f"{t['recon_s']:.1f}" if t.get("recon_s") is not None else "",
+                        "**chosen**" if t.get("chosen") else "",
+                    ]
+                    for t in result["recon_selection"]
+                ],
+            )
+        )
     kept = sorted({r["from_run"] for r in rows if r.get("from_run")})
     if kept:
-        out.append(f"\nRows of the sections not re-run ({', '.join(s for s in ('unstructured', 'channel', 'reconstruction') if s not in result.get('sections_run', []))}) "
-                   f"come from the earlier run(s) {', '.join(kept)} (`--rows-from`).\n")
+        out.append(
+            f"\nRows of the sections not re-run ({', '.join(s for s in ('unstructured', 'channel', 'reconstruction') if s not in result.get('sections_run', []))}) "
+            f"come from the earlier run(s) {', '.join(kept)} (`--rows-from`).\n"
+        )
     out.append("\n## Latency of structured candidates beside their MACs\n")
     th = result["threads"]
-    out.append(f"`latency_ms` is the evaluator's metric (median of {cfg['latency_repeats']} batch-1 forwards, torch {th} threads). "
-               "The other columns are measured here, each the lowest of "
-               f"{cfg['latency_rounds']} rounds' medians (a round slowed by other jobs on this shared machine is discarded): "
-               f"batch 1 with 1 thread, batch 1 with {th} threads, batch 64 with {th} threads; the dense network is measured "
-               "the same way at each point, and `speed-up` is dense / pruned. With 2 threads on 2 shared cores a batch-1 "
-               "forward waits for a busy core at every layer, so single-thread batch-1 numbers are the stable ones.\n\n")
+    out.append(
+        f"`latency_ms` is the evaluator's metric (median of {cfg['latency_repeats']} batch-1 forwards, torch {th} threads). "
+        "The other columns are measured here, each the lowest of "
+        f"{cfg['latency_rounds']} rounds' medians (a round slowed by other jobs on this shared machine is discarded): "
+        f"batch 1 with 1 thread, batch 1 with {th} threads, batch 64 with {th} threads; the dense network is measured "
+        "the same way at each point, and `speed-up` is dense / pruned. With 2 threads on 2 shared cores a batch-1 "
+        "forward waits for a busy core at every layer, so single-thread batch-1 numbers are the stable ones.\n\n"
+    )
     lrows = []
     for r in rows:
         if r["granularity"] == "channel" and r["state"] == "ok" and r["selected"] and r.get("latency"):
             lat, den = r["latency"], r["dense_latency"]
             k64 = next((k for k in lat if k.startswith("b64_")), f"b64_{th}threads_ms")  # rows kept from a run with other threads
             k1, k2 = "b1_1thread_ms", k64.replace("b64_", "b1_")
-            lrows.append([
-                r["label"], f"{r['point']}x", f"{r['macs'] / 1e6:.1f}", f"{r['macs_reduction']:.2f}x", f"{r['latency_ms']:.2f}",
-                f"{lat[k1]:.2f} / {den[k1]:.2f} = {den[k1] / lat[k1]:.2f}x",
-                f"{lat[k2]:.2f} / {den[k2]:.2f} = {den[k2] / lat[k2]:.2f}x",
-                f"{lat[k64]:.1f} / {den[k64]:.1f} = {den[k64] / lat[k64]:.2f}x",
-                pct(r["test_accuracy"]), r.get("kept_per_stage", ""),
-            ])
-    out.append(md_table(["method", "target", "MMACs", "MACs reduction", "latency_ms (metric)",
-                         "b1, 1 thread: ms / dense = speed-up", f"b1, {th} threads", f"b64, {th} threads",
-                         "test after", "inner channels kept (of 48/96/192)"], lrows))
-    out.append("\nUnstructured candidates keep dense tensors (zeros are multiplied), so their latency equals the dense "
-               "model's; their `macs` count non-zero weights only (what a sparse kernel would execute).\n")
+            lrows.append(
+                [
+                    r["label"],
+                    f"{r['point']}x",
+                    f"{r['macs'] / 1e6:.1f}",
+                    f"{r['macs_reduction']:.2f}x",
+                    f"{r['latency_ms']:.2f}",
+                    f"{lat[k1]:.2f} / {den[k1]:.2f} = {den[k1] / lat[k1]:.2f}x",
+                    f"{lat[k2]:.2f} / {den[k2]:.2f} = {den[k2] / lat[k2]:.2f}x",
+                    f"{lat[k64]:.1f} / {den[k64]:.1f} = {den[k64] / lat[k64]:.2f}x",
+                    pct(r["test_accuracy"]),
+                    r.get("kept_per_stage", ""),
+                ]
+            )
+    out.append(
+        md_table(
+            [
+                "method",
+                "target",
+                "MMACs",
+                "MACs reduction",
+                "latency_ms (metric)",
+                "b1, 1 thread: ms / dense = speed-up",
+                f"b1, {th} threads",
+                f"b64, {th} threads",
+                "test after",
+                "inner channels kept (of 48/96/192)",
+            ],
+            lrows,
+        )
+    )
+    out.append(
+        "\nUnstructured candidates keep dense tensors (zeros are multiplied), so their latency equals the dense "
+        "model's; their `macs` count non-zero weights only (what a sparse kernel would execute).\n"
+    )
     out.append("\n## Methods that train: budget beside accuracy\n")
     brows = []
     for r in rows:
         if r.get("training") and r["state"] == "ok":
             b = r["training"]
-            brows.append([r["label"], r["granularity"], f"{r['sparsity']:.3f}" if r["granularity"] == "unstructured" else f"{r['macs_reduction']:.2f}x",
-                          r["knobs"], b["optimizer_steps"], b["batch"], b["images_seen"], f"{b['epochs_equivalent']:.1f}",
-                          f"{b['wall_s']:.0f}", f"{b['s_per_step']:.2f}", _ba(r)])
-    out.append(md_table(["method", "granularity", "achieved", "knobs", "steps", "batch", "images seen",
-                         f"epochs of the {result['splits']['train']} training images", "wall s", "s/step", "test before → after"], brows))
+            brows.append(
+                [
+                    r["label"],
+                    r["granularity"],
+                    f"{r['sparsity']:.3f}" if r["granularity"] == "unstructured" else f"{r['macs_reduction']:.2f}x",
+                    r["knobs"],
+                    b["optimizer_steps"],
+                    b["batch"],
+                    b["images_seen"],
+                    f"{b['epochs_equivalent']:.1f}",
+                    f"{b['wall_s']:.0f}",
+                    f"{b['s_per_step']:.2f}",
+                    _ba(r),
+                ]
+            )
+    out.append(
+        md_table(
+            [
+                "method",
+                "granularity",
+                "achieved",
+                "knobs",
+                "steps",
+                "batch",
+                "images seen",
+                f"epochs of the {result['splits']['train']} training images",
+                "wall s",
+                "s/step",
+                "test before → after",
+            ],
+            brows,
+        )
+    )
     out.append("\n## Recalibration setting chosen on validation\n")
-    out.append("Probes: global magnitude at the probe points; every setting recalibrates the same pruned network "
-               "(`keep_better` on; cumulative averages; batch 64). Mean validation accuracy decides.\n\n")
+    out.append(
+        "Probes: global magnitude at the probe points; every setting recalibrates the same pruned network "
+        "(`keep_better` on; cumulative averages; batch 64). Mean validation accuracy decides.\n\n"
+    )
     rrows = []
     for t in result["recal_selection"]:
         rc = t["recal"]
         accs = ", ".join(f"{k}: {pct(v)}" for k, v in t["val_accuracy"].items())
-        rrows.append([t["granularity"], rc["images"], rc["augment"], "dense" if not t["prune_stem"] else "pruned", accs, pct(t["mean"], 2), "**chosen**" if t.get("chosen") else ""])
+        rrows.append(
+            [
+                t["granularity"],
+                rc["images"],
+                rc["augment"],
+                "dense" if not t["prune_stem"] else "pruned",
+                accs,
+                pct(t["mean"], 2),
+                "**chosen**" if t.get("chosen") else "",
+            ]
+        )
     out.append(md_table(["granularity", "images", "augment", "stem/head", "val accuracy per probe", "mean", ""], rrows))
     out.append("\n## Screening weight chosen on validation\n")
     srows = []
     for sel in result["screening_selection"]:
-        srows.append([sel["granularity"], sel["point"], ", ".join(f"wF={a['knobs'].get('screening_weight', 0):g}: {pct(a['val_accuracy'])}" for a in sel["alternatives"]),
-                      next((f"{a['knobs'].get('screening_weight', 0):g}" for a in sel["alternatives"] if a["chosen"]), "")])
+        srows.append(
+            [
+                sel["granularity"],
+                sel["point"],
+                ", ".join(f"wF={a['knobs'].get('screening_weight', 0):g}: {pct(a['val_accuracy'])}" for a in sel["alternatives"]),
+                next((f"{a['knobs'].get('screening_weight', 0):g}" for a in sel["alternatives"] if a["chosen"]), ""),
+            ]
+        )
     out.append(md_table(["granularity", "point", "val accuracy after recalibration", "chosen wF"], srows))
     if result.get("raw_l1_diagnostic"):
         out.append("\n## Diagnostic: global channel ranking with and without per-group normalisation\n")
-        out.append("`structure.select_channels` divides each group's L1 scores by their mean before ranking globally "
-                   "(what `magnitude global` uses); methods.md's figure ranks raw filter norms. Same recalibration setting.\n\n")
-        out.append(md_table(["reduction", "per-group normalised", "MACs ratio", "kept channels per stage (of 48/96/192)", "val after", "test before → after"], [
-            [f"{d['reduction']}x", "yes (pipeline)" if d["normalize"] else "no (raw L1)", f"{d['macs_ratio']:.3f}", d["kept_per_stage"],
-             pct(d["val_after"]), f"{pct(d['test_before'])} → {pct(d['test_after'])}"]
-            for d in result["raw_l1_diagnostic"]
-        ]))
+        out.append(
+            "`structure.select_channels` divides each group's L1 scores by their mean before ranking globally "
+            "(what `magnitude global` uses); methods.md's figure ranks raw filter norms. Same recalibration setting.\n\n"
+        )
+        out.append(
+            md_table(
+                ["reduction", "per-group normalised", "MACs ratio", "kept channels per stage (of 48/96/192)", "val after", "test before → after"],
+                [
+                    [
+                        f"{d['reduction']}x",
+                        "yes (pipeline)" if d["normalize"] else "no (raw L1)",
+                        f"{d['macs_ratio']:.3f}",
+                        d["kept_per_stage"],
+                        pct(d["val_after"]),
+                        f"{pct(d['test_before'])} → {pct(d['test_after'])}",
+                    ]
+                    for d in result["raw_l1_diagnostic"]
+                ],
+            )
+        )
     d = result["dense"]
     out.append("\n## Dense reference\n")
     rc = d["recalibrated"]["recal"]
-    out.append(f"Unpruned: val {pct(d['val_accuracy'])} %, test {pct(d['test_accuracy'])} % with the stored statistics "
-               "(validation images are training images the model was trained on); recalibrated with the chosen "
-               f"unstructured setting ({rc['images']} images, augment={rc['augment']}): test "
-               f"{pct(d['recalibrated']['test_accuracy'])} %. {d['macs'] / 1e6:.2f} M MACs, "
-               f"{d['params'] / 1e6:.3f} M parameters; batch-1 latency {d['latency_ms']:.2f} ms (metric, {result['threads']} threads), "
-               f"{d['latency_b1_1thread_ms']:.2f} ms (1 thread, lowest of 3 medians).\n")
+    out.append(
+        f"Unpruned: val {pct(d['val_accuracy'])} %, test {pct(d['test_accuracy'])} % with the stored statistics "
+        "(validation images are training images the model was trained on); recalibrated with the chosen "
+        f"unstructured setting ({rc['images']} images, augment={rc['augment']}): test "
+        f"{pct(d['recalibrated']['test_accuracy'])} %. {d['macs'] / 1e6:.2f} M MACs, "
+        f"{d['params'] / 1e6:.3f} M parameters; batch-1 latency {d['latency_ms']:.2f} ms (metric, {result['threads']} threads), "
+        f"{d['latency_b1_1thread_ms']:.2f} ms (1 thread, lowest of 3 medians).\n"
+    )
     out.append("\n## All rows\n")
     arows = []
     for r in rows:
         if r["state"] != "ok":
             arows.append([r["label"], r["granularity"], r["point"], "failed: " + r.get("error", "")[:80]] + [""] * 10)
             continue
-        arows.append([
-            r["label"] + ("" if r["selected"] else " (not chosen)"), r["granularity"], r["point"],
-            f"{r['sparsity']:.3f}", f"{r['sparsity_all_weights']:.3f}", f"{r['macs_ratio']:.3f}",
-            pct(r["val_accuracy_before_recal"]), pct(r["val_accuracy"]), pct(r["test_accuracy_before_recal"]), pct(r["test_accuracy"]),
-            "yes" if r["recal_applied"] else "kept stored", f"{r['latency_ms']:.2f}", f"{r['prune_s']:.1f}", f"{r['recal_s']:.1f}",
-        ])
-    out.append(md_table(["candidate", "granularity", "point", "sparsity (prunable)", "sparsity (all conv/linear)", "MACs ratio",
-                         "val before", "val after", "test before", "test after", "recalibrated", "latency ms (b1)", "prune s", "recal s"], arows))
+        arows.append(
+            [
+                r["label"] + ("" if r["selected"] else " (not chosen)"),
+                r["granularity"],
+                r["point"],
+                f"{r['sparsity']:.3f}",
+                f"{r['sparsity_all_weights']:.3f}",
+                f"{r['macs_ratio']:.3f}",
+                pct(r["val_accuracy_before_recal"]),
+                pct(r["val_accuracy"]),
+                pct(r["test_accuracy_before_recal"]),
+                pct(r["test_accuracy"]),
+                "yes" if r["recal_applied"] else "kept stored",
+                f"{r['latency_ms']:.2f}",
+                f"{r['prune_s']:.1f}",
+                f"{r['recal_s']:.1f}",
+            ]
+        )
+    out.append(
+        md_table(
+            [
+                "candidate",
+                "granularity",
+                "point",
+                "sparsity (prunable)",
+                "sparsity (all conv/linear)",
+                "MACs ratio",
+                "val before",
+                "val after",
+                "test before",
+                "test after",
+                "recalibrated",
+                "latency ms (b1)",
+                "prune s",
+                "recal s",
+            ],
+            arows,
+        )
+    )
     out.append("\n## Findings\n")
     out.append(result.get("findings_md", ""))
     return "".join(x if x.endswith("\n") else x + "\n" for x in out)
@@ -861,10 +1112,12 @@ def findings(result: dict[str, Any]) -> str:
         applied = sum(bool(r["recal_applied"]) for r in rec)
         for g, c in result.get("chosen_reconstruction", {}).items():
             lines.append(f"- **Reconstruction, {g}**: chosen {c['images']} images, ridge {c['ridge']:g}, layers {c['layers']} on validation.")
-        lines.append(f"- **Recalibration after reconstruction**: `keep_better` kept the recalibrated statistics for {applied} of {len(rec)} reconstructed "
-                     "candidates (the stored ones scored higher for the others): a refit that reproduces the dense layer outputs restores the activations the stored "
-                     "BatchNorm values describe. Reconstruction seconds (`recon_s`, 1 torch thread on the shared, loaded cores): "
-                     f"{min(r['recon_s'] for r in rec):.0f}-{max(r['recon_s'] for r in rec):.0f} s per candidate.")
+        lines.append(
+            f"- **Recalibration after reconstruction**: `keep_better` kept the recalibrated statistics for {applied} of {len(rec)} reconstructed "
+            "candidates (the stored ones scored higher for the others): a refit that reproduces the dense layer outputs restores the activations the stored "
+            "BatchNorm values describe. Reconstruction seconds (`recon_s`, 1 torch thread on the shared, loaded cores): "
+            f"{min(r['recon_s'] for r in rec):.0f}-{max(r['recon_s'] for r in rec):.0f} s per candidate."
+        )
     lines.append("")
     lines.append(result.get("notes_md", ""))
     return "\n".join(lines) + "\n"
@@ -878,23 +1131,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_shared_arg(ap)
     ap.add_argument("--quick", action="store_true", help="smoke run: one point per granularity, tiny budgets (a few minutes)")
-    ap.add_argument("--out-dir", type=Path, default=None,
-                    help="where methods.json/.md go (default: benchmarks/results; with --quick a temporary folder)")
+    ap.add_argument(
+        "--out-dir", type=Path, default=None, help="where methods.json/.md go (default: benchmarks/results; with --quick a temporary folder)"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--no-hyperflows", action="store_true", help="skip hyperflows (its training dominates the run time)")
     ap.add_argument("--no-ocs", action="store_true", help="skip OCS")
-    ap.add_argument("--cache", type=Path, default=None, metavar="JSONL",
-                    help="store each evaluated candidate here and reuse stored ones (resume a killed run; "
-                         "the runtime then covers only the rest)")
-    ap.add_argument("--render", type=Path, default=None, metavar="JSON",
-                    help="only re-render methods.md (findings included) from an existing methods.json")
-    ap.add_argument("--hyperflows", action="append", default=None, metavar="PRESSURE:STEPS:REGROWTH",
-                    help="hyperflows runs instead of the default (repeatable), e.g. --hyperflows 10:560:60 --hyperflows 40:200:40")
-    ap.add_argument("--sections", default="unstructured,channel,reconstruction",
-                    help="comma-separated sections to run: unstructured, channel, reconstruction (default: all)")
-    ap.add_argument("--rows-from", type=Path, default=None, metavar="JSON",
-                    help="a previous methods.json: its recalibration settings, dense reference and the rows of the "
-                         "sections not run are kept (each kept row says so in `from_run`)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="store each evaluated candidate here and reuse stored ones (resume a killed run; the runtime then covers only the rest)",
+    )
+    ap.add_argument(
+        "--render", type=Path, default=None, metavar="JSON", help="only re-render methods.md (findings included) from an existing methods.json"
+    )
+    ap.add_argument(
+        "--hyperflows",
+        action="append",
+        default=None,
+        metavar="PRESSURE:STEPS:REGROWTH",
+        help="hyperflows runs instead of the default (repeatable), e.g. --hyperflows 10:560:60 --hyperflows 40:200:40",
+    )
+    ap.add_argument(
+        "--sections",
+        default="unstructured,channel,reconstruction",
+        help="comma-separated sections to run: unstructured, channel, reconstruction (default: all)",
+    )
+    ap.add_argument(
+        "--rows-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="a previous methods.json: its recalibration settings, dense reference and the rows of the "
+        "sections not run are kept (each kept row says so in `from_run`)",
+    )
     return ap.parse_args(argv)
 
 
@@ -952,8 +1224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.cache:
             ev = ResultCache(ev, args.cache)  # type: ignore[assignment]
     phases["load"] = t.s
-    log(f"loaded: train {len(assets.splits.train)}, calib {len(assets.splits.calib)}, val {len(assets.splits.val)}, "
-        f"test {len(assets.splits.test)}; {cfg.threads} threads; load average {common.loadavg()}")
+    log(
+        f"loaded: train {len(assets.splits.train)}, calib {len(assets.splits.calib)}, val {len(assets.splits.val)}, "
+        f"test {len(assets.splits.test)}; {cfg.threads} threads; load average {common.loadavg()}"
+    )
 
     sections = {x.strip() for x in args.sections.split(",") if x.strip()}
     unknown = sections - {"unstructured", "channel", "reconstruction"}
@@ -982,7 +1256,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.no_ocs:
         cfg = replace(cfg, ocs_knobs={})
     with Timer() as t:
-        rows += run_channel(ev, cfg, settings["channel"], selections, with_ocs=not args.no_ocs) if "channel" in sections else _kept_rows(prev, "channel")
+        rows += (
+            run_channel(ev, cfg, settings["channel"], selections, with_ocs=not args.no_ocs) if "channel" in sections else _kept_rows(prev, "channel")
+        )
     phases["channel"] = t.s
     with Timer() as t:
         diag = raw_l1_diagnostic(ev, cfg, settings["channel"], rows) if "channel" in sections else (prev or {}).get("raw_l1_diagnostic", [])
@@ -1007,12 +1283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "shared": str(Path(args.shared).resolve()),
         "model": assets.model_cfg.model_dump(),
         "data": assets.data_cfg.model_dump(),
-        "splits": {"train": len(assets.splits.train), "calib": len(assets.splits.calib), "val": len(assets.splits.val),
-                   "test": len(assets.splits.test)},
-        "config": {**{k: v for k, v in asdict(cfg).items() if k not in ("recal_grid", "recon_grid")},
-                   "recal_grid": [r.model_dump() for r in cfg.recal_grid], "recon_grid": [r.model_dump() for r in cfg.recon_grid]},
-        "chosen_settings": {g: {"recal": s.recal.model_dump(), "prune_stem": s.prune_stem, "prune_head": s.prune_head}
-                            for g, s in settings.items()},
+        "splits": {
+            "train": len(assets.splits.train),
+            "calib": len(assets.splits.calib),
+            "val": len(assets.splits.val),
+            "test": len(assets.splits.test),
+        },
+        "config": {
+            **{k: v for k, v in asdict(cfg).items() if k not in ("recal_grid", "recon_grid")},
+            "recal_grid": [r.model_dump() for r in cfg.recal_grid],
+            "recon_grid": [r.model_dump() for r in cfg.recon_grid],
+        },
+        "chosen_settings": {g: {"recal": s.recal.model_dump(), "prune_stem": s.prune_stem, "prune_head": s.prune_head} for g, s in settings.items()},
         "recal_selection": recal_table,
         "screening_selection": selections,
         "sections_run": sorted(sections),

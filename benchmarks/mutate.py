@@ -38,65 +38,153 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("recal-skipped", "recalibration does nothing", "pipeline/recalibrate.py",
-             "    if spec.images == 0:\n", "    if spec.images >= 0:\n",
-             ("tests/test_recalibrate.py", "tests/test_evaluator.py")),
-    Mutation("masks-not-applied", "the plan's masks are not applied", "pipeline/build.py",
-             "    apply_masks(model, plan.masks)\n", "    pass\n", ("tests/test_evaluator.py", "tests/test_pruning.py")),
-    Mutation("constraint-ignored", "constrained mode tells Optuna no constraint", "search/study.py",
-             "                trial.set_constraint(name, value)\n", "                pass\n", ("tests/test_study_records.py",)),
-    Mutation("artifacts-not-written", "a record without its artifacts", "search/records.py",
-             "            self._artifacts(rid, result)\n", "            pass\n", ("tests/test_study_records.py",)),
-    Mutation("metrics-not-written", "a record without its metrics", "search/records.py",
-             "                metrics=[Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **(metrics or {})}.items()] + _knob_metrics(spec),\n",
-             "                metrics=_knob_metrics(spec),\n", ("tests/test_study_records.py", "tests/test_query.py")),
-    Mutation("repair-skipped", "resume repair leaves running trials alone", "search/study.py",
-             "    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):\n", "    for t in []:\n",
-             ("tests/test_study_records.py",)),
-    Mutation("repair-not-called", "the driver never repairs on resume", "search/driver.py",
-             "    told, requeued = repair(study, cfg, recorder, parent_id)\n", "    told, requeued = 0, 0\n",
-             ("tests/test_faults.py::test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates",), slow=True),
-    Mutation("finetune-pass", "fine-tuning trains for 0 steps", "pipeline/evaluator.py",
-             "self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr,",
-             "self.ctx.train_x, self.ctx.train_y, 0, lr=spec.finetune_lr,", ("tests/test_evaluator.py::test_fine_tuning_keeps_the_mask_and_records_both_accuracies",)),
-    Mutation("data-path-dropped", "data errors no longer name the file", "pipeline/data.py",
-             "    tx, ty = _validate(tx, ty, cfg.path or cfg.name)\n", "    tx, ty = _validate(tx, ty, \"data\")\n",
-             ("tests/test_hardening.py::test_malformed_data_is_named",)),
-    Mutation("channel-target-hardcoded", "channel pruning ignores the MACs target", "pipeline/methods/base.py",
-             "            graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation)\n",
-             "            graph, ctx.cache[key], 0.8, scope=spec.scope, ratios=dict(spec.allocation)\n",
-             ("tests/test_methods_screening.py::test_channel_plan_on_digits",)),
-    Mutation("checkpoint-accepts-small-files", "small corrupt checkpoints load as empty", "pipeline/checkpoint.py",
-             "    return _strip_prefix(_extract(_load(p), p))\n",
-             "    return {} if p.stat().st_size < 4096 else _strip_prefix(_extract(_load(p), p))\n",
-             ("tests/test_checkpoint.py::test_random_bytes_and_damaged_files_only_raise_checkpoint_error",)),
-    Mutation("blank-fit-plot", "the fit plot is a blank figure", "search/powerlaw.py",
-             "    fig.savefig(buf, format=\"png\")\n", "    Figure(figsize=fig.get_size_inches(), dpi=100).savefig(buf, format=\"png\")\n",
-             ("tests/test_powerlaw.py::test_plot_returns_png",)),
-    Mutation("steering-uses-failures", "steering fits failed candidates too", "search/steering.py",
-             "        if state != \"ok\" or steered is None or steered not in knobs or sparsity is None:\n",
-             "        if steered is None or steered not in knobs or sparsity is None:\n",
-             ("tests/test_steering.py::test_steering_waits_for_points_and_ignores_failures",)),
-    Mutation("keep-better-ignored", "keep_better never keeps the stored statistics", "pipeline/evaluator.py",
-             "        if recalibrated and spec.recal.keep_better and m[\"accuracy\"] < m[\"accuracy_before_recal\"]:\n",
-             "        if False:\n", ("tests/test_evaluator.py::test_keep_better_keeps_the_stored_statistics_when_they_score_higher",)),
-    Mutation("example-config-missing", "an example config is gone", "configs/resnet20_cifar10.yaml", "", "",
-             ("tests/test_config.py::test_example_configs_are_valid",)),
-    Mutation("ctrl-c-abandons-in-flight", "Ctrl-C stops without finishing what is in flight", "search/driver.py",
-             "                if not pool.busy and (interrupt.requested or remaining <= 0 or time.monotonic() >= deadline):\n",
-             "                if interrupt.requested or (not pool.busy and (remaining <= 0 or time.monotonic() >= deadline)):\n",
-             ("tests/test_hardening.py::test_ctrl_c_finishes_in_flight_candidates_and_resumes",), slow=True),
-    Mutation("second-interrupt-failed", "a second interrupt marks the parent FAILED", "search/driver.py",
-             "            _try(recorder.finish_parent, pid, \"KILLED\" if killed else \"FAILED\")\n",
-             "            _try(recorder.finish_parent, pid, \"FAILED\")\n",
-             ("tests/test_hardening.py::test_sigterm_and_a_second_interrupt_leave_the_parent_killed",), slow=True),
+    Mutation(
+        "recal-skipped",
+        "recalibration does nothing",
+        "pipeline/recalibrate.py",
+        "    if spec.images == 0:\n",
+        "    if spec.images >= 0:\n",
+        ("tests/test_recalibrate.py", "tests/test_evaluator.py"),
+    ),
+    Mutation(
+        "masks-not-applied",
+        "the plan's masks are not applied",
+        "pipeline/build.py",
+        "    apply_masks(model, plan.masks)\n",
+        "    pass\n",
+        ("tests/test_evaluator.py", "tests/test_pruning.py"),
+    ),
+    Mutation(
+        "constraint-ignored",
+        "constrained mode tells Optuna no constraint",
+        "search/study.py",
+        "                trial.set_constraint(name, value)\n",
+        "                pass\n",
+        ("tests/test_study_records.py",),
+    ),
+    Mutation(
+        "artifacts-not-written",
+        "a record without its artifacts",
+        "search/records.py",
+        "            self._artifacts(rid, result)\n",
+        "            pass\n",
+        ("tests/test_study_records.py",),
+    ),
+    Mutation(
+        "metrics-not-written",
+        "a record without its metrics",
+        "search/records.py",
+        "                metrics=[Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **(metrics or {})}.items()] + _knob_metrics(spec),\n",
+        "                metrics=_knob_metrics(spec),\n",
+        ("tests/test_study_records.py", "tests/test_query.py"),
+    ),
+    Mutation(
+        "repair-skipped",
+        "resume repair leaves running trials alone",
+        "search/study.py",
+        "    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):\n",
+        "    for t in []:\n",
+        ("tests/test_study_records.py",),
+    ),
+    Mutation(
+        "repair-not-called",
+        "the driver never repairs on resume",
+        "search/driver.py",
+        "    told, requeued = repair(study, cfg, recorder, parent_id)\n",
+        "    told, requeued = 0, 0\n",
+        ("tests/test_faults.py::test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates",),
+        slow=True,
+    ),
+    Mutation(
+        "finetune-pass",
+        "fine-tuning trains for 0 steps",
+        "pipeline/evaluator.py",
+        "self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr,",
+        "self.ctx.train_x, self.ctx.train_y, 0, lr=spec.finetune_lr,",
+        ("tests/test_evaluator.py::test_fine_tuning_keeps_the_mask_and_records_both_accuracies",),
+    ),
+    Mutation(
+        "data-path-dropped",
+        "data errors no longer name the file",
+        "pipeline/data.py",
+        "    tx, ty = _validate(tx, ty, cfg.path or cfg.name)\n",
+        '    tx, ty = _validate(tx, ty, "data")\n',
+        ("tests/test_hardening.py::test_malformed_data_is_named",),
+    ),
+    Mutation(
+        "channel-target-hardcoded",
+        "channel pruning ignores the MACs target",
+        "pipeline/methods/base.py",
+        "            graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation)\n",
+        "            graph, ctx.cache[key], 0.8, scope=spec.scope, ratios=dict(spec.allocation)\n",
+        ("tests/test_methods_screening.py::test_channel_plan_on_digits",),
+    ),
+    Mutation(
+        "checkpoint-accepts-small-files",
+        "small corrupt checkpoints load as empty",
+        "pipeline/checkpoint.py",
+        "    return _strip_prefix(_extract(_load(p), p))\n",
+        "    return {} if p.stat().st_size < 4096 else _strip_prefix(_extract(_load(p), p))\n",
+        ("tests/test_checkpoint.py::test_random_bytes_and_damaged_files_only_raise_checkpoint_error",),
+    ),
+    Mutation(
+        "blank-fit-plot",
+        "the fit plot is a blank figure",
+        "search/powerlaw.py",
+        '    fig.savefig(buf, format="png")\n',
+        '    Figure(figsize=fig.get_size_inches(), dpi=100).savefig(buf, format="png")\n',
+        ("tests/test_powerlaw.py::test_plot_returns_png",),
+    ),
+    Mutation(
+        "steering-uses-failures",
+        "steering fits failed candidates too",
+        "search/steering.py",
+        '        if state != "ok" or steered is None or steered not in knobs or sparsity is None:\n',
+        "        if steered is None or steered not in knobs or sparsity is None:\n",
+        ("tests/test_steering.py::test_steering_waits_for_points_and_ignores_failures",),
+    ),
+    Mutation(
+        "keep-better-ignored",
+        "keep_better never keeps the stored statistics",
+        "pipeline/evaluator.py",
+        '        if recalibrated and spec.recal.keep_better and m["accuracy"] < m["accuracy_before_recal"]:\n',
+        "        if False:\n",
+        ("tests/test_evaluator.py::test_keep_better_keeps_the_stored_statistics_when_they_score_higher",),
+    ),
+    Mutation(
+        "example-config-missing",
+        "an example config is gone",
+        "configs/resnet20_cifar10.yaml",
+        "",
+        "",
+        ("tests/test_config.py::test_example_configs_are_valid",),
+    ),
+    Mutation(
+        "ctrl-c-abandons-in-flight",
+        "Ctrl-C stops without finishing what is in flight",
+        "search/driver.py",
+        "                if not pool.busy and (interrupt.requested or remaining <= 0 or time.monotonic() >= deadline):\n",
+        "                if interrupt.requested or (not pool.busy and (remaining <= 0 or time.monotonic() >= deadline)):\n",
+        ("tests/test_hardening.py::test_ctrl_c_finishes_in_flight_candidates_and_resumes",),
+        slow=True,
+    ),
+    Mutation(
+        "second-interrupt-failed",
+        "a second interrupt marks the parent FAILED",
+        "search/driver.py",
+        '            _try(recorder.finish_parent, pid, "KILLED" if killed else "FAILED")\n',
+        '            _try(recorder.finish_parent, pid, "FAILED")\n',
+        ("tests/test_hardening.py::test_sigterm_and_a_second_interrupt_leave_the_parent_killed",),
+        slow=True,
+    ),
 ]
 
 
 def _copy_tree(dest: Path) -> None:
     """The working tree's tracked and untracked-but-not-ignored files (no .venv, runs, caches)."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
     for f in filter(None, files):
         src = REPO / f.decode()
         if src.is_file():
@@ -158,15 +246,26 @@ def main() -> None:
     if args.tests_from or args.only:  # a partial check: the full results stay as they are
         print(f"{caught}/{len(results)} caught" + (f" by the tests of {args.tests_from}" if args.tests_from else ""))
         return
-    summary = {"mutations": len(results), "caught": caught, "share_caught": round(caught / max(len(results), 1), 3),
-               "python": sys.version.split()[0], "cpus": os.cpu_count(), "results": results}
+    summary = {
+        "mutations": len(results),
+        "caught": caught,
+        "share_caught": round(caught / max(len(results), 1), 3),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "results": results,
+    }
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "mutate.json").write_text(json.dumps(summary, indent=2))
-    lines = ["# Mutation check (`benchmarks/mutate.py`)", "",
-             f"{caught} of {len(results)} one-line breaks caught ({summary['share_caught']:.0%}); each in a temporary copy "
-             "of the tree, running only the tests named for it (`pytest -x`).", "",
-             "| mutation | what breaks | file | tests run | result | s |", "|---|---|---|---|---|---:|"]
+    lines = [
+        "# Mutation check (`benchmarks/mutate.py`)",
+        "",
+        f"{caught} of {len(results)} one-line breaks caught ({summary['share_caught']:.0%}); each in a temporary copy "
+        "of the tree, running only the tests named for it (`pytest -x`).",
+        "",
+        "| mutation | what breaks | file | tests run | result | s |",
+        "|---|---|---|---|---|---:|",
+    ]
     for r in results:
         lines.append(f"| {r['name']} | {r['what']} | `{r['file']}` | {', '.join(f'`{t}`' for t in r['tests'])} | {r['status']} | {r['seconds']} |")
     (out / "mutate.md").write_text("\n".join(lines) + "\n")

@@ -131,9 +131,13 @@ def main() -> None:
     ap.add_argument("--recon-images", type=int, default=512, help="reconstruction.images of prunesearch's searches")
     ap.add_argument("--recon-ridge", type=float, default=1e-3, help="reconstruction.ridge of prunesearch's searches")
     ap.add_argument("--recon-layers", default="all", choices=["pruned", "all"], help="reconstruction.layers")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="folder for peers.json / peers.md (default: benchmarks/results; with --quick a temporary folder, "
-                         "so a smoke run never overwrites the measured results)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for peers.json / peers.md (default: benchmarks/results; with --quick a temporary folder, "
+        "so a smoke run never overwrites the measured results)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.candidates, args.finetune_steps, args.spearman_steps = min(args.candidates, 4), 20, 10
@@ -168,10 +172,16 @@ def main() -> None:
         "command": "python benchmarks/peers.py" + (" --quick" if args.quick else ""),
         "quick": args.quick,
         "settings": {
-            "calib_images": CALIB, "val_images": len(s.val), "train_images": len(s.train), "test_images": len(s.test),
-            "recalibration": RECAL.model_dump(), "candidates_per_search": args.candidates,
+            "calib_images": CALIB,
+            "val_images": len(s.val),
+            "train_images": len(s.train),
+            "test_images": len(s.test),
+            "recalibration": RECAL.model_dump(),
+            "candidates_per_search": args.candidates,
             "finetune": {"steps": args.finetune_steps, "batch": FT_BATCH, "lr": FT_LR, "schedule": "cosine, SGD momentum 0.9, wd 5e-4"},
-            "spearman_steps": args.spearman_steps, "threads": args.threads, "workers": 2,
+            "spearman_steps": args.spearman_steps,
+            "threads": args.threads,
+            "workers": 2,
             "torch_pruning": _tp_version(),
         },
         "dense": dense,
@@ -257,8 +267,12 @@ def _finetune(plan_bytes: bytes, steps: int, seed: int = 0) -> dict[str, float]:
     train_classifier(model, a.splits.train.x, a.splits.train.y, steps, lr=FT_LR, batch_size=FT_BATCH, seed=seed, masks=plan.masks or None)
     wall = time.perf_counter() - t0
     sp = a.splits
-    return {"val_accuracy": measure.accuracy(model, sp.val.x, sp.val.y), "test_accuracy": measure.accuracy(model, sp.test.x, sp.test.y),
-            "wall_s": wall, "steps": steps}
+    return {
+        "val_accuracy": measure.accuracy(model, sp.val.x, sp.val.y),
+        "test_accuracy": measure.accuracy(model, sp.test.x, sp.test.y),
+        "wall_s": wall,
+        "steps": steps,
+    }
 
 
 # -- prunesearch searches -------------------------------------------------------------
@@ -270,27 +284,43 @@ def _search(args, shared: Path, runs_root: Path, name: str, val_size: int, overr
     from search.driver import run_search
     from search.query import candidate_rows
 
-    cfg = parse_config({
-        "name": name, "run_dir": str(runs_root / name),
-        "model": {"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10_resnet20.th")},
-        "data": {"name": "npz", "path": str(shared / "data/cifar10/train_exact.npz"),
-                 "test_path": str(shared / "data/cifar10/test_exact.npz"),
-                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                 "calib_size": CALIB, "val_size": val_size},
-        "recalibration": RECAL.model_dump(),
-        "reconstruction": {"images": args.recon_images, "ridge": args.recon_ridge, "layers": args.recon_layers},
-        "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(2, args.candidates // 3)},
-        "budget": {"trials": args.candidates},
-        "actors": {"count": 2, "num_cpus": 1, "threads": args.threads},
-        "measure": _measure_cfg().model_dump(),
-        **{**overrides, "space": {**overrides["space"], "reconstruct": ["none"] if args.no_reconstruct else ["none", "lsq"]}},
-    })
+    cfg = parse_config(
+        {
+            "name": name,
+            "run_dir": str(runs_root / name),
+            "model": {"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10_resnet20.th")},
+            "data": {
+                "name": "npz",
+                "path": str(shared / "data/cifar10/train_exact.npz"),
+                "test_path": str(shared / "data/cifar10/test_exact.npz"),
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+                "calib_size": CALIB,
+                "val_size": val_size,
+            },
+            "recalibration": RECAL.model_dump(),
+            "reconstruction": {"images": args.recon_images, "ridge": args.recon_ridge, "layers": args.recon_layers},
+            "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(2, args.candidates // 3)},
+            "budget": {"trials": args.candidates},
+            "actors": {"count": 2, "num_cpus": 1, "threads": args.threads},
+            "measure": _measure_cfg().model_dump(),
+            **{**overrides, "space": {**overrides["space"], "reconstruct": ["none"] if args.no_reconstruct else ["none", "lsq"]}},
+        }
+    )
     load0 = loadavg()
     with Timer() as t:
         outcome = run_search(cfg, quiet=True)
     rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
-    return {"rows": rows, "tracking_uri": outcome.tracking_uri, "wall_s": t.s, "loop_s": outcome.loop_s,
-            "evaluated": outcome.evaluated, "failed": outcome.failed, "loadavg_before": load0, "loadavg_after": loadavg()}
+    return {
+        "rows": rows,
+        "tracking_uri": outcome.tracking_uri,
+        "wall_s": t.s,
+        "loop_s": outcome.loop_s,
+        "evaluated": outcome.evaluated,
+        "failed": outcome.failed,
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
+    }
 
 
 def _methods(*names: str) -> list[str]:
@@ -325,24 +355,42 @@ def _spec_summary(spec: CandidateSpec) -> str:
 def _prunesearch_point(args, shared, runs_root, ev, name, val_size, overrides, keep) -> dict[str, Any]:
     srch = _search(args, shared, runs_root, name, val_size, overrides)
     rows = [r for r in srch["rows"] if keep(r)]
-    out = {"candidates": args.candidates, "evaluated": srch["evaluated"], "failed": srch["failed"],
-           "eligible": len(rows), "wall_s": srch["wall_s"], "loop_s": srch["loop_s"],
-           "loadavg": [srch["loadavg_before"], srch["loadavg_after"]]}
+    out = {
+        "candidates": args.candidates,
+        "evaluated": srch["evaluated"],
+        "failed": srch["failed"],
+        "eligible": len(rows),
+        "wall_s": srch["wall_s"],
+        "loop_s": srch["loop_s"],
+        "loadavg": [srch["loadavg_before"], srch["loadavg_after"]],
+    }
     if not rows:
         return {**out, "error": "no eligible candidate"}
     best = max(rows, key=lambda r: (r["accuracy"], -r["trial"]))  # validation only
     model, m, spec, plan = _rebuild_winner(ev, srch["tracking_uri"], best["run_id"])
     if abs(m["accuracy"] - best["accuracy"]) > 1e-9:
         log(f"  warning: rebuilt accuracy {m['accuracy']:.4f} differs from the recorded {best['accuracy']:.4f}")
-    out.update({
-        "recipe": _spec_summary(spec), "spec": spec.model_dump(), "run_trial": best["trial"],
-        "val_before_recal": m["accuracy_before_recal"], "val_accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"],
-        "test_before_recal": measure.accuracy(apply_plan(ev.base, plan), ev.splits.test.x, ev.splits.test.y),
-        "recorded_val_accuracy": best["accuracy"], "recorded_test_accuracy": best.get("test_accuracy"),
-        "sparsity": m["sparsity"], "macs_ratio": m["macs_ratio"], "macs": m["macs"], "recal_applied": m["recal_applied"],
-        "all_candidates": [{k: r.get(k) for k in ("trial", "method", "accuracy", "test_accuracy", "sparsity", "macs_ratio")} for r in srch["rows"]],
-        "_plan": plan.to_parquet(),
-    })
+    out.update(
+        {
+            "recipe": _spec_summary(spec),
+            "spec": spec.model_dump(),
+            "run_trial": best["trial"],
+            "val_before_recal": m["accuracy_before_recal"],
+            "val_accuracy": m["accuracy"],
+            "test_accuracy": m["test_accuracy"],
+            "test_before_recal": measure.accuracy(apply_plan(ev.base, plan), ev.splits.test.x, ev.splits.test.y),
+            "recorded_val_accuracy": best["accuracy"],
+            "recorded_test_accuracy": best.get("test_accuracy"),
+            "sparsity": m["sparsity"],
+            "macs_ratio": m["macs_ratio"],
+            "macs": m["macs"],
+            "recal_applied": m["recal_applied"],
+            "all_candidates": [
+                {k: r.get(k) for k in ("trial", "method", "accuracy", "test_accuracy", "sparsity", "macs_ratio")} for r in srch["rows"]
+            ],
+            "_plan": plan.to_parquet(),
+        }
+    )
     return out
 
 
@@ -375,25 +423,45 @@ def part_unstructured(args, shared, runs_root, ev, assets, sparsities, val_size)
         tools["torch_l1"] = {
             "label": "torch global_unstructured L1 (no recalibration)",
             "sparsity": zeros / n_weights,
-            "val_accuracy": measure.accuracy(model, s.val.x, s.val.y), "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
-            "wall_s": prune_s, "loadavg": loadavg(), "_plan": PrunePlan(masks=masks).to_parquet(),
+            "val_accuracy": measure.accuracy(model, s.val.x, s.val.y),
+            "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
+            "wall_s": prune_s,
+            "loadavg": loadavg(),
+            "_plan": PrunePlan(masks=masks).to_parquet(),
         }
         spec = CandidateSpec(method="magnitude", granularity="unstructured", target_sparsity=t, recal=RECAL)
         _, r = ev.rebuild(spec, PrunePlan(masks=masks))
         m = r.metrics
         tools["torch_l1_recal"] = {
             "label": "torch global_unstructured L1 + prunesearch recalibration",
-            "sparsity": m["sparsity"], "val_accuracy": m["accuracy"], "test_accuracy": m["test_accuracy"],
-            "val_before_recal": m["accuracy_before_recal"], "recal_applied": m["recal_applied"],
-            "wall_s": prune_s + m["recal_s"], "recal_s": m["recal_s"], "loadavg": loadavg(),
+            "sparsity": m["sparsity"],
+            "val_accuracy": m["accuracy"],
+            "test_accuracy": m["test_accuracy"],
+            "val_before_recal": m["accuracy_before_recal"],
+            "recal_applied": m["recal_applied"],
+            "wall_s": prune_s + m["recal_s"],
+            "recal_s": m["recal_s"],
+            "loadavg": loadavg(),
         }
         log(f"  torch L1 test {tools['torch_l1']['test_accuracy']:.4f}, + recal {m['test_accuracy']:.4f}")
         log(f"unstructured {t:.0%}: prunesearch search ({args.candidates} candidates); load {loadavg()}")
-        space = {"methods": _methods("magnitude", "screening", "activation"), "granularity": ["unstructured"], "scope": ["global", "layerwise"],
-                 "sparsity": [t, min(t + 0.01, 0.99)], "knobs": {"screening": {"screening_weight": [0.0, 1.0]}}}
-        ps = _prunesearch_point(args, shared, runs_root, ev, f"peers-unstructured-{round(t * 100)}", val_size,
-                                {"space": space, "objective": {"mode": "constrained", "min_sparsity": t}},
-                                keep=lambda r, t=t: r["sparsity"] >= t - 1e-9)
+        space = {
+            "methods": _methods("magnitude", "screening", "activation"),
+            "granularity": ["unstructured"],
+            "scope": ["global", "layerwise"],
+            "sparsity": [t, min(t + 0.01, 0.99)],
+            "knobs": {"screening": {"screening_weight": [0.0, 1.0]}},
+        }
+        ps = _prunesearch_point(
+            args,
+            shared,
+            runs_root,
+            ev,
+            f"peers-unstructured-{round(t * 100)}",
+            val_size,
+            {"space": space, "objective": {"mode": "constrained", "min_sparsity": t}},
+            keep=lambda r, t=t: r["sparsity"] >= t - 1e-9,
+        )
         ps["label"] = "prunesearch best searched candidate"
         tools["prunesearch"] = ps
         log(f"  prunesearch test {ps.get('test_accuracy', float('nan')):.4f} ({ps.get('recipe')}), {ps['wall_s']:.0f} s")
@@ -411,8 +479,9 @@ def _tp_prune(base: nn.Module, example: torch.Tensor, ratio: float, global_pruni
     model = copy.deepcopy(base).eval()
     keep = set(BLOCK_CONV1)
     ignored = [m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
-    pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, global_pruning=global_pruning, ignored_layers=ignored)
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio, global_pruning=global_pruning, ignored_layers=ignored
+    )
     pruner.step()
     return model
 
@@ -423,8 +492,9 @@ def tp_documented_default(base: nn.Module, example: torch.Tensor) -> str:
 
     model = copy.deepcopy(base).eval()
     try:
-        pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=0.3, ignored_layers=[model.linear])
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.3, ignored_layers=[model.linear]
+        )
         pruner.step()
         with torch.no_grad():
             out = model(example)
@@ -461,8 +531,14 @@ def tp_for_target(base, example, target: float, global_pruning: bool) -> dict[st
     t1 = time.perf_counter()
     model = _tp_prune(base, example, hi, global_pruning)
     step_s = time.perf_counter() - t1
-    return {"model": model, "pruning_ratio": hi, "tp_macs_ratio": _tp_ops_ratio(model, example, dense_ops),
-            "bisect_s": bisect_s, "step_s": step_s, "bisect_evals": evals + 2}
+    return {
+        "model": model,
+        "pruning_ratio": hi,
+        "tp_macs_ratio": _tp_ops_ratio(model, example, dense_ops),
+        "bisect_s": bisect_s,
+        "step_s": step_s,
+        "bisect_evals": evals + 2,
+    }
 
 
 def recover_channels(base: nn.Module, pruned: nn.Module) -> dict[str, torch.Tensor]:
@@ -544,8 +620,16 @@ def part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool
     points = []
     for t in targets:
         tools: dict[str, dict[str, Any]] = {}
-        spec = CandidateSpec(method="magnitude", granularity="channel", scope="layerwise", target_sparsity=None,
-                             target_macs_ratio=t, prune_stem=False, prune_head=False, recal=RECAL)
+        spec = CandidateSpec(
+            method="magnitude",
+            granularity="channel",
+            scope="layerwise",
+            target_sparsity=None,
+            target_macs_ratio=t,
+            prune_stem=False,
+            prune_head=False,
+            recal=RECAL,
+        )
         for key, glob in (("tp_layer", False), ("tp_global", True)):
             log(f"structured {t:.3f}: Torch-Pruning {'global' if glob else 'per-layer'}; load {loadavg()}")
             with warnings.catch_warnings():
@@ -562,14 +646,25 @@ def part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool
             m = rr.metrics
             tools[key] = {
                 "label": f"Torch-Pruning MagnitudeImportance, {'global' if glob else 'per-layer'}",
-                **r, "macs_ratio": m["macs_ratio"], "macs": m["macs"], "max_logit_diff_vs_shrink": diff,
+                **r,
+                "macs_ratio": m["macs_ratio"],
+                "macs": m["macs"],
+                "max_logit_diff_vs_shrink": diff,
                 "channels": {g: int(v.numel()) for g, v in plan.channels.items()},
-                "val_accuracy": measure.accuracy(model, s.val.x, s.val.y), "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
-                "val_recal": m["accuracy"], "test_recal": m["test_accuracy"], "recal_applied": m["recal_applied"],
-                "recal_s": m["recal_s"], "wall_s": r["bisect_s"] + r["step_s"], "loadavg": loadavg(), "_plan": plan.to_parquet(),
+                "val_accuracy": measure.accuracy(model, s.val.x, s.val.y),
+                "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
+                "val_recal": m["accuracy"],
+                "test_recal": m["test_accuracy"],
+                "recal_applied": m["recal_applied"],
+                "recal_s": m["recal_s"],
+                "wall_s": r["bisect_s"] + r["step_s"],
+                "loadavg": loadavg(),
+                "_plan": plan.to_parquet(),
             }
-            log(f"  MACs ratio {m['macs_ratio']:.3f} (tp {r['tp_macs_ratio']:.3f}), test {tools[key]['test_accuracy']:.4f}, "
-                f"+recal {m['test_accuracy']:.4f}; logits vs shrink {diff:.1e}")
+            log(
+                f"  MACs ratio {m['macs_ratio']:.3f} (tp {r['tp_macs_ratio']:.3f}), test {tools[key]['test_accuracy']:.4f}, "
+                f"+recal {m['test_accuracy']:.4f}; logits vs shrink {diff:.1e}"
+            )
 
         log(f"structured {t:.3f}: EagleEye-style random search ({args.candidates} candidates, 2 workers); load {loadavg()}")
         load0 = loadavg()
@@ -580,34 +675,63 @@ def part_structured(args, shared, runs_root, ev, assets, targets, val_size, pool
         best = max(range(len(cands)), key=lambda i: (cands[i]["accuracy"], -i))
         c = cands[best]
         tools["eagleeye"] = {
-            "label": "EagleEye-style random search + adaptive BN", "candidates": len(cands), "macs_ratio": c["macs_ratio"],
-            "macs": c["macs"], "val_before_recal": c["accuracy_before_recal"], "val_accuracy": c["accuracy"],
-            "test_accuracy": c["test_accuracy"], "wall_s": tm.s, "loadavg": [load0, loadavg()],
-            "channels": {g: int(v.numel()) for g, v in plans[best].channels.items()}, "_plan": plans[best].to_parquet(),
+            "label": "EagleEye-style random search + adaptive BN",
+            "candidates": len(cands),
+            "macs_ratio": c["macs_ratio"],
+            "macs": c["macs"],
+            "val_before_recal": c["accuracy_before_recal"],
+            "val_accuracy": c["accuracy"],
+            "test_accuracy": c["test_accuracy"],
+            "wall_s": tm.s,
+            "loadavg": [load0, loadavg()],
+            "channels": {g: int(v.numel()) for g, v in plans[best].channels.items()},
+            "_plan": plans[best].to_parquet(),
         }
         log(f"  best val {c['accuracy']:.4f} test {c['test_accuracy']:.4f} MACs ratio {c['macs_ratio']:.3f}, {tm.s:.0f} s")
 
         log(f"structured {t:.3f}: prunesearch search ({args.candidates} candidates); load {loadavg()}")
         # scope: layerwise only, the better channel scope on this model (methods benchmark,
         # magnitude at 2x: 54.3 % layerwise, 46.6 % global)
-        space = {"methods": _methods("magnitude", "screening", "activation", "bn_activation"), "granularity": ["channel"], "scope": ["layerwise"],
-                 "macs_ratio": [max(t - 0.01, 0.01), t], "prune_stem": False, "prune_head": False,
-                 "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]}},
-                 "allocation": {"layer1": ALLOC, "layer2": ALLOC, "layer3": ALLOC}}
-        ps = _prunesearch_point(args, shared, runs_root, ev, f"peers-structured-{round(t * 1000)}", val_size,
-                                {"space": space, "objective": {"mode": "constrained", "max_macs_ratio": t}},
-                                keep=lambda r, t=t: r["macs_ratio"] <= t + 1e-9)
+        space = {
+            "methods": _methods("magnitude", "screening", "activation", "bn_activation"),
+            "granularity": ["channel"],
+            "scope": ["layerwise"],
+            "macs_ratio": [max(t - 0.01, 0.01), t],
+            "prune_stem": False,
+            "prune_head": False,
+            "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]}},
+            "allocation": {"layer1": ALLOC, "layer2": ALLOC, "layer3": ALLOC},
+        }
+        ps = _prunesearch_point(
+            args,
+            shared,
+            runs_root,
+            ev,
+            f"peers-structured-{round(t * 1000)}",
+            val_size,
+            {"space": space, "objective": {"mode": "constrained", "max_macs_ratio": t}},
+            keep=lambda r, t=t: r["macs_ratio"] <= t + 1e-9,
+        )
         ps["label"] = "prunesearch best searched candidate"
         if "_plan" in ps:
             ps["channels"] = {g: int(v.numel()) for g, v in PrunePlan.from_parquet(ps["_plan"]).channels.items()}
         tools["prunesearch"] = ps
-        log(f"  prunesearch test {ps.get('test_accuracy', float('nan')):.4f} ({ps.get('recipe')}), MACs ratio "
-            f"{ps.get('macs_ratio', float('nan')):.3f}, {ps['wall_s']:.0f} s")
+        log(
+            f"  prunesearch test {ps.get('test_accuracy', float('nan')):.4f} ({ps.get('recipe')}), MACs ratio "
+            f"{ps.get('macs_ratio', float('nan')):.3f}, {ps['wall_s']:.0f} s"
+        )
         point = {"target_macs_ratio": t, "speedup_target": 1 / t, "tools": tools}
         if abs(t - 0.5) < 1e-9:
-            point["_ee_candidates"] = [{"val_before_recal": c["accuracy_before_recal"], "val_recal": c["accuracy"],
-                                        "test_recal": c["test_accuracy"], "macs_ratio": c["macs_ratio"], "_plan": p.to_parquet()}
-                                       for c, p in zip(cands, plans)]
+            point["_ee_candidates"] = [
+                {
+                    "val_before_recal": c["accuracy_before_recal"],
+                    "val_recal": c["accuracy"],
+                    "test_recal": c["test_accuracy"],
+                    "macs_ratio": c["macs_ratio"],
+                    "_plan": p.to_parquet(),
+                }
+                for c, p in zip(cands, plans)
+            ]
         points.append(point)
     if points:
         points[0]["tp_documented_default"] = default_note
@@ -629,8 +753,10 @@ def part_finetune(args, result, pool) -> dict[str, Any]:
     ee = []
     for point in result["structured"]:
         ee = point.pop("_ee_candidates", None) or ee
-    log(f"fine-tuning {len(jobs)} winners x {args.finetune_steps} steps and {len(ee)} candidates x {args.spearman_steps} steps "
-        f"(2 workers); load {loadavg()}")
+    log(
+        f"fine-tuning {len(jobs)} winners x {args.finetune_steps} steps and {len(ee)} candidates x {args.spearman_steps} steps "
+        f"(2 workers); load {loadavg()}"
+    )
     load0 = loadavg()
     with Timer() as tm:
         futs = [pool.submit(_finetune, plan, args.finetune_steps) for *_, plan in jobs]
@@ -650,7 +776,9 @@ def part_finetune(args, result, pool) -> dict[str, Any]:
         ft_val = [c["finetuned"]["val_accuracy"] for c in ee]
         ft_test = [c["finetuned"]["test_accuracy"] for c in ee]
         out["spearman"] = {
-            "candidates": len(ee), "steps": args.spearman_steps, "target_macs_ratio": 0.5,
+            "candidates": len(ee),
+            "steps": args.spearman_steps,
+            "target_macs_ratio": 0.5,
             "recal_vs_finetuned_val": _rho(spearmanr(rec, ft_val)),
             "recal_vs_finetuned_test": _rho(spearmanr(rec, ft_test)),
             "vanilla_vs_finetuned_val": _rho(spearmanr(van, ft_val)),
@@ -701,8 +829,15 @@ def part_latency(args, ev, result) -> dict[str, Any]:
         r["latency_within_1_3x_of_macs"] = {b: d[b] / dense[b] <= 1.3 * r["macs_ratio"] for b in d}
         if k in prof:
             r["profile_ms"] = prof[k]
-    return {"dense_ms": dense, "threads": args.threads, "rounds": rounds, "repeats": {"b1": 30, "b256": 3},
-            "loadavg_per_round": loads, "samples": samples, "dense_profile_ms": prof["dense"]}
+    return {
+        "dense_ms": dense,
+        "threads": args.threads,
+        "rounds": rounds,
+        "repeats": {"b1": 30, "b256": 3},
+        "loadavg_per_round": loads,
+        "samples": samples,
+        "dense_profile_ms": prof["dense"],
+    }
 
 
 @torch.no_grad()
@@ -742,8 +877,14 @@ def verdict(result) -> list[dict[str, Any]]:
         ps = tl["prunesearch"]
         as_run = {"torch_l1": tl["torch_l1"]["test_accuracy"]}
         hybrids = {"torch_l1_recal": tl["torch_l1_recal"]["test_accuracy"]}
-        v = _compare(f"{point['target_sparsity']:.0%} weight sparsity", ps, as_run, hybrids, n_test,
-                     budget_ok=ps.get("sparsity", 0) >= point["target_sparsity"] - 1e-9)
+        v = _compare(
+            f"{point['target_sparsity']:.0%} weight sparsity",
+            ps,
+            as_run,
+            hybrids,
+            n_test,
+            budget_ok=ps.get("sparsity", 0) >= point["target_sparsity"] - 1e-9,
+        )
         v["reason"] = _reason_unstructured(point, v)
         out.append(v)
     for point in result["structured"]:
@@ -756,8 +897,14 @@ def verdict(result) -> list[dict[str, Any]]:
                 hybrids[key + "_recal"] = tl[key]["test_recal"]
         as_run["eagleeye"] = tl["eagleeye"]["test_accuracy"]
         peer_macs = [tl[k]["macs_ratio"] for k in ("tp_layer", "tp_global", "eagleeye") if "macs_ratio" in tl.get(k, {})]
-        v = _compare(f"{1 / point['target_macs_ratio']:.1f}x fewer MACs", ps, as_run, hybrids, n_test,
-                     budget_ok=ps.get("macs_ratio", 9) <= point["target_macs_ratio"] + 1e-9)
+        v = _compare(
+            f"{1 / point['target_macs_ratio']:.1f}x fewer MACs",
+            ps,
+            as_run,
+            hybrids,
+            n_test,
+            budget_ok=ps.get("macs_ratio", 9) <= point["target_macs_ratio"] + 1e-9,
+        )
         v["prunesearch_macs_le_every_peer"] = bool(peer_macs) and ps.get("macs_ratio", 9) <= min(peer_macs) + 1e-9
         v["latency_within_1_3x"] = ps.get("latency_within_1_3x_of_macs")
         v["reason"] = _reason_structured(point, v, result["latency"])
@@ -773,9 +920,13 @@ def _compare(point: str, ps: dict, as_run: dict[str, float], hybrids: dict[str, 
     for name, peers in (("as_run", as_run), ("all", {**as_run, **hybrids})):
         best = max(peers, key=peers.get)
         margin = None if acc is None else acc - peers[best]
-        v[name] = {"best_peer": best, "best_peer_test": peers[best], "margin": margin,
-                   "ahead": bool(margin is not None and margin > 0 and budget_ok),
-                   "margin_over_2se": None if margin is None or not noise else margin / (2 * noise)}
+        v[name] = {
+            "best_peer": best,
+            "best_peer_test": peers[best],
+            "margin": margin,
+            "ahead": bool(margin is not None and margin > 0 and budget_ok),
+            "margin_over_2se": None if margin is None or not noise else margin / (2 * noise),
+        }
     return v
 
 
@@ -784,13 +935,15 @@ def _reason_unstructured(point: dict, v: dict) -> str:
         return ""
     tl, ps = point["tools"], point["tools"]["prunesearch"]
     hyb = tl["torch_l1_recal"]
-    return (f"not ahead of torch L1 + prunesearch's recalibration ({100 * v['all']['margin']:+.1f} points, "
-            f"{v['all']['margin_over_2se']:+.1f} x 2 SE{': within noise' if abs(v['all']['margin_over_2se'] or 0) < 1 else ''}). "
-            f"That row is torch's global L1 masks with prunesearch's own recalibration; prunesearch's space holds the same "
-            f"global-magnitude ranking (method magnitude, scope global) and can only beat it with a better one-shot ranking. Its winner "
-            f"({ps.get('recipe')}) at sparsity {ps.get('sparsity', 0):.4f} (searched in [target, target + 0.01]) scored "
-            f"{100 * ps.get('val_accuracy', 0):.1f} % on validation vs {100 * hyb['val_accuracy']:.1f} % for the torch masks. "
-            f"Against torch as users run it: {100 * v['as_run']['margin']:+.1f} points.")
+    return (
+        f"not ahead of torch L1 + prunesearch's recalibration ({100 * v['all']['margin']:+.1f} points, "
+        f"{v['all']['margin_over_2se']:+.1f} x 2 SE{': within noise' if abs(v['all']['margin_over_2se'] or 0) < 1 else ''}). "
+        f"That row is torch's global L1 masks with prunesearch's own recalibration; prunesearch's space holds the same "
+        f"global-magnitude ranking (method magnitude, scope global) and can only beat it with a better one-shot ranking. Its winner "
+        f"({ps.get('recipe')}) at sparsity {ps.get('sparsity', 0):.4f} (searched in [target, target + 0.01]) scored "
+        f"{100 * ps.get('val_accuracy', 0):.1f} % on validation vs {100 * hyb['val_accuracy']:.1f} % for the torch masks. "
+        f"Against torch as users run it: {100 * v['as_run']['margin']:+.1f} points."
+    )
 
 
 def _reason_structured(point: dict, v: dict, lat: dict) -> str:
@@ -804,7 +957,8 @@ def _reason_structured(point: dict, v: dict, lat: dict) -> str:
             f"Validation: prunesearch {100 * ps.get('val_accuracy', 0):.1f} % vs {100 * b.get('val_accuracy', 0):.1f} %. "
             f"prunesearch's space allocates per stage (3 multipliers, equal widths inside a stage: "
             f"{_widths(ps.get('channels', {}))}); the EagleEye-style sampler sets 9 layer widths freely "
-            f"({_widths(tl['eagleeye'].get('channels', {}))}).")
+            f"({_widths(tl['eagleeye'].get('channels', {}))})."
+        )
     ok = v.get("latency_within_1_3x") or {}
     prof = ps.get("profile_ms")
     dprof = lat.get("dense_profile_ms")
@@ -815,7 +969,8 @@ def _reason_structured(point: dict, v: dict, lat: dict) -> str:
                 f"latency at batch {b[1:]}: ratio {ps['latency_ratio'][b]:.2f} > 1.3 x MACs ratio {ps['macs_ratio']:.3f}: "
                 f"convolutions {d['conv_ms']:.1f} -> {q['conv_ms']:.1f} ms (x{q['conv_ms'] / d['conv_ms']:.2f}), everything else "
                 f"(BatchNorm, ReLU, residual adds, padding on the unpruned residual stream, dispatch) "
-                f"{d['other_ms']:.1f} -> {q['other_ms']:.1f} ms (x{q['other_ms'] / d['other_ms']:.2f}) (profiler times).")
+                f"{d['other_ms']:.1f} -> {q['other_ms']:.1f} ms (x{q['other_ms'] / d['other_ms']:.2f}) (profiler times)."
+            )
     return " ".join(parts)
 
 
@@ -836,41 +991,76 @@ def markdown(r: dict[str, Any]) -> str:
     n_test = st["test_images"]
     lines = [
         f"# prunesearch vs peer tools ({m['date'][:10]}, {m['cpu_model']}, {m['logical_cpus']} CPUs shared, "
-        f"torch {m['torch']}, {st['threads']} torch thread per worker)", "",
+        f"torch {m['torch']}, {st['threads']} torch thread per worker)",
+        "",
         f"Reproduce: `.venv/bin/python benchmarks/peers.py{' --quick' if r['quick'] else ''}` "
         f"(Torch-Pruning {st['torch_pruning']}; `pip install -e '.[bench]'`). Git commit `{m['git_commit'][:10]}`. "
-        f"Load average at start {m['loadavg_at_start']}, at end {r['loadavg_at_end']}; total {r['total_wall_s'] / 60:.1f} min.", "",
+        f"Load average at start {m['loadavg_at_start']}, at end {r['loadavg_at_end']}; total {r['total_wall_s'] / 60:.1f} min.",
+        "",
         f"Shared ResNet-20 (dense: test {_p(d['test_accuracy'])} %, val {_p(d['val_accuracy'])} %, {d['macs'] / 1e6:.2f} M MACs). "
         f"Same images for every tool: {st['calib_images']} calibration and {st['val_images']} validation images from "
         f"`train_exact.npz` (selection), {n_test} test images (`test_exact.npz`, report only; standard error about "
-        f"{100 * se(0.7, n_test):.1f} points at 70 %). Recalibration (every \"+ recal\" and prunesearch): reset, "
+        f'{100 * se(0.7, n_test):.1f} points at 70 %). Recalibration (every "+ recal" and prunesearch): reset, '
         f"cumulative average over {st['recalibration']['images']} calibration images, flips and black-padded 4-px crops, keep the "
         f"stored statistics when they score higher on validation. prunesearch: {st['candidates_per_search']} candidates "
-        "per point (TPE, 2 Ray actors of 1 thread, Ray started by the search). Accuracies are top-1 %.", "",
-        "## 1. Unstructured, no fine-tuning (test accuracy)", "",
+        "per point (TPE, 2 Ray actors of 1 thread, Ray started by the search). Accuracies are top-1 %.",
+        "",
+        "## 1. Unstructured, no fine-tuning (test accuracy)",
+        "",
     ]
     rows = []
     for p in r["unstructured"]:
         tl = p["tools"]
         ps = tl["prunesearch"]
-        rows.append([f"{p['target_sparsity']:.0%}", _p(tl["torch_l1"]["test_accuracy"]), _p(tl["torch_l1_recal"]["test_accuracy"]),
-                     _p(ps.get("test_accuracy")), _f(ps.get("sparsity"), "{:.4f}"), ps.get("recipe", ps.get("error", "")),
-                     _p(ps.get("val_accuracy")), f"{ps['evaluated']} cand., {ps['wall_s']:.0f} s"])
-    lines.append(md_table(["sparsity", "torch L1 (as users run it)", "torch L1 + recal", "prunesearch", "prunesearch sparsity",
-                           "prunesearch winner", "its val", "prunesearch budget"], rows))
+        rows.append(
+            [
+                f"{p['target_sparsity']:.0%}",
+                _p(tl["torch_l1"]["test_accuracy"]),
+                _p(tl["torch_l1_recal"]["test_accuracy"]),
+                _p(ps.get("test_accuracy")),
+                _f(ps.get("sparsity"), "{:.4f}"),
+                ps.get("recipe", ps.get("error", "")),
+                _p(ps.get("val_accuracy")),
+                f"{ps['evaluated']} cand., {ps['wall_s']:.0f} s",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "sparsity",
+                "torch L1 (as users run it)",
+                "torch L1 + recal",
+                "prunesearch",
+                "prunesearch sparsity",
+                "prunesearch winner",
+                "its val",
+                "prunesearch budget",
+            ],
+            rows,
+        )
+    )
     lines += ["", "## 2. Structured, no fine-tuning (test accuracy; latency 1 thread)", ""]
     if r["structured"] and "tp_documented_default" in r["structured"][0]:
-        lines += [f"Torch-Pruning as its README runs it (only the classifier ignored) on this option-A ResNet: "
-                  f"`{r['structured'][0]['tp_documented_default']}`. Below it is restricted to the block-internal channels "
-                  "(each BasicBlock's conv1 output), where its pruned networks were checked against prunesearch's `shrink` "
-                  "of the same channels (max logit difference in the JSON).", ""]
+        lines += [
+            f"Torch-Pruning as its README runs it (only the classifier ignored) on this option-A ResNet: "
+            f"`{r['structured'][0]['tp_documented_default']}`. Below it is restricted to the block-internal channels "
+            "(each BasicBlock's conv1 output), where its pruned networks were checked against prunesearch's `shrink` "
+            "of the same channels (max logit difference in the JSON).",
+            "",
+        ]
     lat = r["latency"]
-    lines.append(f"Dense latency: {lat['dense_ms']['b1']:.2f} ms at batch 1, {lat['dense_ms']['b256']:.0f} ms at batch 256 "
-                 f"(median of {lat['rounds']} interleaved rounds; load per round {lat['loadavg_per_round']}).")
+    lines.append(
+        f"Dense latency: {lat['dense_ms']['b1']:.2f} ms at batch 1, {lat['dense_ms']['b256']:.0f} ms at batch 256 "
+        f"(median of {lat['rounds']} interleaved rounds; load per round {lat['loadavg_per_round']})."
+    )
     lines.append("")
     rows = []
-    names = {"tp_layer": "Torch-Pruning per-layer", "tp_global": "Torch-Pruning global", "eagleeye": "EagleEye-style random + adaptive BN",
-             "prunesearch": "prunesearch"}
+    names = {
+        "tp_layer": "Torch-Pruning per-layer",
+        "tp_global": "Torch-Pruning global",
+        "eagleeye": "EagleEye-style random + adaptive BN",
+        "prunesearch": "prunesearch",
+    }
     for p in r["structured"]:
         for key in ("tp_layer", "tp_global", "eagleeye", "prunesearch"):
             x = p["tools"].get(key, {})
@@ -879,28 +1069,57 @@ def markdown(r: dict[str, Any]) -> str:
                 continue
             lr = x.get("latency_ratio", {})
             ok = x.get("latency_within_1_3x_of_macs", {})
-            rows.append([
-                f"{1 / p['target_macs_ratio']:.1f}x", names[key], _f(x.get("macs_ratio")), _p(x.get("test_accuracy")),
-                _p(x.get("test_recal")) if key.startswith("tp") else "",
-                f"{x['latency_ms']['b1']:.2f} ({lr['b1']:.2f}{'' if ok.get('b1') else ' !'})" if "latency_ms" in x else "",
-                f"{x['latency_ms']['b256']:.0f} ({lr['b256']:.2f}{'' if ok.get('b256') else ' !'})" if "latency_ms" in x else "",
-                _f(x.get("wall_s"), "{:.1f}"),
-                {"tp_layer": "1 (+ratio bisection)", "tp_global": "1 (+ratio bisection)"}.get(key, str(x.get("candidates", x.get("evaluated", "")))),
-                x.get("recipe", "") if key == "prunesearch" else "",
-            ])
-    lines.append(md_table(["speed-up target", "tool", "MACs ratio", "test acc", "+ recal", "ms batch 1 (ratio)", "ms batch 256 (ratio)",
-                           "wall s", "candidates", "prunesearch winner"], rows))
-    lines += ["", "Ratio = pruned / dense latency; `!` marks a ratio above 1.3 x the MACs ratio (the MACs promise missed). "
-              "Torch-Pruning is shown as documented (no recalibration) and with prunesearch's recalibration (+ recal). "
-              "EagleEye-style candidates are all adaptive-BN recalibrated.", ""]
+            rows.append(
+                [
+                    f"{1 / p['target_macs_ratio']:.1f}x",
+                    names[key],
+                    _f(x.get("macs_ratio")),
+                    _p(x.get("test_accuracy")),
+                    _p(x.get("test_recal")) if key.startswith("tp") else "",
+                    f"{x['latency_ms']['b1']:.2f} ({lr['b1']:.2f}{'' if ok.get('b1') else ' !'})" if "latency_ms" in x else "",
+                    f"{x['latency_ms']['b256']:.0f} ({lr['b256']:.2f}{'' if ok.get('b256') else ' !'})" if "latency_ms" in x else "",
+                    _f(x.get("wall_s"), "{:.1f}"),
+                    {"tp_layer": "1 (+ratio bisection)", "tp_global": "1 (+ratio bisection)"}.get(
+                        key, str(x.get("candidates", x.get("evaluated", "")))
+                    ),
+                    x.get("recipe", "") if key == "prunesearch" else "",
+                ]
+            )
+    lines.append(
+        md_table(
+            [
+                "speed-up target",
+                "tool",
+                "MACs ratio",
+                "test acc",
+                "+ recal",
+                "ms batch 1 (ratio)",
+                "ms batch 256 (ratio)",
+                "wall s",
+                "candidates",
+                "prunesearch winner",
+            ],
+            rows,
+        )
+    )
+    lines += [
+        "",
+        "Ratio = pruned / dense latency; `!` marks a ratio above 1.3 x the MACs ratio (the MACs promise missed). "
+        "Torch-Pruning is shown as documented (no recalibration) and with prunesearch's recalibration (+ recal). "
+        "EagleEye-style candidates are all adaptive-BN recalibrated.",
+        "",
+    ]
 
     lines += ["## 3. Fine-tuning the winners (same budget), and the EagleEye claim", ""]
     if not r["finetune"]:
         lines += ["Not run (`--no-finetune`).", ""]
     else:
-        lines += [f"{st['finetune']['steps']} SGD steps, batch {st['finetune']['batch']}, lr {st['finetune']['lr']} ({st['finetune']['schedule']}) "
-              f"on the {st['train_images']} training images, masks kept for unstructured networks; test accuracy before -> after. "
-              f"Wall {r['finetune']['wall_s'] / 60:.1f} min on 2 workers (load {r['finetune']['loadavg']}).", ""]
+        lines += [
+            f"{st['finetune']['steps']} SGD steps, batch {st['finetune']['batch']}, lr {st['finetune']['lr']} ({st['finetune']['schedule']}) "
+            f"on the {st['train_images']} training images, masks kept for unstructured networks; test accuracy before -> after. "
+            f"Wall {r['finetune']['wall_s'] / 60:.1f} min on 2 workers (load {r['finetune']['loadavg']}).",
+            "",
+        ]
     rows = []
     for part in ("unstructured", "structured"):
         for p in r[part]:
@@ -913,52 +1132,106 @@ def markdown(r: dict[str, Any]) -> str:
     lines.append(md_table(["point", "tool", "test before", "test after fine-tuning", "val after"], rows))
     sp = r["finetune"].get("spearman")
     if sp:
-        lines += ["", f"Spearman rank correlation over {sp['candidates']} EagleEye-style random candidates at 2x fewer MACs, "
-                  f"each fine-tuned {sp['steps']} steps: adaptive-BN val accuracy vs fine-tuned val accuracy "
-                  f"rho = {sp['recal_vs_finetuned_val']['rho']:.2f} (p = {sp['recal_vs_finetuned_val']['p_value']:.2g}); "
-                  f"vs fine-tuned test accuracy rho = {sp['recal_vs_finetuned_test']['rho']:.2f}; vanilla (stored BN statistics) val "
-                  f"accuracy vs fine-tuned val accuracy rho = {sp['vanilla_vs_finetuned_val']['rho']:.2f} "
-                  f"(p = {sp['vanilla_vs_finetuned_val']['p_value']:.2g}). Best by adaptive BN is best after fine-tuning: "
-                  f"{sp['top1_by_recal_is_top1_finetuned']}."]
+        lines += [
+            "",
+            f"Spearman rank correlation over {sp['candidates']} EagleEye-style random candidates at 2x fewer MACs, "
+            f"each fine-tuned {sp['steps']} steps: adaptive-BN val accuracy vs fine-tuned val accuracy "
+            f"rho = {sp['recal_vs_finetuned_val']['rho']:.2f} (p = {sp['recal_vs_finetuned_val']['p_value']:.2g}); "
+            f"vs fine-tuned test accuracy rho = {sp['recal_vs_finetuned_test']['rho']:.2f}; vanilla (stored BN statistics) val "
+            f"accuracy vs fine-tuned val accuracy rho = {sp['vanilla_vs_finetuned_val']['rho']:.2f} "
+            f"(p = {sp['vanilla_vs_finetuned_val']['p_value']:.2g}). Best by adaptive BN is best after fine-tuning: "
+            f"{sp['top1_by_recal_is_top1_finetuned']}.",
+        ]
     lines += ["", "## 4. Wall time of each tool for its result", ""]
     rows = []
     for p in r["unstructured"]:
         tl = p["tools"]
         pt = f"{p['target_sparsity']:.0%} sparsity"
         rows.append([pt, "torch global_unstructured", f"{tl['torch_l1']['wall_s']:.2f}", "1 candidate", str(tl["torch_l1"]["loadavg"])])
-        rows.append([pt, "torch + prunesearch recal", f"{tl['torch_l1_recal']['wall_s']:.2f}", f"recal {tl['torch_l1_recal']['recal_s']:.1f} s", str(tl["torch_l1_recal"]["loadavg"])])
+        rows.append(
+            [
+                pt,
+                "torch + prunesearch recal",
+                f"{tl['torch_l1_recal']['wall_s']:.2f}",
+                f"recal {tl['torch_l1_recal']['recal_s']:.1f} s",
+                str(tl["torch_l1_recal"]["loadavg"]),
+            ]
+        )
         ps = tl["prunesearch"]
-        rows.append([pt, "prunesearch search", f"{ps['wall_s']:.0f}", f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start", str(ps["loadavg"])])
+        rows.append(
+            [
+                pt,
+                "prunesearch search",
+                f"{ps['wall_s']:.0f}",
+                f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start",
+                str(ps["loadavg"]),
+            ]
+        )
     for p in r["structured"]:
         tl = p["tools"]
         pt = f"{1 / p['target_macs_ratio']:.1f}x fewer MACs"
         for key in ("tp_layer", "tp_global"):
             x = tl.get(key, {})
             if "wall_s" in x:
-                rows.append([pt, names[key], f"{x['wall_s']:.2f}", f"one prune {x['step_s']:.2f} s; {x['bisect_evals']} prunes to bisect the ratio", str(x["loadavg"])])
+                rows.append(
+                    [
+                        pt,
+                        names[key],
+                        f"{x['wall_s']:.2f}",
+                        f"one prune {x['step_s']:.2f} s; {x['bisect_evals']} prunes to bisect the ratio",
+                        str(x["loadavg"]),
+                    ]
+                )
         x = tl["eagleeye"]
         rows.append([pt, names["eagleeye"], f"{x['wall_s']:.0f}", f"{x['candidates']} candidates, 2 workers", str(x["loadavg"])])
         ps = tl["prunesearch"]
-        rows.append([pt, "prunesearch search", f"{ps['wall_s']:.0f}", f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start", str(ps["loadavg"])])
+        rows.append(
+            [
+                pt,
+                "prunesearch search",
+                f"{ps['wall_s']:.0f}",
+                f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start",
+                str(ps["loadavg"]),
+            ]
+        )
     lines.append(md_table(["point", "tool", "wall s", "what", "load average (1, 5, 15 min)"], rows))
     lines += ["", "## Verdict (target: prunesearch ahead of every peer at every point, at equal or smaller budget)", ""]
-    lines += ["Budget: every tool at a point has the same target, prunesearch at equal or higher weight sparsity "
-              "(unstructured) and at most the target MACs ratio (structured; see the MACs ratio column for each tool). "
-              "\"As run\": peers as their users run them (torch L1 without recalibration, Torch-Pruning as documented, "
-              "EagleEye-style with its adaptive BN). \"All\": also the hybrid rows that borrow prunesearch's recalibration.", ""]
+    lines += [
+        "Budget: every tool at a point has the same target, prunesearch at equal or higher weight sparsity "
+        "(unstructured) and at most the target MACs ratio (structured; see the MACs ratio column for each tool). "
+        '"As run": peers as their users run them (torch L1 without recalibration, Torch-Pruning as documented, '
+        'EagleEye-style with its adaptive BN). "All": also the hybrid rows that borrow prunesearch\'s recalibration.',
+        "",
+    ]
     rows = []
     for v in r["verdict"]:
         lat = v.get("latency_within_1_3x")
         row = [v["point"], _p(v["prunesearch_test"])]
         for name in ("as_run", "all"):
             c = v[name]
-            row += [f"{c['best_peer']} {_p(c['best_peer_test'])}",
-                    f"{_f(None if c['margin'] is None else 100 * c['margin'], '{:+.1f}')} ({_f(c['margin_over_2se'], '{:+.1f}')})",
-                    "yes" if c["ahead"] else "NO"]
+            row += [
+                f"{c['best_peer']} {_p(c['best_peer_test'])}",
+                f"{_f(None if c['margin'] is None else 100 * c['margin'], '{:+.1f}')} ({_f(c['margin_over_2se'], '{:+.1f}')})",
+                "yes" if c["ahead"] else "NO",
+            ]
         row.append("" if lat is None else ("b1 " + ("ok" if lat.get("b1") else "NO") + ", b256 " + ("ok" if lat.get("b256") else "NO")))
         rows.append(row)
-    lines.append(md_table(["point", "prunesearch test", "best peer as run", "margin (/ 2 SE)", "ahead", "best peer, all rows",
-                           "margin (/ 2 SE)", "ahead", "latency within 1.3x of MACs"], rows))
+    lines.append(
+        md_table(
+            [
+                "point",
+                "prunesearch test",
+                "best peer as run",
+                "margin (/ 2 SE)",
+                "ahead",
+                "best peer, all rows",
+                "margin (/ 2 SE)",
+                "ahead",
+                "latency within 1.3x of MACs",
+            ],
+            rows,
+        )
+    )
     lines += ["", "Margins in points of test accuracy; (/ 2 SE) below 1 in size: within the noise of 1017 test images.", ""]
     reasons = [f"- **{v['point']}**: {v['reason']}" for v in r["verdict"] if v.get("reason")]
     if reasons:

@@ -64,9 +64,16 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=40, help="candidates per sampler in the quality comparison")
     ap.add_argument("--targeted", type=int, default=30, help="candidates per targeted one-shot search")
     ap.add_argument("--targeted-trained", type=int, default=12, help="candidates of the targeted hyperflows search (minutes each)")
-    ap.add_argument("--out-dir", type=Path, default=None, help="where to write search.json/.md (default: benchmarks/results, or a temporary folder with --quick)")
-    ap.add_argument("--only", nargs="+", choices=list(TARGETED), default=None,
-                    help="re-run only these targeted searches and merge them into the existing search.json")
+    ap.add_argument(
+        "--out-dir", type=Path, default=None, help="where to write search.json/.md (default: benchmarks/results, or a temporary folder with --quick)"
+    )
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(TARGETED),
+        default=None,
+        help="re-run only these targeted searches and merge them into the existing search.json",
+    )
     args = ap.parse_args()
     n_tp = 4 if args.quick else 24
     n_q = 6 if args.quick else args.candidates
@@ -110,9 +117,16 @@ def throughput(args, assets, sparsities: list[float]) -> dict[str, Any]:
     out["floor_per_min"] = 60 / out["floor_s_per_candidate"]
     for actors in (1, 2):
         log(f"throughput: prunesearch, {actors} actor(s)")
-        outcome = _search(args, {"space": {"methods": ["magnitude"], "sparsity": [0.5, 0.95]},
-                                 "sampler": {"name": "random"}, "budget": {"trials": len(sparsities)},
-                                 "actors": {"count": actors}, "measure": _lean_measure()})
+        outcome = _search(
+            args,
+            {
+                "space": {"methods": ["magnitude"], "sparsity": [0.5, 0.95]},
+                "sampler": {"name": "random"},
+                "budget": {"trials": len(sparsities)},
+                "actors": {"count": actors},
+                "measure": _lean_measure(),
+            },
+        )
         out[f"actors_{actors}_per_min"] = 60 * outcome.evaluated / outcome.loop_s
     out["overhead_over_floor"] = out["floor_per_min"] / out["actors_1_per_min"] - 1
     out["speedup_2_over_1"] = out["actors_2_per_min"] / out["actors_1_per_min"]
@@ -169,10 +183,17 @@ def quality(args, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"candidates": n, "space": QUALITY_SPACE}
     for sampler in ("tpe", "nsga2", "random"):
         log(f"quality: {sampler}, {n} candidates")
-        outcome = _search(args, {"space": QUALITY_SPACE, "sampler": {"name": sampler, "seed": 0, "startup_trials": max(4, n // 4)},
-                                 "budget": {"trials": n}, "actors": {"count": 2},
-                                 "recalibration": {"images": CALIB, "batch_size": 128, "augment": True},
-                                 "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5}})
+        outcome = _search(
+            args,
+            {
+                "space": QUALITY_SPACE,
+                "sampler": {"name": sampler, "seed": 0, "startup_trials": max(4, n // 4)},
+                "budget": {"trials": n},
+                "actors": {"count": 2},
+                "recalibration": {"images": CALIB, "batch_size": 128, "augment": True},
+                "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5},
+            },
+        )
         from search.query import candidate_rows
 
         rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
@@ -202,8 +223,22 @@ def _best(rows: list[dict], keep) -> dict[str, Any] | None:
     if not sel:
         return None
     r = max(sel, key=lambda r: r["accuracy"])  # selected on validation; test reported
-    return {k: r.get(k) for k in ("run_id", "method", "granularity", "scope", "knobs", "allocation", "accuracy", "test_accuracy",
-                                 "sparsity", "macs_ratio", "latency_ms")}
+    return {
+        k: r.get(k)
+        for k in (
+            "run_id",
+            "method",
+            "granularity",
+            "scope",
+            "knobs",
+            "allocation",
+            "accuracy",
+            "test_accuracy",
+            "sparsity",
+            "macs_ratio",
+            "latency_ms",
+        )
+    }
 
 
 def _search(args, overrides: dict[str, Any]):
@@ -211,16 +246,24 @@ def _search(args, overrides: dict[str, Any]):
     from search.driver import run_search
 
     shared = Path(args.shared).expanduser().resolve()
-    cfg = parse_config({
-        "name": "bench", "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"),
-        "model": {"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10_resnet20.th")},
-        "data": {"name": "npz", "path": str(shared / "data/cifar10/train_exact.npz"),
-                 "test_path": str(shared / "data/cifar10/test_exact.npz"),
-                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                 "calib_size": CALIB, "val_size": 200 if args.quick else VAL},
-        "recalibration": {"images": CALIB, "batch_size": 128},
-        **overrides,
-    })
+    cfg = parse_config(
+        {
+            "name": "bench",
+            "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"),
+            "model": {"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10_resnet20.th")},
+            "data": {
+                "name": "npz",
+                "path": str(shared / "data/cifar10/train_exact.npz"),
+                "test_path": str(shared / "data/cifar10/test_exact.npz"),
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+                "calib_size": CALIB,
+                "val_size": 200 if args.quick else VAL,
+            },
+            "recalibration": {"images": CALIB, "batch_size": 128},
+            **overrides,
+        }
+    )
     return run_search(cfg, quiet=True)
 
 
@@ -231,27 +274,54 @@ TARGETED = {
     "at_2x_fewer_macs": {
         # OCS with the methods benchmark's training budget (8 x 15 steps): the search
         # chooses its stability threshold, prune cap and regulariser, not a longer cycle
-        "space": {"methods": ["ocs", "screening", "magnitude"], "granularity": ["channel"], "scope": ["global", "layerwise"],
-                  "macs_ratio": [0.47, 0.5], "prune_stem": False, "prune_head": False,
-                  "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]},
-                            "ocs": {"epochs": [8, 8], "steps_per_epoch": [15, 15], "stability": [0.88, 0.97],
-                                    "max_prune_fraction": [0.5, 0.75], "reg": [0.0, 1e-3]}},
-                  "allocation": ALLOC},
+        "space": {
+            "methods": ["ocs", "screening", "magnitude"],
+            "granularity": ["channel"],
+            "scope": ["global", "layerwise"],
+            "macs_ratio": [0.47, 0.5],
+            "prune_stem": False,
+            "prune_head": False,
+            "knobs": {
+                "magnitude": {"norm": [1, 2]},
+                "screening": {"screening_weight": [0.0, 1.0]},
+                "ocs": {
+                    "epochs": [8, 8],
+                    "steps_per_epoch": [15, 15],
+                    "stability": [0.88, 0.97],
+                    "max_prune_fraction": [0.5, 0.75],
+                    "reg": [0.0, 1e-3],
+                },
+            },
+            "allocation": ALLOC,
+        },
         "objective": {"mode": "constrained", "max_macs_ratio": 0.5},
         "recalibration": {"images": 512, "batch_size": 128, "augment": False, "keep_better": True},
     },
     "at_90pct_sparsity": {
-        "space": {"methods": ["magnitude", "screening"], "granularity": ["unstructured"], "scope": ["global", "layerwise"],
-                  "sparsity": [0.9, 0.905], "prune_stem": False, "prune_head": False,
-                  "knobs": {"screening": {"screening_weight": [0.0, 0.3]}}, "allocation": ALLOC},
+        "space": {
+            "methods": ["magnitude", "screening"],
+            "granularity": ["unstructured"],
+            "scope": ["global", "layerwise"],
+            "sparsity": [0.9, 0.905],
+            "prune_stem": False,
+            "prune_head": False,
+            "knobs": {"screening": {"screening_weight": [0.0, 0.3]}},
+            "allocation": ALLOC,
+        },
         "objective": {"mode": "constrained", "min_sparsity": 0.9},
         "recalibration": {"images": 512, "batch_size": 128, "augment": True, "keep_better": True},
     },
     # hyperflows' sparsity is an outcome: the power-law fit steers every other trial's
     # pressure to where 90 % lies (steps fixed, so density depends on pressure alone)
     "at_90pct_sparsity_hyperflows": {
-        "space": {"methods": ["hyperflows"], "granularity": ["unstructured"], "prune_stem": False, "prune_head": False,
-                  "knobs": {"hyperflows": {"pressure": [4.0, 40.0], "steps": [600, 600]}}, "target_sparsity": 0.9},
+        "space": {
+            "methods": ["hyperflows"],
+            "granularity": ["unstructured"],
+            "prune_stem": False,
+            "prune_head": False,
+            "knobs": {"hyperflows": {"pressure": [4.0, 40.0], "steps": [600, 600]}},
+            "target_sparsity": 0.9,
+        },
         "objective": {"mode": "constrained", "min_sparsity": 0.9},
         "recalibration": {"images": 512, "batch_size": 128, "augment": True, "keep_better": True},
     },
@@ -268,15 +338,28 @@ def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dic
             continue
         trials = n_trained if "hyperflows" in overrides["space"]["methods"] else n
         log(f"targeted: {key}, {trials} candidates")
-        outcome = _search(args, {**overrides, "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(4, trials // 3)},
-                                 "budget": {"trials": trials}, "actors": {"count": 2},
-                                 "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5}})
+        outcome = _search(
+            args,
+            {
+                **overrides,
+                "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(4, trials // 3)},
+                "budget": {"trials": trials},
+                "actors": {"count": 2},
+                "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5},
+            },
+        )
         rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
         feasible = [r for r in rows if r["feasible"] == 1.0]  # the search's own verdict on its constraint
         best = _best(feasible, lambda r: True)
-        out[key] = {"space": overrides, "best": best, "feasible": len(feasible), "evaluated": len(rows),
-                    "sparsities": sorted(round(r["sparsity"], 4) for r in rows),
-                    "wall_s": outcome.loop_s, "failed": outcome.failed}
+        out[key] = {
+            "space": overrides,
+            "best": best,
+            "feasible": len(feasible),
+            "evaluated": len(rows),
+            "sparsities": sorted(round(r["sparsity"], 4) for r in rows),
+            "wall_s": outcome.loop_s,
+            "failed": outcome.failed,
+        }
         log(f"  best on validation: {best}")
     return out
 
@@ -308,9 +391,15 @@ def target_status(r: dict[str, Any]) -> list[dict[str, Any]]:
     for key, label in (("at_2x_fewer_macs", "2x fewer MACs"), ("at_90pct_sparsity", "90 % sparsity")):
         found = (r["targeted"][key if key == "at_2x_fewer_macs" else "at_90pct_sparsity_any"]["best"] or {}).get("test_accuracy")
         single = (mb.get(key) or {}).get("test_accuracy")
-        out.append({"target": f"searched best at {label} beats the best single method", "value": found, "single": single,
-                    "single_label": (mb.get(key) or {}).get("label"),
-                    "met": None if found is None or single is None else found > single})
+        out.append(
+            {
+                "target": f"searched best at {label} beats the best single method",
+                "value": found,
+                "single": single,
+                "single_label": (mb.get(key) or {}).get("label"),
+                "met": None if found is None or single is None else found > single,
+            }
+        )
     return out
 
 
@@ -318,37 +407,103 @@ def markdown(r: dict[str, Any]) -> str:
     t = r["throughput"]
     m = r["machine"]
     lines = [
-        f"# Search benchmark ({m['date']}, {m['cpu_model']}, {m['logical_cpus']} CPUs, torch threads 1 per worker)", "",
-        f"ResNet-20 on exact CIFAR-10: {r['calib_images']} calibration and {r['val_images']} validation images (training set).", "",
-        "## Throughput (magnitude candidates, candidates per minute)", "",
-        md_table(["sequential loop", "floor (forward passes only)", "prunesearch 1 actor", "prunesearch 2 actors", "overhead over floor", "2 vs 1 actor"],
-                 [[f"{t['sequential_per_min']:.1f}", f"{t['floor_per_min']:.1f}", f"{t['actors_1_per_min']:.1f}", f"{t['actors_2_per_min']:.1f}",
-                   f"{100 * t['overhead_over_floor']:.0f} %", f"{t['speedup_2_over_1']:.2f}x"]]), "",
-        f"## Search quality after {r['quality']['candidates']} candidates (2 actors)", "",
+        f"# Search benchmark ({m['date']}, {m['cpu_model']}, {m['logical_cpus']} CPUs, torch threads 1 per worker)",
+        "",
+        f"ResNet-20 on exact CIFAR-10: {r['calib_images']} calibration and {r['val_images']} validation images (training set).",
+        "",
+        "## Throughput (magnitude candidates, candidates per minute)",
+        "",
+        md_table(
+            ["sequential loop", "floor (forward passes only)", "prunesearch 1 actor", "prunesearch 2 actors", "overhead over floor", "2 vs 1 actor"],
+            [
+                [
+                    f"{t['sequential_per_min']:.1f}",
+                    f"{t['floor_per_min']:.1f}",
+                    f"{t['actors_1_per_min']:.1f}",
+                    f"{t['actors_2_per_min']:.1f}",
+                    f"{100 * t['overhead_over_floor']:.0f} %",
+                    f"{t['speedup_2_over_1']:.2f}x",
+                ]
+            ],
+        ),
+        "",
+        f"## Search quality after {r['quality']['candidates']} candidates (2 actors)",
+        "",
     ]
     rows = []
     for s in ("tpe", "nsga2", "random"):
         q = r["quality"][s]
         b2, b9 = q["best_at_2x_fewer_macs"], q["best_at_90pct_sparsity"]
         rows.append([s, f"{q['hypervolume']:.4f}", pct(b2 and b2["test_accuracy"]), pct(b9 and b9["test_accuracy"]), f"{q['wall_s']:.0f}"])
-    lines.append(md_table(["sampler", "hypervolume (val acc x (1 - MACs ratio))", "test acc, best at <= 0.5 MACs", "test acc, best at >= 90 % sparsity", "wall s"], rows))
+    lines.append(
+        md_table(
+            ["sampler", "hypervolume (val acc x (1 - MACs ratio))", "test acc, best at <= 0.5 MACs", "test acc, best at >= 90 % sparsity", "wall s"],
+            rows,
+        )
+    )
     tg = r["targeted"]
     mb = r.get("methods_benchmark_best", {})
-    lines += ["", f"## Targeted searches (constrained TPE, {tg['candidates']} candidates each, {tg['candidates_trained']} for hyperflows; 2 actors)", "",
-              "Selected on validation, reported on the test split; the best single method is the methods benchmark's best "
-              "test accuracy at that point (an upper bound on what choosing one method gives).", ""]
+    lines += [
+        "",
+        f"## Targeted searches (constrained TPE, {tg['candidates']} candidates each, {tg['candidates_trained']} for hyperflows; 2 actors)",
+        "",
+        "Selected on validation, reported on the test split; the best single method is the methods benchmark's best "
+        "test accuracy at that point (an upper bound on what choosing one method gives).",
+        "",
+    ]
     trs = []
-    for key, label in (("at_2x_fewer_macs", "<= 0.5 MACs (channels)"), ("at_90pct_sparsity", ">= 90 % weights (one-shot methods)"),
-                       ("at_90pct_sparsity_hyperflows", ">= 90 % weights (hyperflows, steered)")):
+    for key, label in (
+        ("at_2x_fewer_macs", "<= 0.5 MACs (channels)"),
+        ("at_90pct_sparsity", ">= 90 % weights (one-shot methods)"),
+        ("at_90pct_sparsity_hyperflows", ">= 90 % weights (hyperflows, steered)"),
+    ):
         b, single = tg[key]["best"], mb.get(key.removesuffix("_hyperflows"))
-        trs.append([label, b and f"{b['method']} {b['granularity']}", pct(b and b["accuracy"]), pct(b and b["test_accuracy"]),
-                    b and f"{b['macs_ratio']:.3f} / {b['sparsity']:.3f}", b and b.get("allocation"),
-                    single and f"{single['label']}: {pct(single['test_accuracy'])}", f"{tg[key]['feasible']}/{tg[key]['evaluated']}", f"{tg[key]['wall_s']:.0f}"])
-    lines.append(md_table(["constraint", "selected", "val acc", "test acc", "MACs ratio / weight sparsity", "allocation",
-                           "best single method (test)", "feasible/evaluated", "wall s"], trs))
-    lines += ["", "## Targets", "", md_table(["target", "measured", "met"], [
-        [x["target"], (f"{x['value']:.3f}" if isinstance(x["value"], float) else x["value"])
-         + (f" vs {pct(x['single'])} ({x['single_label']})" if x.get("single") is not None else ""), x["met"]] for x in r["targets"]])]
+        trs.append(
+            [
+                label,
+                b and f"{b['method']} {b['granularity']}",
+                pct(b and b["accuracy"]),
+                pct(b and b["test_accuracy"]),
+                b and f"{b['macs_ratio']:.3f} / {b['sparsity']:.3f}",
+                b and b.get("allocation"),
+                single and f"{single['label']}: {pct(single['test_accuracy'])}",
+                f"{tg[key]['feasible']}/{tg[key]['evaluated']}",
+                f"{tg[key]['wall_s']:.0f}",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "constraint",
+                "selected",
+                "val acc",
+                "test acc",
+                "MACs ratio / weight sparsity",
+                "allocation",
+                "best single method (test)",
+                "feasible/evaluated",
+                "wall s",
+            ],
+            trs,
+        )
+    )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        md_table(
+            ["target", "measured", "met"],
+            [
+                [
+                    x["target"],
+                    (f"{x['value']:.3f}" if isinstance(x["value"], float) else x["value"])
+                    + (f" vs {pct(x['single'])} ({x['single_label']})" if x.get("single") is not None else ""),
+                    x["met"],
+                ]
+                for x in r["targets"]
+            ],
+        ),
+    ]
     lines += ["", f"Load average at the end: {r.get('loadavg_at_end')}."]
     for rr in r.get("rerun", []):
         lines.append(f"Re-run with `--only` on {rr['machine']['date']} at commit {rr['machine'].get('git_commit', '?')}: {', '.join(rr['keys'])}.")

@@ -65,11 +65,7 @@ def load_into(model: nn.Module, path: str | Path) -> None:
     # "module" (then the prefixed keys are its real names).
     sd = raw if any(k.startswith(_DP_PREFIX) for k in expected) else _strip_prefix(raw)
 
-    mismatched = [
-        f"{k}: checkpoint {_shape(sd[k])} vs model {_shape(v)}"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
+    mismatched = [f"{k}: checkpoint {_shape(sd[k])} vs model {_shape(v)}" for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
     missing = [k for k in expected if k not in sd and k.rsplit(".", 1)[-1] != "num_batches_tracked"]
     unexpected = [k for k in sd if k not in expected]
     if mismatched or missing or unexpected:
@@ -145,15 +141,13 @@ def _extract(obj: Any, p: Path) -> dict[str, Tensor]:
             f"checkpoint {p} holds no state dict: a dict of tensors, or one under "
             f"{' or '.join(repr(k) for k in _WRAPPER_KEYS)}, was expected but it has {found}; {_SAVE_HINT}"
         )
-    raise CheckpointError(
-        f"checkpoint {p} holds a {type(obj).__name__}, not a state dict (a dict of tensors); {_SAVE_HINT}"
-    )
+    raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a state dict (a dict of tensors); {_SAVE_HINT}")
 
 
 def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """Drop the DataParallel ``module.`` prefix when every key carries it."""
     if sd and all(k.startswith(_DP_PREFIX) for k in sd):
-        return {k[len(_DP_PREFIX):]: v for k, v in sd.items()}
+        return {k[len(_DP_PREFIX) :]: v for k, v in sd.items()}
     return sd
 
 

@@ -23,8 +23,7 @@ def bn_output_variance(model: nn.Module, images: torch.Tensor) -> dict[str, floa
     """Variance of each BatchNorm's output over a fixed batch, eval mode: the signal-collapse probe."""
     out: dict[str, float] = {}
     hooks = [
-        m.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, float(o.float().var())))
-        for name, m in batchnorms(model).items()
+        m.register_forward_hook(lambda _m, _i, o, name=name: out.__setitem__(name, float(o.float().var()))) for name, m in batchnorms(model).items()
     ]
     try:
         with eval_mode(model):

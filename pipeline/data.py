@@ -89,8 +89,7 @@ class Splits:
 
     def to(self, device: torch.device | str) -> "Splits":
         """The same splits with every tensor on ``device``."""
-        return Splits(self.train.to(device), self.calib.to(device), self.val.to(device), self.test.to(device),
-                      self.num_classes, self.black)
+        return Splits(self.train.to(device), self.calib.to(device), self.val.to(device), self.test.to(device), self.num_classes, self.black)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -129,7 +128,8 @@ def load_data(cfg: DataConfig) -> Splits:
     if need >= len(order):
         raise DataError(
             f"data: {len(order)} training images cannot give calib_size={cfg.calib_size}, "
-            f"val_size={cfg.val_size}" + ("" if ex is not None else f", test_size={cfg.test_size}")
+            f"val_size={cfg.val_size}"
+            + ("" if ex is not None else f", test_size={cfg.test_size}")
             + " and leave any for training; lower those sizes or add images"
         )
     cut1, cut2 = cfg.calib_size, cfg.calib_size + cfg.val_size
@@ -190,8 +190,15 @@ def preprocessing(cfg: DataConfig, splits: Splits) -> Preprocessing:
     c = splits.input_shape[0]
     mean, std = _mean_std(cfg, c)
     order = {1: "L", 3: "RGB"}.get(c, f"C{c}")
-    return Preprocessing(tuple(float(v) for v in mean), tuple(float(v) for v in std), splits.input_shape, order,
-                         splits.num_classes, cfg.image_size if cfg.name == "imagefolder" else None, class_names(cfg))
+    return Preprocessing(
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        splits.input_shape,
+        order,
+        splits.num_classes,
+        cfg.image_size if cfg.name == "imagefolder" else None,
+        class_names(cfg),
+    )
 
 
 def class_names(cfg: DataConfig) -> tuple[str, ...] | None:

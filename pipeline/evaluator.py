@@ -153,7 +153,14 @@ class Evaluator:
             t0 = time.perf_counter()
             m["accuracy_before_finetune"] = m["accuracy"]
             train_classifier(
-                model, self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr, seed=spec.seed, masks=plan.masks or None, on_step=self._on_step
+                model,
+                self.ctx.train_x,
+                self.ctx.train_y,
+                spec.finetune_steps,
+                lr=spec.finetune_lr,
+                seed=spec.seed,
+                masks=plan.masks or None,
+                on_step=self._on_step,
             )
             m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
             m["finetune_s"] = time.perf_counter() - t0
@@ -226,6 +233,6 @@ def evaluator_actor(
     """
     import ray
 
-    return ray.remote(
-        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1}
-    )(cls)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(
+        cls
+    )

@@ -50,8 +50,15 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
         names = d.get("class_names")
-        return cls(tuple(d["mean"]), tuple(d["std"]), tuple(d["input_shape"]), d["channel_order"], int(d["num_classes"]),
-                   d.get("resize"), tuple(names) if names is not None else None)
+        return cls(
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            tuple(d["input_shape"]),
+            d["channel_order"],
+            int(d["num_classes"]),
+            d.get("resize"),
+            tuple(names) if names is not None else None,
+        )
 
     def __call__(self, images: Any) -> torch.Tensor:
         """Images -> normalised float32 batch (N, C, H, W) for the model.

@@ -26,9 +26,7 @@ def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate(
-    model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: int = 0, black: Sequence[float] | None = None
-) -> bool:
+def recalibrate(model: nn.Module, images: torch.Tensor, spec: RecalSpec, seed: int = 0, black: Sequence[float] | None = None) -> bool:
     """Recompute the running statistics of every BatchNorm of ``model`` in place.
 
     Args:

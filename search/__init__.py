@@ -12,8 +12,13 @@ _os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no ML
 # The Python API (search/api.py), imported on first use so `import search.cli` stays light.
 # Names must differ from this package's modules (`search.config` is one), which shadow them.
 _API = {
-    "load_config": "search.api", "run": "search.api", "results": "search.api", "Results": "search.api",
-    "load_exported": "search.export", "prune": "pipeline.prune", "macs": "pipeline.measure",
+    "load_config": "search.api",
+    "run": "search.api",
+    "results": "search.api",
+    "Results": "search.api",
+    "load_exported": "search.export",
+    "prune": "pipeline.prune",
+    "macs": "pipeline.measure",
 }
 __all__ = sorted(_API)
 

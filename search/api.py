@@ -54,8 +54,11 @@ def results(experiment: str, run_dir: str | Path = "runs", tracking_uri: str | N
     uri = tracking_uri or f"sqlite:///{Path(run_dir).expanduser().resolve() / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    parents = [] if exp is None else client.search_runs(
-        [exp.experiment_id], "tags.`prunesearch.role` = 'search'", order_by=["attributes.start_time DESC"], max_results=1)
+    parents = (
+        []
+        if exp is None
+        else client.search_runs([exp.experiment_id], "tags.`prunesearch.role` = 'search'", order_by=["attributes.start_time DESC"], max_results=1)
+    )
     if not parents:
         raise query.QueryError(f"no search {experiment!r} in {uri}")
     pid = parents[0].info.run_id

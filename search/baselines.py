@@ -96,7 +96,9 @@ def enqueue_baselines(study: optuna.Study, cfg: SearchConfig) -> int:
         log.warning(
             "budget.trials is %d but the space has %d baselines: only the first %d run now; "
             "the others run first when this search is resumed with a larger budget",
-            cfg.budget.trials, len(params), cfg.budget.trials,
+            cfg.budget.trials,
+            len(params),
+            cfg.budget.trials,
         )
     return len(params)
 

@@ -30,8 +30,13 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     if cfg.base_training.steps == 0:
         raise ConfigError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     steps = cfg.base_training.steps
-    log.info("no model.checkpoint: training the base model %s on %d training images for %d steps, once (cached at %s)",
-             cfg.model.name, len(splits.train.x), steps, cache)
+    log.info(
+        "no model.checkpoint: training the base model %s on %d training images for %d steps, once (cached at %s)",
+        cfg.model.name,
+        len(splits.train.x),
+        steps,
+        cache,
+    )
     torch.manual_seed(cfg.base_training.seed)
     model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
     t0 = time.monotonic()

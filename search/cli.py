@@ -61,14 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("best", help="print the Pareto-best feasible candidates (accuracy vs effective MACs); exit 1 if none matches")
     _store_args(b)
     b.add_argument("--top", type=_positive_int, help="at most this many rows (default 10; with --all, every row)")
-    b.add_argument("--all", action="store_true", help="every candidate passing the filters, not only the Pareto front (and no --top limit unless given)")
+    b.add_argument(
+        "--all", action="store_true", help="every candidate passing the filters, not only the Pareto front (and no --top limit unless given)"
+    )
     b.add_argument("--sort", default="accuracy", help="METRIC[:asc|:desc], e.g. latency_ms:asc (default accuracy, descending)")
     b.add_argument("--max-macs", type=_positive_float, help="keep candidates with at most this many effective MACs")
     b.add_argument("--max-macs-ratio", type=_fraction, help="effective MACs at most this fraction of the dense model's")
     b.add_argument("--max-latency-ms", type=_positive_float, help="measured latency_ms at most this (per latency_batch images)")
     b.add_argument("--granularity", choices=["unstructured", "channel"], help="keep one granularity")
     b.add_argument(
-        "--feasibility", choices=["feasible", "infeasible", "any"], default="feasible",
+        "--feasibility",
+        choices=["feasible", "infeasible", "any"],
+        default="feasible",
         help="candidates meeting the search's constraints (default), the others, or both",
     )
     b.add_argument("--min-accuracy", type=_fraction, help="keep candidates with at least this validation accuracy (fraction)")
@@ -84,9 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-sparsity", type=_fraction, help="weight sparsity to predict the pressure for (fraction)")
     c.set_defaults(func=_curves)
 
-    e = sub.add_parser("export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model")
+    e = sub.add_parser(
+        "export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model"
+    )
     e.add_argument("run_id", help="the candidate's MLflow run id (see `prunesearch best`)")
-    e.add_argument("-o", "--output", help="output .pt file, relative to the run folder (absolute: anywhere); .pt2 (torch.export), .json (preprocessing) and .onnx go beside it")
+    e.add_argument(
+        "-o",
+        "--output",
+        help="output .pt file, relative to the run folder (absolute: anywhere); .pt2 (torch.export), .json (preprocessing) and .onnx go beside it",
+    )
     e.add_argument("--onnx", action="store_true", help="also write FILE.onnx (needs: pip install 'prunesearch[onnx]')")
     e.add_argument("--log-model", action="store_true", help="log the rebuilt network as MLflow model runs:/RUN_ID/model (pt2 format)")
     e.add_argument("--register", metavar="NAME", help="log it and register it as a new version of MLflow model NAME")
@@ -227,9 +237,22 @@ def _best(args: argparse.Namespace) -> int:
 
     feasible = {"feasible": True, "infeasible": False, "any": None}[args.feasibility]
     rows = _hinted(
-        args, query.best, _uri(args), args.experiment, args.top or (None if args.all else 10), args.max_macs,
-        args.min_accuracy, args.method, args.min_sparsity, args.max_sparsity, args.max_macs_ratio, args.max_latency_ms,
-        args.granularity, feasible, front=not args.all, sort=args.sort,
+        args,
+        query.best,
+        _uri(args),
+        args.experiment,
+        args.top or (None if args.all else 10),
+        args.max_macs,
+        args.min_accuracy,
+        args.method,
+        args.min_sparsity,
+        args.max_sparsity,
+        args.max_macs_ratio,
+        args.max_latency_ms,
+        args.granularity,
+        feasible,
+        front=not args.all,
+        sort=args.sort,
     )
     if not rows:
         what = "candidate" if args.all else "Pareto-front candidate"
@@ -293,8 +316,7 @@ def _export(args: argparse.Namespace) -> int:
     output = export_path(args.run_dir, args.output)  # refused before the store is read
     if not has_run(_uri(args), args.run_id):
         raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
-    out = export(_uri(args), args.run_id, output, allow_import=args.allow_import, onnx=args.onnx,
-                 log_model=args.log_model, register=args.register)
+    out = export(_uri(args), args.run_id, output, allow_import=args.allow_import, onnx=args.onnx, log_model=args.log_model, register=args.register)
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     if out.path:
         checked = ", ".join(f"{k} max |logit diff| {v:.1e}" for k, v in out.max_abs_diff.items())

@@ -111,7 +111,9 @@ class SpaceConfig(Frozen):
                 if knob is None:
                     close = difflib.get_close_matches(name, list(method.knobs), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise ValueError(f"{method_name}.{name[:60]}: method {method_name!r} has no such knob; its knobs are {sorted(method.knobs)}{hint}")
+                    raise ValueError(
+                        f"{method_name}.{name[:60]}: method {method_name!r} has no such knob; its knobs are {sorted(method.knobs)}{hint}"
+                    )
                 problem = knob.range_problem(low, high)
                 if problem:
                     raise ValueError(f"{method_name}.{name}: {problem}")
@@ -131,7 +133,9 @@ class SpaceConfig(Frozen):
         for name in self.methods:
             supported = get_method(name).granularities
             if not set(supported) & set(self.granularity):
-                raise ValueError(f"space.granularity: method {name!r} supports {list(supported)}, none of {self.granularity}; add one or drop the method")
+                raise ValueError(
+                    f"space.granularity: method {name!r} supports {list(supported)}, none of {self.granularity}; add one or drop the method"
+                )
         return self
 
 
@@ -233,7 +237,9 @@ class SearchConfig(Frozen):
         try:
             make_url(v)
         except ArgumentError:
-            raise ValueError(f"{excerpt(v)} is not a database URL; use e.g. sqlite:////abs/path/optuna.db or postgresql://host/db, or leave it unset for a journal file in run_dir") from None
+            raise ValueError(
+                f"{excerpt(v)} is not a database URL; use e.g. sqlite:////abs/path/optuna.db or postgresql://host/db, or leave it unset for a journal file in run_dir"
+            ) from None
         return v
 
     @model_validator(mode="after")
@@ -263,7 +269,9 @@ class SearchConfig(Frozen):
     def _run_dir(cls, v: str) -> str:
         p = Path(v).expanduser().resolve()
         if p == Path(p.anchor) or p == Path.home().resolve():
-            raise ValueError(f"{v!r} is {'the file system root' if p == Path(p.anchor) else 'your home folder'}; give the search a folder of its own, e.g. runs")
+            raise ValueError(
+                f"{v!r} is {'the file system root' if p == Path(p.anchor) else 'your home folder'}; give the search a folder of its own, e.g. runs"
+            )
         return v
 
     @property

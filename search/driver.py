@@ -230,8 +230,12 @@ def _resume_finished(cfg: SearchConfig, recorder: Recorder) -> SearchOutcome | N
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if parent_id is None or running or recorded_trials(study) < cfg.budget.trials:
         return None
-    log.info("study %r already holds %d of %d candidates: nothing to evaluate (raise budget.trials or --trials to go on)",
-             cfg.name, recorded_trials(study), cfg.budget.trials)
+    log.info(
+        "study %r already holds %d of %d candidates: nothing to evaluate (raise budget.trials or --trials to go on)",
+        cfg.name,
+        recorded_trials(study),
+        cfg.budget.trials,
+    )
     recorder.start_parent(parent_id, cfg.name, {})
     finish_report(cfg, recorder, parent_id, study)
     recorder.finish_parent(parent_id, "FINISHED")

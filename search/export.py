@@ -102,8 +102,14 @@ def export(
             d = _write_onnx(rb.model, check, paths["onnx"])
             if d is not None:
                 diffs["onnx"] = d
-        sidecar = {"format": FORMAT, "run_id": run_id, "recorded_accuracy": rb.recorded_accuracy, "preprocessing": pre.to_dict(),
-                   "input": "images (N, C, H, W) float32, normalised", "output": "logits (N, num_classes)"}
+        sidecar = {
+            "format": FORMAT,
+            "run_id": run_id,
+            "recorded_accuracy": rb.recorded_accuracy,
+            "preprocessing": pre.to_dict(),
+            "input": "images (N, C, H, W) float32, normalised",
+            "output": "logits (N, num_classes)",
+        }
         paths["json"].write_text(json.dumps(sidecar, indent=2))
     uri = version = None
     if log_model or register:
@@ -114,9 +120,15 @@ def export(
 
 
 def _write_pt(rb: Rebuilt, pre: Preprocessing, out: Path) -> None:
-    recipe = {"format": FORMAT, "model": rb.cfg.model.model_dump_json(), "spec": rb.spec.to_json(), "run_id": rb.run_id,
-              "channels": {k: v.tolist() for k, v in rb.plan.channels.items()}, "input_shape": list(rb.splits.input_shape),
-              "preprocessing": pre.to_dict()}
+    recipe = {
+        "format": FORMAT,
+        "model": rb.cfg.model.model_dump_json(),
+        "spec": rb.spec.to_json(),
+        "run_id": rb.run_id,
+        "channels": {k: v.tolist() for k, v in rb.plan.channels.items()},
+        "input_shape": list(rb.splits.input_shape),
+        "preprocessing": pre.to_dict(),
+    }
     torch.save({"recipe": json.dumps(recipe), "state_dict": rb.model.state_dict()}, out)
 
 
@@ -145,8 +157,17 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
     except ImportError:
         raise ExportError("ONNX export needs the packages onnx and onnxscript: pip install 'prunesearch[onnx]'") from None
     with quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):  # INFO lines for every rewrite pass
-        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=_batch_dim(), external_data=False, verbose=False)  # one self-contained file
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=_batch_dim(),
+            external_data=False,
+            verbose=False,
+        )  # one self-contained file
     try:
         import onnxruntime
     except ImportError:

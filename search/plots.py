@@ -110,7 +110,12 @@ def population_figure(rows: list[dict[str, Any]], front: list[dict[str, Any]], c
     base = next((r["base_macs"] for r in rows if "base_macs" in r), None)
     dense_txt = f" (dense: {base / 1e6:.3g} M per image)" if base else ""
     ax1.set(xlabel=f"effective MACs, fraction of dense{dense_txt}", ylabel="validation accuracy", xlim=(0, 1.05), title="Accuracy against compute")
-    ax2.set(xlabel="weight sparsity (fraction of prunable weights removed)", ylabel="validation accuracy", xlim=(-0.02, 1.0), title="Accuracy against sparsity")
+    ax2.set(
+        xlabel="weight sparsity (fraction of prunable weights removed)",
+        ylabel="validation accuracy",
+        xlim=(-0.02, 1.0),
+        title="Accuracy against sparsity",
+    )
     for ax in (ax1, ax2):
         _percent(ax, "x")
         _percent(ax, "y")

@@ -92,10 +92,7 @@ class EvaluatorPool:
         shared = f"{name or 'prunesearch'}-args-{uuid.uuid4().hex[:8]}"
         self._shared = ray.remote(num_cpus=0, max_restarts=0)(SharedArgs).options(name=shared, scheduling_strategy=here).remote(init_args)
         # SPREAD places actors over nodes first, so a cluster's workers all get some
-        self.actors = [
-            cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(shared)
-            for i in range(count)
-        ]
+        self.actors = [cls.options(scheduling_strategy="SPREAD", name=f"{name}-{i}" if name else None).remote(shared) for i in range(count)]
         self.queue = queue
         self.max_retries = max_retries
         self.inflight: dict[ray.ObjectRef, tuple[_Job, int]] = {}

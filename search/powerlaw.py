@@ -14,6 +14,7 @@ unlike a plain ``k * D ** -b`` it separates the dense error from the growth rate
 which a plain power law forces to be the same number. Predictions are clipped to
 [0, 1] because the power law has no chance-level floor.
 """
+
 from __future__ import annotations
 
 import io
@@ -90,7 +91,7 @@ class PressureEstimate:
 
 def _design(ln_gamma: np.ndarray, p: int) -> np.ndarray:
     # Columns match the parameter vector (ln c, a0, a1): the minus signs are the model's.
-    return np.stack([np.ones_like(ln_gamma), -ln_gamma, -ln_gamma**2][:p], axis=1)
+    return np.stack([np.ones_like(ln_gamma), -ln_gamma, -(ln_gamma**2)][:p], axis=1)
 
 
 def fit_pressure(gamma: ArrayLike, density: ArrayLike, quadratic: bool = True) -> PressureFit:
@@ -115,8 +116,7 @@ def fit_pressure(gamma: ArrayLike, density: ArrayLike, quadratic: bool = True) -
     g, d, n_excl = g[keep], d[keep], int((~keep).sum())
     n_distinct = np.unique(g).size
     if g.size < 2 or n_distinct < 2:
-        raise ValueError(f"need >= 2 usable points at distinct gamma with 0 < D < 1; "
-                         f"got {g.size} ({n_excl} excluded)")
+        raise ValueError(f"need >= 2 usable points at distinct gamma with 0 < D < 1; got {g.size} ({n_excl} excluded)")
     quad = quadratic and g.size >= 4 and n_distinct >= 3
     p = 3 if quad else 2
     x, y = np.log(g), np.log(d)
@@ -128,10 +128,19 @@ def fit_pressure(gamma: ArrayLike, density: ArrayLike, quadratic: bool = True) -
     # With zero residual degrees of freedom the noise is unknown: NaN, and no interval later.
     s = math.sqrt(ss_res / dof) if dof > 0 else math.nan
     cov = s**2 * np.linalg.inv(X.T @ X)
-    return PressureFit(c=math.exp(beta[0]), a0=float(beta[1]), a1=float(beta[2]) if quad else 0.0,
-                       r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan, resid_std=s, n=int(g.size),
-                       cov=tuple(tuple(float(v) for v in row) for row in cov), quadratic=quad,
-                       n_excluded=n_excl, gamma_min=float(g.min()), gamma_max=float(g.max()))
+    return PressureFit(
+        c=math.exp(beta[0]),
+        a0=float(beta[1]),
+        a1=float(beta[2]) if quad else 0.0,
+        r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        resid_std=s,
+        n=int(g.size),
+        cov=tuple(tuple(float(v) for v in row) for row in cov),
+        quadratic=quad,
+        n_excluded=n_excl,
+        gamma_min=float(g.min()),
+        gamma_max=float(g.max()),
+    )
 
 
 def _branch(fit: PressureFit) -> tuple[float, float]:
@@ -169,8 +178,7 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
         else:
             ext = math.exp(lnc + a0**2 / (4 * a1))  # ln D at the branch vertex
             rng = f"(0, {ext:.4g}]" if a1 > 0 else f"[{ext:.4g}, inf)"
-        raise ValueError(f"target density {target_density:g} not reachable by the fitted curve; "
-                         f"reachable densities: {rng}")
+        raise ValueError(f"target density {target_density:g} not reachable by the fitted curve; reachable densities: {rng}")
     sq = math.sqrt(disc)
     # Root with a0 + 2 a1 L = +sq >= 0, i.e. the one on the decreasing branch; the
     # rationalised form avoids cancellation when a1 is tiny (and covers a1 = 0).
@@ -179,9 +187,11 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
     if not (math.isfinite(L0) and fitted[0] - _MAX_SPAN <= L0 <= fitted[1] + _MAX_SPAN):
         # a flat fit (every density near 1: the slope is noise) puts the target at a
         # pressure like e^1000; that is no prediction, and exp() of it would overflow
-        raise ValueError(f"target density {target_density:g} lies at pressure e^{L0:.4g}, more than a factor "
-                         f"e^{_MAX_SPAN:g} beyond the fitted pressures [{fit.gamma_min:.4g}, {fit.gamma_max:.4g}]: "
-                         f"the fitted curve is too flat to predict it (slope a0={a0:.3g}, a1={a1:.3g})")
+        raise ValueError(
+            f"target density {target_density:g} lies at pressure e^{L0:.4g}, more than a factor "
+            f"e^{_MAX_SPAN:g} beyond the fitted pressures [{fit.gamma_min:.4g}, {fit.gamma_max:.4g}]: "
+            f"the fitted curve is too flat to predict it (slope a0={a0:.3g}, a1={a1:.3g})"
+        )
     p = 3 if fit.quadratic else 2
     cov = np.asarray(fit.cov, dtype=float)
     dof = fit.n - p
@@ -227,7 +237,7 @@ class AccuracyFit:
     def accuracy(self, density: ArrayLike) -> np.ndarray:
         """Predicted accuracy (fraction) at ``density``, clipped to [0, 1]."""
         d = np.asarray(density, dtype=float)
-        return np.clip(1.0 - (self.e0 + self.k * d ** -self.b), 0.0, 1.0)
+        return np.clip(1.0 - (self.e0 + self.k * d**-self.b), 0.0, 1.0)
 
     def to_dict(self) -> dict[str, float]:
         """Flat float-only dict for MLflow."""
@@ -272,14 +282,25 @@ def fit_accuracy(density: ArrayLike, accuracy: ArrayLike) -> AccuracyFit:
     popt, _ = optimize.curve_fit(_err_model, d, err, p0=p0, bounds=(lb, ub), maxfev=20000)
     resid = err - _err_model(d, *popt)
     ss_res, ss_tot = float(resid @ resid), float(((err - err.mean()) ** 2).sum())
-    return AccuracyFit(e0=float(popt[0]), k=float(popt[1]), b=float(popt[2]),
-                       r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
-                       resid_std=math.sqrt(ss_res / (d.size - 3)) if d.size > 3 else math.nan,
-                       n=int(d.size))
+    return AccuracyFit(
+        e0=float(popt[0]),
+        k=float(popt[1]),
+        b=float(popt[2]),
+        r2=1 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        resid_std=math.sqrt(ss_res / (d.size - 3)) if d.size > 3 else math.nan,
+        n=int(d.size),
+    )
 
 
-def plot_fits(gamma: ArrayLike, density: ArrayLike, pfit: PressureFit, dens_acc: ArrayLike | None = None,
-              accs: ArrayLike | None = None, afit: AccuracyFit | None = None, target_density: float | None = None) -> bytes:
+def plot_fits(
+    gamma: ArrayLike,
+    density: ArrayLike,
+    pfit: PressureFit,
+    dens_acc: ArrayLike | None = None,
+    accs: ArrayLike | None = None,
+    afit: AccuracyFit | None = None,
+    target_density: float | None = None,
+) -> bytes:
     """PNG bytes of :func:`fit_figure`."""
     fig = fit_figure(gamma, density, pfit, dens_acc, accs, afit, target_density)
     buf = io.BytesIO()
@@ -287,8 +308,15 @@ def plot_fits(gamma: ArrayLike, density: ArrayLike, pfit: PressureFit, dens_acc:
     return buf.getvalue()
 
 
-def fit_figure(gamma: ArrayLike, density: ArrayLike, pfit: PressureFit, dens_acc: ArrayLike | None = None,
-               accs: ArrayLike | None = None, afit: AccuracyFit | None = None, target_density: float | None = None):
+def fit_figure(
+    gamma: ArrayLike,
+    density: ArrayLike,
+    pfit: PressureFit,
+    dens_acc: ArrayLike | None = None,
+    accs: ArrayLike | None = None,
+    afit: AccuracyFit | None = None,
+    target_density: float | None = None,
+):
     """Density vs pressure (log-log), plus accuracy vs density when given; a matplotlib Figure.
 
     The fitted curve is drawn only where it decreases with pressure (the branch
@@ -345,8 +373,7 @@ def fit_figure(gamma: ArrayLike, density: ArrayLike, pfit: PressureFit, dens_acc
         ax2.semilogx(da, aa, "o", label="runs")
         if afit is not None:
             dd = np.geomspace(da.min() / 1.5, 1.0, 200)
-            ax2.semilogx(dd, afit.accuracy(dd), "-",
-                         label=f"err={afit.e0:.3g}+{afit.k:.3g}D^-{afit.b:.3g} R2={afit.r2:.3f}")
+            ax2.semilogx(dd, afit.accuracy(dd), "-", label=f"err={afit.e0:.3g}+{afit.k:.3g}D^-{afit.b:.3g} R2={afit.r2:.3f}")
         ax2.set(xlabel="density D (fraction kept)", ylabel="accuracy", title="Accuracy vs density")
         ax2.legend(fontsize=8)
     fig.tight_layout()

@@ -44,8 +44,7 @@ def check_base_model(cfg: SearchConfig, splits: Splits, state: dict[str, torch.T
         acc = accuracy(model, splits.val.x, splits.val.y)
     except NumericsError:
         raise DataError(
-            "the dense base model gives NaN or Inf outputs on the validation images; check model.checkpoint "
-            "for NaN weights and data.mean / data.std"
+            "the dense base model gives NaN or Inf outputs on the validation images; check model.checkpoint for NaN weights and data.mean / data.std"
         ) from None
     # chance: what always answering the most frequent class scores (at least 1 / classes)
     chance = max(1.0 / splits.num_classes, float(torch.bincount(splits.val.y).max()) / max(len(splits.val.y), 1))

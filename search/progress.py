@@ -74,7 +74,9 @@ class Progress:
             from tqdm import tqdm
 
             # tqdm's own rate-based estimate is replaced by ``eta_s`` in the postfix
-            self.bar = tqdm(total=total, unit="cand", file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            self.bar = tqdm(
+                total=total, unit="cand", file=sys.stderr, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+            )
 
     def eta(self) -> float:
         not_started = self.total - self.done - len(self.running)
@@ -99,7 +101,9 @@ class Progress:
             self._postfix()
             self.bar.update(1)
         else:
-            log.info("candidate %d/%d %s (failed %d, best accuracy %.4f, %s)", self.done, self.total, result.state, self.failed, self.best, self._left())
+            log.info(
+                "candidate %d/%d %s (failed %d, best accuracy %.4f, %s)", self.done, self.total, result.state, self.failed, self.best, self._left()
+            )
 
     def update_running(self, running: list[dict[str, Any]]) -> None:
         """What the candidates in flight report (``EvaluatorPool.running``), every ``STATUS_EVERY_S``."""

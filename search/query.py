@@ -134,8 +134,14 @@ def best(
             passes the filters; False keeps every candidate.
         sort: ``METRIC[:asc|:desc]`` (see ``parse_sort``); ties go to fewer MACs.
     """
-    bounds = [("macs", "<=", max_macs), ("accuracy", ">=", min_accuracy), ("sparsity", ">=", min_sparsity),
-              ("sparsity", "<=", max_sparsity), ("macs_ratio", "<=", max_macs_ratio), ("latency_ms", "<=", max_latency_ms)]
+    bounds = [
+        ("macs", "<=", max_macs),
+        ("accuracy", ">=", min_accuracy),
+        ("sparsity", ">=", min_sparsity),
+        ("sparsity", "<=", max_sparsity),
+        ("macs_ratio", "<=", max_macs_ratio),
+        ("latency_ms", "<=", max_latency_ms),
+    ]
     clauses = [f"metrics.{m} {op} {float(v)!r}" for m, op, v in bounds if v is not None]
     for param, value in (("method", method), ("granularity", granularity)):
         if value is not None:

@@ -26,7 +26,10 @@ def reap_with(driver_pid: int) -> subprocess.Popen:
     # its own session: a Ctrl-C to the driver's process group must not end it first
     return subprocess.Popen(
         [sys.executable, "-m", "search.reaper", str(driver_pid)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

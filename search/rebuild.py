@@ -63,7 +63,9 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
     except Exception as e:
         raise ExportError(f"no run {run_id!r} in {tracking_uri} ({type(e).__name__})") from None
     if run.data.tags.get("prunesearch.role") == "search":
-        raise ExportError(f"run {run_id} is the parent run of search {run.info.run_name!r}, not a candidate; pick a candidate's run id from `prunesearch best`")
+        raise ExportError(
+            f"run {run_id} is the parent run of search {run.info.run_name!r}, not a candidate; pick a candidate's run id from `prunesearch best`"
+        )
     if run.data.tags.get("state") != "ok":
         raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
     with tempfile.TemporaryDirectory() as d:
@@ -72,7 +74,14 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
     refuse_imports(cfg.model, allow_import, f"run {run_id}")
     splits = load_data(cfg.data)
-    evaluator = Evaluator(cfg.model, base_state(cfg, splits), splits, cfg.measure.model_copy(update={"latency_repeats": 1}), threads=torch.get_num_threads(), device="cpu")
+    evaluator = Evaluator(
+        cfg.model,
+        base_state(cfg, splits),
+        splits,
+        cfg.measure.model_copy(update={"latency_repeats": 1}),
+        threads=torch.get_num_threads(),
+        device="cpu",
+    )
     model, result = evaluator.rebuild(spec, plan)
     recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
     if abs(recorded - rebuilt) > tolerance:

@@ -98,7 +98,11 @@ class Recorder:
         self.client.set_terminated(run_id, status=status)
 
     def record(
-        self, parent_id: str, trial_number: int, result: CandidateResult, tags: dict[str, str] | None = None,
+        self,
+        parent_id: str,
+        trial_number: int,
+        result: CandidateResult,
+        tags: dict[str, str] | None = None,
         metrics: dict[str, float] | None = None,
     ) -> str:
         """Write one candidate as a finished child run, plus extra ``tags`` and ``metrics``
@@ -161,9 +165,7 @@ class Recorder:
 
     def children(self, parent_id: str) -> list[Any]:
         """Every child run of ``parent_id`` (any status)."""
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000
-        )
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=50000)
 
     def delete_incomplete(self, parent_id: str) -> int:
         """Delete child runs left RUNNING by a killed driver (never complete records)."""
@@ -177,12 +179,14 @@ def _moved(uri: str, old: str, new: str) -> str:
     """The message for a local store whose artifacts live in another folder (it was copied
     or moved: MLflow keeps absolute artifact paths)."""
     db = uri.removeprefix("sqlite:///")
-    fix = (f"UPDATE experiments SET artifact_location = replace(artifact_location, '{old}', '{new}'); "
-           f"UPDATE runs SET artifact_uri = replace(artifact_uri, '{old}', '{new}');")
+    fix = (
+        f"UPDATE experiments SET artifact_location = replace(artifact_location, '{old}', '{new}'); "
+        f"UPDATE runs SET artifact_uri = replace(artifact_uri, '{old}', '{new}');"
+    )
     return (
         f"the MLflow store {db} keeps its artifacts in {old}, outside this run folder (was the folder copied or moved?); "
         f"resuming here would write into the other folder. Run in the original folder, or relocate this copy "
-        f"(after checking {new} holds the artifacts):\n  sqlite3 {db} \"{fix}\""
+        f'(after checking {new} holds the artifacts):\n  sqlite3 {db} "{fix}"'
     )
 
 
@@ -241,8 +245,9 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "spec": spec.to_json(),
     }
     if spec.reconstruct.mode != "none":
-        p.update({"recon_images": str(spec.reconstruct.images), "recon_ridge": f"{spec.reconstruct.ridge:.6g}",
-                  "recon_layers": spec.reconstruct.layers})
+        p.update(
+            {"recon_images": str(spec.reconstruct.images), "recon_ridge": f"{spec.reconstruct.ridge:.6g}", "recon_layers": spec.reconstruct.layers}
+        )
     p.update({f"knob.{k}": f"{v:.6g}" for k, v in spec.knobs.items()})
     p.update({f"alloc.{k}": f"{v:.6g}" for k, v in spec.allocation.items()})
     return p
@@ -261,5 +266,3 @@ def _knob_metrics(spec: CandidateSpec) -> list[Metric]:
 def spec_of_run(run: Any) -> CandidateSpec:
     """The candidate spec recorded in a child run (plain JSON, validated; never executed)."""
     return CandidateSpec.from_json(run.data.params["spec"])
-
-

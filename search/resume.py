@@ -37,7 +37,9 @@ def check_resume(cfg: SearchConfig) -> None:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}); restore it from a backup, or delete it to accept the current config as the recorded one") from None
+        raise ConfigError(
+            f"{path} cannot be read ({e}); restore it from a backup, or delete it to accept the current config as the recorded one"
+        ) from None
     recorded = _flatten(_with_defaults(raw))
     current = _flatten(cfg.model_dump(mode="json"))
     changed = sorted(k for k in recorded.keys() | current.keys() if recorded.get(k, _MISSING) != current.get(k, _MISSING))

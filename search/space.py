@@ -28,9 +28,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     method = get_method(method_name)
     grans = [g for g in space.granularity if g in method.granularities]
     if not grans:
-        raise ConfigError(
-            f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}"
-        )
+        raise ConfigError(f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}")
     gran = _categorical(trial, f"{method_name}.granularity", grans)
     scope = _categorical(trial, f"{method_name}.scope", [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
     target_sparsity = target_macs = None

@@ -44,8 +44,20 @@ log = logging.getLogger(__name__)
 
 # Never uploaded: environments, VCS data, local stores and results (gitignore syntax).
 EXCLUDES = [
-    ".venv", "venv", ".git", "runs", "mlruns", "mlartifacts", "benchmarks/results",
-    "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", "build", ".whl", ".gl",
+    ".venv",
+    "venv",
+    ".git",
+    "runs",
+    "mlruns",
+    "mlartifacts",
+    "benchmarks/results",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "*.egg-info",
+    "build",
+    ".whl",
+    ".gl",
 ]
 STAGED_DIR = ".prunesearch"
 # The job's environment: logs as they come, and no MLflow "View run <url>" line per candidate.
@@ -69,9 +81,7 @@ class Submission:
 def check_config(cfg: "SearchConfig") -> list[str]:
     """Refuse what cannot work on a cluster; return warnings about what is probably wrong."""
     if not cfg.ray_address:
-        raise SubmitError(
-            "ray_address is not set: a submitted search must join the job's cluster, set `ray_address: auto` in the config"
-        )
+        raise SubmitError("ray_address is not set: a submitted search must join the job's cluster, set `ray_address: auto` in the config")
     warnings = []
     if not Path(cfg.run_dir).expanduser().is_absolute():
         warnings.append(

@@ -31,8 +31,9 @@ class CliProcess:
         self.err_path = Path(self.ray_tmp) / "stderr.txt"
         err = self.err_path.open("ab")  # the child's own append-only description: reading here never moves its offset
         env = {**os.environ, "RAY_TMPDIR": self.ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=err)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err
+        )
         err.close()
 
     def __enter__(self) -> "CliProcess":

@@ -184,7 +184,14 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.head.ports['dashboard-port']}"
 
     def _node_ports(self, head: bool) -> dict[str, int]:
-        names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port"]
+        names = [
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        ]
         if head:
             names += ["port", "dashboard-port", "ray-client-server-port"]
         ports = {n: free_port(self.taken) for n in names}
@@ -197,9 +204,21 @@ class LocalCluster:
         node.temp_dir.mkdir(parents=True)
         node.ports = self._node_ports(head)
         self.nodes.append(node)  # before starting: a failed start is still cleaned up
-        cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
-               f"--resources={json.dumps({resource: 1})}", f"--temp-dir={node.temp_dir}",
-               "--object-store-memory=200000000", "--disable-usage-stats", "--log-style=record", "--log-color=false"]
+        cmd = [
+            sys.executable,
+            "-c",
+            _RAY_START_LOOPBACK,
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            "--num-gpus=0",
+            f"--resources={json.dumps({resource: 1})}",
+            f"--temp-dir={node.temp_dir}",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            "--log-style=record",
+            "--log-color=false",
+        ]
         cmd += [f"--{k}={v}" for k, v in node.ports.items()]
         if head:
             cmd += ["--head", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
@@ -275,8 +294,20 @@ class MlflowServer:
 
     def start(self, timeout: float = 180) -> "MlflowServer":
         self.base.mkdir(parents=True, exist_ok=True)
-        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.base / 'mlflow.db'}", "--artifacts-destination", str(self.artifacts)]
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.base / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.artifacts),
+        ]
         self.log = open(self.base / "server.log", "wb")
         self.proc = subprocess.Popen(cmd, env=ray_env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.base)
         deadline = time.monotonic() + timeout

@@ -92,7 +92,13 @@ def digits_search(tmp_path_factory, ray_local):
     MLflow models): its ``search.api.Results``."""
     import search as ps
 
-    cfg = search_config(tmp_path_factory.mktemp("digits_search"), "digits-api", 3, actors={"count": 1},
-                        space={"sparsity": [0.85, 0.95]}, objective={"mode": "constrained", "max_macs_ratio": 0.3},
-                        log_models=True)
+    cfg = search_config(
+        tmp_path_factory.mktemp("digits_search"),
+        "digits-api",
+        3,
+        actors={"count": 1},
+        space={"sparsity": [0.85, 0.95]},
+        objective={"mode": "constrained", "max_macs_ratio": 0.3},
+        log_models=True,
+    )
     return ps.run(cfg)

@@ -39,8 +39,9 @@ def store(tmp_path_factory):
     parent = rec.start_parent(None, cfg.name, {})
     ids = []
     for i, (acc, macs, ratio, lat, gran) in enumerate(KNOWN):
-        spec = CandidateSpec(granularity=gran, target_sparsity=0.5 if gran == "unstructured" else None,
-                             target_macs_ratio=ratio if gran == "channel" else None)
+        spec = CandidateSpec(
+            granularity=gran, target_sparsity=0.5 if gran == "unstructured" else None, target_macs_ratio=ratio if gran == "channel" else None
+        )
         metrics = {"accuracy": acc, "macs": macs, "macs_ratio": ratio, "latency_ms": lat, "sparsity": 1 - ratio, "params": 10.0}
         result = CandidateResult(spec=spec, state="ok", metrics=metrics)
         ids.append(rec.record(parent, i, result, metrics=derived_metrics(cfg, "ok", metrics)))
@@ -116,8 +117,15 @@ def test_a_closed_pipe_ends_quietly(store):
     read, write = os.pipe()
     os.close(read)  # the reader (``| head``) is gone before anything is written
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "search.cli", "best", "--tracking-uri", uri, "--all"],
-                          stdout=write, stderr=subprocess.PIPE, cwd=ROOT, env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "best", "--tracking-uri", uri, "--all"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     os.close(write)
     err = proc.stderr.decode()
     assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipeError" not in err, err

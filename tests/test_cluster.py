@@ -380,5 +380,6 @@ def test_search_survives_the_death_of_a_worker_node(tmp_path, mlflow_server):
     study = _study_trials(tmp_path, name)
     assert all(t.state.is_finished() for t in study) and len(study) == trials
     assert sorted(t.user_attrs["mlflow_run_id"] for t in study) == sorted(r.info.run_id for r in runs)
-    print(f"node death: {killed} processes killed; search finished {after_kill_s:.1f}s later; "
-          f"{len(retried)} retried on the head, {len(failed)} failed")
+    print(
+        f"node death: {killed} processes killed; search finished {after_kill_s:.1f}s later; {len(retried)} retried on the head, {len(failed)} failed"
+    )

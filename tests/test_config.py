@@ -87,10 +87,14 @@ def test_cli_missing_config_file(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-ALIAS_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
-    for i in range(1, 10)
-) + "name: *a9\n"
+ALIAS_BOMB = (
+    "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        for i in range(1, 10)
+    )
+    + "name: *a9\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -123,7 +127,9 @@ def test_a_bad_value_is_quoted_as_a_short_excerpt():
     assert "space.methods: unknown pruning method" in str(e.value) and len(str(e.value)) < 400
 
 
-@pytest.mark.parametrize("data, field", [({"run_dir": "/"}, "run_dir: '/' is the file system root"), ({"name": "n" * 3000}, "name: String should have at most 100")])
+@pytest.mark.parametrize(
+    "data, field", [({"run_dir": "/"}, "run_dir: '/' is the file system root"), ({"name": "n" * 3000}, "name: String should have at most 100")]
+)
 def test_names_and_folders_that_cannot_work_are_refused(data, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
         parse_config(data)
@@ -132,7 +138,10 @@ def test_names_and_folders_that_cannot_work_are_refused(data, field):
 @pytest.mark.parametrize(
     "space, field",
     [
-        ({"knobs": {"magnitude": {"nrom": [1, 2]}}}, "space.knobs: magnitude.nrom: method 'magnitude' has no such knob; its knobs are ['norm']; did you mean 'norm'?"),
+        (
+            {"knobs": {"magnitude": {"nrom": [1, 2]}}},
+            "space.knobs: magnitude.nrom: method 'magnitude' has no such knob; its knobs are ['norm']; did you mean 'norm'?",
+        ),
         ({"knobs": {"hyperflow": {"pressure": [0.01, 0.1]}}}, "space.knobs: 'hyperflow': unknown pruning method 'hyperflow'"),
         ({"knobs": {"screening": {"screening_weight": [0.9, 0.1]}}}, "space.knobs: screening.screening_weight: range [0.9, 0.1] is reversed"),
         ({"knobs": {"screening": {"screening_weight": [0.0, 1.5]}}}, "leaves the knob's valid values [0.0, 1.0]"),
@@ -151,8 +160,11 @@ def test_space_typos_are_named(space, field):
 
 def test_unknown_allocation_stages_are_refused_in_preflight_with_the_valid_ones(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "base_training": {"steps": 60},
-                                   "space": {"allocation": {"layr1": [0.5, 1.0], "conv2": [0.5, 1.0]}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"run_dir": str(tmp_path / "run"), "base_training": {"steps": 60}, "space": {"allocation": {"layr1": [0.5, 1.0], "conv2": [0.5, 1.0]}}}
+        )
+    )
     assert main(["run", str(cfg), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "space.allocation: 'layr1' is no stage of model 'digits_cnn'" in err and "its stages are conv1, conv2, conv3, fc" in err
@@ -175,8 +187,7 @@ def test_a_candidate_spec_has_one_target_and_cannot_change():
     with pytest.raises(TypeError):
         changed.knobs["norm"] = 2
     # a record written when channel specs carried the unused default target_sparsity 0.5
-    old = ('{"method":"magnitude","granularity":"channel","scope":"global","target_sparsity":0.5,'
-           '"target_macs_ratio":0.4,"knobs":{},"allocation":{}}')
+    old = '{"method":"magnitude","granularity":"channel","scope":"global","target_sparsity":0.5,"target_macs_ratio":0.4,"knobs":{},"allocation":{}}'
     assert CandidateSpec.from_json(old) == CandidateSpec(granularity="channel", target_macs_ratio=0.4)
 
 

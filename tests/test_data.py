@@ -22,8 +22,17 @@ def test_npz_with_test_file_and_normalisation(tmp_path):
     x = rng.integers(0, 256, (80, 6, 6, 3), dtype=np.uint8)
     np.savez(tmp_path / "train.npz", x=x, y=np.arange(80) % 4)
     np.savez(tmp_path / "test.npz", x=x[:10], y=np.arange(10) % 4)
-    s = load_data(DataConfig(name="npz", path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz"),
-                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), calib_size=20, val_size=20))
+    s = load_data(
+        DataConfig(
+            name="npz",
+            path=str(tmp_path / "train.npz"),
+            test_path=str(tmp_path / "test.npz"),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            calib_size=20,
+            val_size=20,
+        )
+    )
     assert len(s.test) == 10 and len(s.train) == 40 and s.num_classes == 4
     expected = (x[:1].astype(np.float32) / 255 - 0.5) / 0.25
     assert torch.allclose(s.test.x[:1], torch.from_numpy(expected.transpose(0, 3, 1, 2)))

@@ -99,8 +99,14 @@ def test_export_reproduces_the_recorded_accuracy_in_a_fresh_process(exported, tm
     x, y = _raw_val_images(res.cfg)
     np.savez(tmp_path / "val.npz", x=x, y=y)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", FRESH, str(out.with_suffix("")), str(tmp_path / "val.npz")],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH, str(out.with_suffix("")), str(tmp_path / "val.npz")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["prunesearch_imported"] == []  # torch.export and ONNX need nothing of prunesearch

@@ -130,9 +130,17 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     from search.lock import RunFolderLock, SearchRunningError
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from search.lock import RunFolderLock\n"
-         "with RunFolderLock(Path(sys.argv[1]), 'other'):\n    print('held', flush=True); time.sleep(600)", str(tmp_path)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from search.lock import RunFolderLock\n"
+            "with RunFolderLock(Path(sys.argv[1]), 'other'):\n    print('held', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline().strip() == b"held"
         with pytest.raises(SearchRunningError, match=rf"search other is running in {tmp_path} \(pid {holder.pid}\)"):

@@ -77,7 +77,10 @@ def test_unreachable_tracking_server_is_refused_at_start(tmp_path, capsys):
         ({"x": __import__("numpy").zeros((10, 8, 8), "uint8"), "y": __import__("numpy").zeros(10, "int64")}, "(N, H, W, C)"),
         ({"x": __import__("numpy").zeros((10, 8, 8, 1), "int32"), "y": __import__("numpy").zeros(10, "int64")}, "dtype int32"),
         ({"x": __import__("numpy").zeros((10, 8, 8, 1), "uint8"), "y": __import__("numpy").full(10, -1)}, "labels must be >= 0"),
-        ({"x": __import__("numpy").zeros((10, 8, 8, 1), "uint8"), "y": __import__("numpy").zeros(9, "int64")}, "labels must be integers of shape (10,)"),
+        (
+            {"x": __import__("numpy").zeros((10, 8, 8, 1), "uint8"), "y": __import__("numpy").zeros(9, "int64")},
+            "labels must be integers of shape (10,)",
+        ),
         ({"x": __import__("numpy").zeros((10, 8, 8, 1), "uint8"), "y": __import__("numpy").zeros(10, "int64")}, "cannot give calib_size"),
     ],
 )
@@ -119,9 +122,16 @@ def test_labels_beyond_the_model_are_refused_before_any_work(tmp_path, capsys):
 
 def test_unreachable_macs_constraint_is_refused(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "base_training": {"steps": 5}, "space": {"sparsity": [0.3, 0.6]},
-        "objective": {"mode": "constrained", "max_macs_ratio": 0.05}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "base_training": {"steps": 5},
+                "space": {"sparsity": [0.3, 0.6]},
+                "objective": {"mode": "constrained", "max_macs_ratio": 0.05},
+            }
+        )
+    )
     assert main(["run", str(cfg), "--quiet"]) == 2
     assert "objective.max_macs_ratio: 0.05 is below what any candidate" in capsys.readouterr().err
 
@@ -134,8 +144,10 @@ def test_disk_full_for_artifacts_stops_cleanly_and_resumes(tmp_path, ray_local, 
     art.mkdir(parents=True)
     # a real full disk: a 256 KiB tmpfs under the artifact store (about 15 candidates fit)
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a 256 KiB tmpfs to fill the disk for real: it needs root and the `mount` command "
-                    f"(euid {os.geteuid()}, mount {shutil.which('mount') or 'not found'}); run it as root, e.g. in a container")
+        pytest.fail(
+            "this test mounts a 256 KiB tmpfs to fill the disk for real: it needs root and the `mount` command "
+            f"(euid {os.geteuid()}, mount {shutil.which('mount') or 'not found'}); run it as root, e.g. in a container"
+        )
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(art)], check=True)
     try:
         path = tmp_path / "c.yaml"
@@ -160,9 +172,18 @@ def test_disk_full_for_artifacts_stops_cleanly_and_resumes(tmp_path, ray_local, 
 def _signal_cfg(tmp_path, name: str, budget: int):
     path = tmp_path / "c.yaml"
     # slow candidates (about 0.5 s each) so that signals land mid-search
-    path.write_text(yaml.safe_dump({"name": name, "run_dir": str(tmp_path / "run"), "budget": {"trials": budget},
-                                    "actors": {"count": 2, "queue": 2}, "base_training": {"steps": 100},
-                                    "measure": {"latency_repeats": 60, "latency_batch": 64, "test_accuracy": False}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "run_dir": str(tmp_path / "run"),
+                "budget": {"trials": budget},
+                "actors": {"count": 2, "queue": 2},
+                "base_training": {"steps": 100},
+                "measure": {"latency_repeats": 60, "latency_batch": 64, "test_accuracy": False},
+            }
+        )
+    )
     return path, load_config(path)
 
 

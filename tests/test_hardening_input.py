@@ -55,8 +55,9 @@ def test_nan_pixels_and_images_that_do_not_fit_the_model_are_named(tmp_path, cap
     x[3, 2, 2, 0] = np.nan
     np.savez(tmp_path / "nan.npz", x=x, y=np.arange(400) % 10)
     small = {"calib_size": 64, "val_size": 64, "test_size": 64}
-    assert "1 pixel values are NaN or Inf" in _run(tmp_path, capsys, data={"name": "npz", "path": str(tmp_path / "nan.npz"), **small},
-                                                    recalibration={"images": 64})
+    assert "1 pixel values are NaN or Inf" in _run(
+        tmp_path, capsys, data={"name": "npz", "path": str(tmp_path / "nan.npz"), **small}, recalibration={"images": 64}
+    )
     rgb = (np.random.default_rng(0).random((400, 8, 8, 3)) * 255).astype(np.uint8)
     np.savez(tmp_path / "rgb.npz", x=rgb, y=np.arange(400) % 10)
     err = _run(tmp_path, capsys, data={"name": "npz", "path": str(tmp_path / "rgb.npz"), **small}, recalibration={"images": 64})

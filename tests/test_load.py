@@ -15,11 +15,17 @@ from search.driver import actor_prefix, run_search
 @pytest.mark.slow
 def test_500_candidates_are_recorded_once_and_no_actor_leaks(tmp_path, ray_local):
     budget = 500
-    cfg = parse_config({
-        "name": "load", "run_dir": str(tmp_path / "run"), "budget": {"trials": budget}, "actors": {"count": 2},
-        "base_training": {"steps": 100}, "sampler": {"name": "random"},
-        "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
-    })
+    cfg = parse_config(
+        {
+            "name": "load",
+            "run_dir": str(tmp_path / "run"),
+            "budget": {"trials": budget},
+            "actors": {"count": 2},
+            "base_training": {"steps": 100},
+            "sampler": {"name": "random"},
+            "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
+        }
+    )
     out = run_search(cfg, quiet=True)
     assert (out.evaluated, out.recorded_total) == (budget, budget)
     client = MlflowClient(cfg.resolved_tracking_uri())

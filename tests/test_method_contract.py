@@ -75,7 +75,9 @@ def test_every_declared_knob_is_in_the_search_space(name):
     import optuna
 
     m = get_method(name)
-    cfg = parse_config({"space": {"methods": [name], "granularity": list(m.granularities), "knobs": {name: {k: [kn.low, kn.high] for k, kn in m.knobs.items()}}}})
+    cfg = parse_config(
+        {"space": {"methods": [name], "granularity": list(m.granularities), "knobs": {name: {k: [kn.low, kn.high] for k, kn in m.knobs.items()}}}}
+    )
     study = optuna.create_study(directions=["maximize", "minimize"])
     spec = suggest(study.ask(), cfg)
     assert spec.method == name and set(spec.knobs) == set(m.knobs)

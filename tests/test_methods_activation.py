@@ -46,7 +46,12 @@ def _planted() -> tuple[Tiny, PruneContext]:
         model.bn1.weight[0] = 3.0
     model.eval()
     return model, PruneContext(
-        calib_x=x, calib_y=torch.zeros(64, dtype=torch.int64), train_x=x, train_y=torch.zeros(64, dtype=torch.int64), example_input=x[:1], num_classes=4
+        calib_x=x,
+        calib_y=torch.zeros(64, dtype=torch.int64),
+        train_x=x,
+        train_y=torch.zeros(64, dtype=torch.int64),
+        example_input=x[:1],
+        num_classes=4,
     )
 
 

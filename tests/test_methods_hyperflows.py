@@ -39,9 +39,7 @@ def plans(trained):
 
 def _plan(model, ctx, pressure: float, seed: int = 0, **spec) -> PrunePlan:
     knobs = {"pressure": pressure, "steps": STEPS, "regrowth_steps": REGROWTH}
-    return get_method("hyperflows").plan(
-        model, ctx, CandidateSpec(method="hyperflows", target_sparsity=None, knobs=knobs, seed=seed, **spec)
-    )
+    return get_method("hyperflows").plan(model, ctx, CandidateSpec(method="hyperflows", target_sparsity=None, knobs=knobs, seed=seed, **spec))
 
 
 def _sparsity(plan: PrunePlan) -> float:
@@ -79,7 +77,10 @@ def test_same_seed_same_masks(trained, plans):
 def test_stem_and_head_excluded_when_asked(trained):
     model, ctx, _ = trained
     spec = CandidateSpec(
-        method="hyperflows", target_sparsity=None, prune_stem=False, prune_head=False,
+        method="hyperflows",
+        target_sparsity=None,
+        prune_stem=False,
+        prune_head=False,
         knobs={"pressure": 0.3, "steps": 50, "regrowth_steps": 0},
     )
     masks = get_method("hyperflows").plan(model, ctx, spec).masks

@@ -147,7 +147,10 @@ def test_import_user_module_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_load_base_builds_the_architecture_and_loads_a_state(tmp_path: Path) -> None:
     cfg = ModelConfig(name="digits_cnn", checkpoint=str(tmp_path / "never-read.pt"))  # the checkpoint is not read
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in build_model(cfg.model_copy(update={"checkpoint": None})).state_dict().items()}
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in build_model(cfg.model_copy(update={"checkpoint": None})).state_dict().items()
+    }
     model = load_base(cfg, state)
     assert not model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     narrow = {**state, "fc.weight": state["fc.weight"][:4], "fc.bias": state["fc.bias"][:4]}

@@ -20,8 +20,21 @@ def _rows(n: int = 24) -> list[dict]:
         gran = "channel" if t % 3 == 0 else "unstructured"
         ratio = rng.uniform(0.2, 0.9)
         acc = 0.95 - 0.5 * (1 - ratio) ** 2
-        rows.append(dict(trial=t, method=("ocs" if gran == "channel" else "magnitude"), granularity=gran, macs_ratio=ratio, macs=ratio * 1e6,
-                         base_macs=1e6, sparsity=1 - ratio, accuracy=acc, accuracy_before_recal=acc - 0.2, dense_accuracy=0.97, feasible=float(ratio <= 0.5)))
+        rows.append(
+            dict(
+                trial=t,
+                method=("ocs" if gran == "channel" else "magnitude"),
+                granularity=gran,
+                macs_ratio=ratio,
+                macs=ratio * 1e6,
+                base_macs=1e6,
+                sparsity=1 - ratio,
+                accuracy=acc,
+                accuracy_before_recal=acc - 0.2,
+                dense_accuracy=0.97,
+                feasible=float(ratio <= 0.5),
+            )
+        )
     return rows
 
 

@@ -1,4 +1,5 @@
 """Tests for search.powerlaw: pressure power law, inverse prediction, accuracy fit, plot."""
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def noisy(seed: int, a1: float = A1, g: np.ndarray = GAMMA) -> np.ndarray:
 def analytic_se(p: int) -> np.ndarray:
     """Standard errors of (ln c, a0[, a1]) for this design: sigma^2 (X'X)^-1."""
     L = np.log(GAMMA)
-    X = np.stack([np.ones_like(L), -L, -L**2][:p], axis=1)
+    X = np.stack([np.ones_like(L), -L, -(L**2)][:p], axis=1)
     return np.sqrt(np.diag(SIGMA**2 * np.linalg.inv(X.T @ X)))
 
 

@@ -63,21 +63,39 @@ def searched(tmp_path_factory, ray_local):
     base = tmp_path_factory.mktemp("promises")
     run = base / "run"
     common = {"run_dir": str(run), "actors": {"count": 2}, "measure": {"latency_repeats": 3}, "recalibration": {"images": 128}}
-    hf = _write(base / "hf.yaml", {
-        **common, "name": "prom-hf", "budget": {"trials": HF_TRIALS}, "base_training": {"steps": 150},
-        "space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
-                  "knobs": {"hyperflows": {"pressure": [0.003, 3.0], "steps": [50, 60], "regrowth_steps": [0, 5], "flow_lr": [0.02, 0.03]}}},
-    })
+    hf = _write(
+        base / "hf.yaml",
+        {
+            **common,
+            "name": "prom-hf",
+            "budget": {"trials": HF_TRIALS},
+            "base_training": {"steps": 150},
+            "space": {
+                "methods": ["hyperflows"],
+                "target_sparsity": 0.9,
+                "knobs": {"hyperflows": {"pressure": [0.003, 3.0], "steps": [50, 60], "regrowth_steps": [0, 5], "flow_lr": [0.02, 0.03]}},
+            },
+        },
+    )
     assert main(["run", str(hf), "--quiet"]) == 0
     cfg_hf = load_config(hf)
     checkpoint = next((run / "base").glob("digits_cnn-*.pt"))
-    ocs = _write(base / "ocs.yaml", {
-        **common, "name": "prom-ocs", "budget": {"trials": OCS_TRIALS},
-        "model": {"name": "digits_cnn", "checkpoint": str(checkpoint)},
-        "actors": {"count": 2, "max_retries": 0},
-        "space": {"methods": ["ocs"], "granularity": ["channel"], "macs_ratio": [0.4, 0.7],
-                  "knobs": {"ocs": {"epochs": [4, 5], "steps_per_epoch": [5, 6]}}},
-    })
+    ocs = _write(
+        base / "ocs.yaml",
+        {
+            **common,
+            "name": "prom-ocs",
+            "budget": {"trials": OCS_TRIALS},
+            "model": {"name": "digits_cnn", "checkpoint": str(checkpoint)},
+            "actors": {"count": 2, "max_retries": 0},
+            "space": {
+                "methods": ["ocs"],
+                "granularity": ["channel"],
+                "macs_ratio": [0.4, 0.7],
+                "knobs": {"ocs": {"epochs": [4, 5], "steps_per_epoch": [5, 6]}},
+            },
+        },
+    )
     cfg_ocs = load_config(ocs)
     killed: list = []
     killer = threading.Thread(target=_kill_first_actor_after_a_record, args=(cfg_ocs, killed), daemon=True)
@@ -309,10 +327,18 @@ def test_a_tracking_server_dying_mid_search_stops_with_exit_2_and_resumes(tmp_pa
     server = MlflowServer(short_tempdir("psd"), set())
     server.start()
     try:
-        path = _write(tmp_path / "c.yaml", {
-            "name": "prom-server", "run_dir": str(tmp_path / "run"), "tracking_uri": server.uri, "budget": {"trials": budget},
-            "actors": {"count": 2}, "base_training": {"steps": 100},
-            "measure": {"latency_repeats": 60, "latency_batch": 64, "test_accuracy": False}})
+        path = _write(
+            tmp_path / "c.yaml",
+            {
+                "name": "prom-server",
+                "run_dir": str(tmp_path / "run"),
+                "tracking_uri": server.uri,
+                "budget": {"trials": budget},
+                "actors": {"count": 2},
+                "base_training": {"steps": 100},
+                "measure": {"latency_repeats": 60, "latency_batch": 64, "test_accuracy": False},
+            },
+        )
         cfg = load_config(path)
 
         def stop_after_two() -> None:

@@ -12,7 +12,13 @@ from search.query import best, pareto_front
 from search.records import Recorder
 
 # (accuracy, macs, sparsity, method); rows 0, 2, 3 form the front
-KNOWN = [(0.95, 1000.0, 0.5, "magnitude"), (0.90, 1200.0, 0.4, "random"), (0.80, 500.0, 0.8, "magnitude"), (0.60, 200.0, 0.95, "random"), (0.50, 600.0, 0.7, "random")]
+KNOWN = [
+    (0.95, 1000.0, 0.5, "magnitude"),
+    (0.90, 1200.0, 0.4, "random"),
+    (0.80, 500.0, 0.8, "magnitude"),
+    (0.60, 200.0, 0.95, "random"),
+    (0.50, 600.0, 0.7, "random"),
+]
 
 
 @pytest.fixture
@@ -23,7 +29,15 @@ def store(tmp_path):
     ids = []
     for i, (acc, macs, sp, method) in enumerate(KNOWN):
         spec = CandidateSpec(method=method, target_sparsity=sp, allocation={"layer1": 0.5} if i == 2 else {})
-        metrics = {"accuracy": acc, "accuracy_before_recal": acc / 2, "macs": macs, "macs_dense": 2000.0, "sparsity": sp, "params": 10.0, "latency_ms": 1.0}
+        metrics = {
+            "accuracy": acc,
+            "accuracy_before_recal": acc / 2,
+            "macs": macs,
+            "macs_dense": 2000.0,
+            "sparsity": sp,
+            "params": 10.0,
+            "latency_ms": 1.0,
+        }
         ids.append(rec.record(parent, i, CandidateResult(spec=spec, state="ok", metrics=metrics)))
     rec.record(parent, 99, CandidateResult(spec=CandidateSpec(), state="failed", error="boom"))
     return uri, ids, tmp_path

@@ -125,8 +125,13 @@ def test_option_a_resnets_and_torchvision_models(name, granularity):
     model = build_model(ModelConfig(name=name, num_classes=10))
     ctx, x = _tiny_ctx(model)
     _warm_bn(model, x)
-    spec = CandidateSpec(granularity=granularity, target_sparsity=0.9 if granularity == "unstructured" else None,
-                         target_macs_ratio=0.6 if granularity == "channel" else None, prune_stem=False, prune_head=False)
+    spec = CandidateSpec(
+        granularity=granularity,
+        target_sparsity=0.9 if granularity == "unstructured" else None,
+        target_macs_ratio=0.6 if granularity == "channel" else None,
+        prune_stem=False,
+        prune_head=False,
+    )
     plan = plan_candidate(model, ctx, spec)
     pruned = apply_plan(model, plan)
     refit, report = reconstruct(model, pruned, x[:32], LSQ.model_copy(update={"batch_size": 16}), plan)
@@ -154,9 +159,14 @@ def test_every_method_is_reconstructed_and_rebuilds_from_its_plan(name, evaluato
 
     m = get_method(name)
     gran = "unstructured" if "unstructured" in m.granularities else "channel"
-    spec = CandidateSpec(method=name, granularity=gran, knobs=dict(m.fast_knobs), reconstruct=LSQ,
-                         target_sparsity=0.8 if gran == "unstructured" and m.target == "sparsity" else None,
-                         target_macs_ratio=0.5 if gran == "channel" else None)
+    spec = CandidateSpec(
+        method=name,
+        granularity=gran,
+        knobs=dict(m.fast_knobs),
+        reconstruct=LSQ,
+        target_sparsity=0.8 if gran == "unstructured" and m.target == "sparsity" else None,
+        target_macs_ratio=0.5 if gran == "channel" else None,
+    )
     r = evaluator.evaluate(spec)
     assert r.state == "ok", r.error
     assert r.metrics["recon_layers"] > 0 and r.metrics["recon_s"] > 0
@@ -234,8 +244,7 @@ def test_a_search_records_reconstructed_candidates_and_export_reproduces_them(tm
 
     from conftest import search_config
 
-    cfg = search_config(tmp_path, "recon", 4, space={"sparsity": [0.85, 0.95], "reconstruct": ["lsq"]},
-                        reconstruction={"images": 128})
+    cfg = search_config(tmp_path, "recon", 4, space={"sparsity": [0.85, 0.95], "reconstruct": ["lsq"]}, reconstruction={"images": 128})
     out = run_search(cfg, quiet=True)
     assert out.evaluated == 4 and out.failed == 0
     rows = candidate_rows(out.tracking_uri, cfg.name)

@@ -30,7 +30,9 @@ def test_an_unknown_name_lists_the_valid_ones_and_the_closest():
     reg: Registry[int] = Registry("widget", field="parts.widget")
     reg.add("sprocket", 1)
     reg.add("gear", 2)
-    with pytest.raises(RegistryError, match=r"^parts.widget: unknown widget 'sprockt'; valid widgets: \['gear', 'sprocket'\]; did you mean 'sprocket'\?$"):
+    with pytest.raises(
+        RegistryError, match=r"^parts.widget: unknown widget 'sprockt'; valid widgets: \['gear', 'sprocket'\]; did you mean 'sprocket'\?$"
+    ):
         reg.get("sprockt")
     with pytest.raises(ValueError, match="valid widgets") as e:  # still a ValueError for callers that catch those
         reg.get("zzz")

@@ -22,8 +22,14 @@ pytestmark = pytest.mark.slow
 
 
 def _write(path: Path, run_dir: Path, **over) -> Path:
-    data = {"name": "resume", "run_dir": str(run_dir), "budget": {"trials": 2}, "actors": {"count": 1},
-            "base_training": {"steps": 100}, "measure": {"latency_repeats": 2, "test_accuracy": False}}
+    data = {
+        "name": "resume",
+        "run_dir": str(run_dir),
+        "budget": {"trials": 2},
+        "actors": {"count": 1},
+        "base_training": {"steps": 100},
+        "measure": {"latency_repeats": 2, "test_accuracy": False},
+    }
     for key, value in over.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(data))
@@ -61,7 +67,7 @@ def test_a_copied_run_folder_is_refused_until_relocated_then_stays_inside_itself
     assert main(["run", str(cfg_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"keeps its artifacts in {(root / 'run' / 'artifacts').as_uri()}, outside this run folder" in err
-    fix = err.split('sqlite3 ', 1)[1].strip()
+    fix = err.split("sqlite3 ", 1)[1].strip()
     db, sql = fix.split(" ", 1)
     with sqlite3.connect(db) as con:  # what the message says to run
         con.executescript(sql.strip('"'))

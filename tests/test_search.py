@@ -35,8 +35,9 @@ def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
     # both actors did work: each candidate records the process that evaluated it
     assert len({r.data.tags["info.pid"] for r in runs}) == 2
 
-    study = optuna.load_study(study_name="itest", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(cfg.run_path / "optuna.journal"))))
+    study = optuna.load_study(
+        study_name="itest", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(cfg.run_path / "optuna.journal")))
+    )
     run_ids = {r.info.run_id for r in runs}
     assert {t.user_attrs[RUN_ID_ATTR] for t in study.trials} == run_ids
 

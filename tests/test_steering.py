@@ -100,8 +100,9 @@ def test_fits_are_made_per_budget_and_recover_each_curve():
 
 
 def test_a_steered_trial_runs_at_the_budget_whose_curve_chose_its_pressure():
-    cfg = parse_config({"space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
-                                  "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000]}}}})
+    cfg = parse_config(
+        {"space": {"methods": ["hyperflows"], "target_sparsity": 0.9, "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000]}}}}
+    )
     steering = PressureSteering(cfg, every=1)
     _two_budgets(steering)
     seen = set()
@@ -117,8 +118,9 @@ def test_a_steered_trial_runs_at_the_budget_whose_curve_chose_its_pressure():
 
 
 def test_budgets_that_never_repeat_get_one_budget_filled_until_it_can_be_fitted():
-    cfg = parse_config({"space": {"methods": ["hyperflows"], "target_sparsity": 0.9,
-                                  "knobs": {"hyperflows": {"pressure": [0.11, 10.0], "steps": [100, 2000]}}}})
+    cfg = parse_config(
+        {"space": {"methods": ["hyperflows"], "target_sparsity": 0.9, "knobs": {"hyperflows": {"pressure": [0.11, 10.0], "steps": [100, 2000]}}}}
+    )
     steering = PressureSteering(cfg, every=1)
 
     def density(g):
@@ -140,8 +142,15 @@ def test_a_steered_proposal_becomes_that_candidate_through_optuna():
 
     from search.space import suggest
 
-    cfg = parse_config({"space": {"methods": ["magnitude", "hyperflows"], "target_sparsity": 0.9,
-                                  "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000], "flow_lr": [1e-4, 3e-2]}}}})
+    cfg = parse_config(
+        {
+            "space": {
+                "methods": ["magnitude", "hyperflows"],
+                "target_sparsity": 0.9,
+                "knobs": {"hyperflows": {"pressure": [0.001, 10.0], "steps": [100, 2000], "flow_lr": [1e-4, 3e-2]}},
+            }
+        }
+    )
     steering = PressureSteering(cfg, every=1)
     for g in np.geomspace(0.005, 8.0, 6):
         steering.observe("hyperflows", {"pressure": float(g), "steps": 400, "flow_lr": 0.002}, "ok", 1 - _density(g))

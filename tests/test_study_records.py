@@ -35,7 +35,11 @@ def test_a_record_holds_every_metric_param_and_artifact(setup):
     assert run.info.status == "FINISHED" and run.data.metrics == {**METRICS, "target_sparsity": 0.7, "knob_norm": 1.0}
     assert run.data.params["method"] == "magnitude" and CandidateSpec.from_json(run.data.params["spec"]) == spec
     assert {k: run.data.tags[k] for k in ("trial_number", "state", "steered", "mlflow.parentRunId")} == {
-        "trial_number": "3", "state": "ok", "steered": "power-law", "mlflow.parentRunId": parent}
+        "trial_number": "3",
+        "state": "ok",
+        "steered": "power-law",
+        "mlflow.parentRunId": parent,
+    }
     assert {f.path for f in rec.client.list_artifacts(rid)} == {"spec.json", "plan.parquet", "bn_variance.parquet", "bn_variance.png"}
 
     failed = rec.client.get_run(rec.record(parent, 4, CandidateResult(spec=spec, state="failed", error="ValueError: boom")))
@@ -48,6 +52,7 @@ def test_constrained_tell_passes_the_constraint_to_optuna(setup):
     tell(study, cfg, over, "r0", "ok", {**METRICS, "macs_ratio": 0.5})
     tell(study, cfg, within, "r1", "ok", {**METRICS, "macs_ratio": 0.25, "accuracy": 0.6})
     t0, t1 = study.trials
+
     # Optuna reads feasibility from these values (<= 0 feasible): 0.5 - 0.3 and 0.25 - 0.3
     def constraints(t):
         return {k: v for k, v in t.system_attrs.items() if "constraint" in k}

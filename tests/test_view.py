@@ -48,7 +48,9 @@ def test_methods_that_train_report_their_steps(digits_model, ctx):
 
     seen = []
     ctx.on_step = lambda done, total: seen.append((done, total))
-    spec = CandidateSpec(method="hyperflows", granularity="unstructured", target_sparsity=None, knobs={"pressure": 0.1, "steps": 4, "regrowth_steps": 2})
+    spec = CandidateSpec(
+        method="hyperflows", granularity="unstructured", target_sparsity=None, knobs={"pressure": 0.1, "steps": 4, "regrowth_steps": 2}
+    )
     get_method("hyperflows").plan(digits_model, ctx, spec)
     assert seen[0] == (1, 6) and seen[-1] == (6, 6)
     seen.clear()
@@ -64,7 +66,9 @@ def test_evaluator_status_shows_the_candidate_in_progress(digits, digits_model):
 
     ev = Evaluator(ModelConfig(), digits_model.state_dict(), digits, MeasureConfig(latency_repeats=1), threads=1)
     assert ev.status() is None
-    spec = CandidateSpec(method="hyperflows", granularity="unstructured", target_sparsity=None, knobs={"pressure": 0.1, "steps": 400, "regrowth_steps": 0})
+    spec = CandidateSpec(
+        method="hyperflows", granularity="unstructured", target_sparsity=None, knobs={"pressure": 0.1, "steps": 400, "regrowth_steps": 0}
+    )
     t = threading.Thread(target=ev.evaluate, args=(spec,))
     t.start()
     st = None
@@ -111,7 +115,9 @@ def test_ui_verb_serves_the_run_folders_store_on_loopback(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "search.cli", "ui", "--run-dir", str(run), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         body, deadline = None, time.monotonic() + 180

@@ -159,10 +159,7 @@ class PruningMethod(ABC):
     def check(self, spec: "CandidateSpec") -> None:
         """Raise ``ValueError`` naming the field if ``spec`` asks for something unsupported."""
         if spec.granularity not in self.granularities:
-            raise ValueError(
-                f"method {self.name!r} supports granularity {list(self.granularities)}, "
-                f"but the candidate asks for {spec.granularity!r}"
-            )
+            raise ValueError(f"method {self.name!r} supports granularity {list(self.granularities)}, but the candidate asks for {spec.granularity!r}")
         if spec.scope not in self.scopes:
             raise ValueError(f"method {self.name!r} supports scope {list(self.scopes)}, but the candidate asks for {spec.scope!r}")
         if spec.allocation and not self.allocates:
@@ -237,9 +234,7 @@ class ImportanceMethod(PruningMethod):
         ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores} if spec.allocation else None
         return PrunePlan(masks=layerwise_masks(scores, spec.target_sparsity, ratios, base))
 
-    def global_split(
-        self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]
-    ) -> dict[str, float]:
+    def global_split(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]) -> dict[str, float]:
         """Parameter name -> fraction of it that global scope removes at ``spec.target_sparsity``.
 
         Ranks ``scores`` (or |w|, per ``global_split_by``) across all tensors; methods
@@ -257,9 +252,7 @@ class ImportanceMethod(PruningMethod):
         key = self.cache_key(spec)
         if key not in ctx.cache:
             ctx.cache[key] = self.channel_scores(model, ctx, spec, graph.groups)
-        kept = structure.select_channels(
-            graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation)
-        )
+        kept = structure.select_channels(graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation))
         return PrunePlan(channels=kept)
 
 

@@ -225,7 +225,9 @@ def train_ocs(model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> Ocs
 
     def select() -> tuple[dict[str, torch.Tensor], KeptSets, dict[str, torch.Tensor]]:
         """Kept indices, kept sets and removed indices (on the model's device) for the MACs target."""
-        kept = structure.select_channels(graph, group_saliency(modules, graph), spec.target_macs_ratio, "global", max_prune_fraction=max_prune, normalize=False)
+        kept = structure.select_channels(
+            graph, group_saliency(modules, graph), spec.target_macs_ratio, "global", max_prune_fraction=max_prune, normalize=False
+        )
         sets = {g: set(k.tolist()) for g, k in kept.items()}
         removed = {g.name: torch.tensor(sorted(set(range(g.size)) - sets[g.name]), dtype=torch.int64, device=device) for g in graph.groups}
         return kept, sets, removed

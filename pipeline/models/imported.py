@@ -38,13 +38,9 @@ def import_object(path: str | None) -> object:
         # e.name tells the requested module apart from a dependency it imports.
         requested = bool(e.name) and (mod_name == e.name or mod_name.startswith(f"{e.name}."))
         what = f"module {mod_name!r} was not found" if requested else f"importing module {mod_name!r} failed: {e}"
-        raise InputError(
-            f"model.import_path: {path!r}: {what}; check the spelling and that it is on PYTHONPATH"
-        ) from e
+        raise InputError(f"model.import_path: {path!r}: {what}; check the spelling and that it is on PYTHONPATH") from e
     except Exception as e:  # noqa: BLE001 - any error raised by the user's module code
-        raise InputError(
-            f"model.import_path: {path!r}: importing {mod_name!r} raised {type(e).__name__}: {e}"
-        ) from e
+        raise InputError(f"model.import_path: {path!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from e
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
             where = mod_name + ("." + ".".join(attr.split(".")[:i]) if i else "")
@@ -68,9 +64,7 @@ def imported(cfg: ModelConfig) -> nn.Module:
     except TypeError as e:
         raise InputError(f"model.kwargs: {cfg.import_path}(**{cfg.kwargs!r}) failed: {e}") from e
     if not isinstance(model, nn.Module):
-        raise InputError(
-            f"model.import_path: {cfg.import_path!r} built a {type(model).__name__}, not a torch.nn.Module"
-        )
+        raise InputError(f"model.import_path: {cfg.import_path!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

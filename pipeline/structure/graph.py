@@ -86,6 +86,7 @@ class ChannelGraph:
                 raise ValueError(f"group {name!r} must keep 1..{sizes[name]} channels, got {k}")
         return count_macs(self._terms, {**sizes, **keep})
 
+
 # ---------------------------------------------------------------- dependency analysis
 
 _ACT_MODULES = (
@@ -228,9 +229,7 @@ def _walk(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) 
 
 def _conv_nodes(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[fx.Node]:
     """Conv2d/Linear call nodes in graph (execution) order."""
-    return [
-        n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))
-    ]
+    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))]
 
 
 def _analyse(gm: fx.GraphModule) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
@@ -288,9 +287,7 @@ def _failing_module(model: nn.Module, exc: BaseException) -> str:
     return f"module {name!r} ({type(where).__name__})" if name else f"the model ({type(where).__name__})"
 
 
-def channel_graph(
-    model: nn.Module, example_input: torch.Tensor, prune_stem: bool = True, prune_head: bool = True
-) -> ChannelGraph:
+def channel_graph(model: nn.Module, example_input: torch.Tensor, prune_stem: bool = True, prune_head: bool = True) -> ChannelGraph:
     """The channel groups of ``model`` and its MACs model at ``example_input``'s size.
 
     Args:
@@ -317,17 +314,13 @@ def channel_graph(
             del found[name]
     if not found:
         why = "; ".join(f"{n}: {r}" for n, r in list(excluded.items())[:6]) or "it has no Conv2d"
-        raise UnsupportedModelError(
-            f"no prunable channel group in {type(model).__name__}: {why}. "
-            "Use granularity 'unstructured' for this model."
-        )
+        raise UnsupportedModelError(f"no prunable channel group in {type(model).__name__}: {why}. Use granularity 'unstructured' for this model.")
     try:
         with eval_mode(model), torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     except Exception as exc:
         raise UnsupportedModelError(
-            f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}; "
-            "pass an input batch the model accepts"
+            f"{type(model).__name__} fails on example_input of shape {tuple(example_input.shape)}: {exc}; pass an input batch the model accepts"
         ) from exc
     consumed_by = {c: g for g, f in found.items() for c in f.consumers}
     graph = ChannelGraph(list(found.values()), 0, mac_terms(layers, modules, consumed_by, set(found)), excluded)

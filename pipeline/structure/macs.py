@@ -27,9 +27,7 @@ class MacTerm(NamedTuple):
     inp: int | str
 
 
-def mac_terms(
-    layers: list[fx.Node], modules: Mapping[str, nn.Module], consumed_by: Mapping[str, str], producers: set[str]
-) -> list[MacTerm]:
+def mac_terms(layers: list[fx.Node], modules: Mapping[str, nn.Module], consumed_by: Mapping[str, str], producers: set[str]) -> list[MacTerm]:
     """One ``MacTerm`` per conv/linear call node in ``layers``.
 
     Args:

@@ -110,10 +110,7 @@ def _global_removal(
 ) -> dict[str, int] | None:
     """Removed count per group for the smallest prefix of the global order meeting ``budget``."""
     names = list(sizes)
-    normed = [
-        scores[n].detach().float() / (scores[n].detach().float().abs().mean().clamp_min(1e-12) if normalize else 1.0)
-        for n in names
-    ]
+    normed = [scores[n].detach().float() / (scores[n].detach().float().abs().mean().clamp_min(1e-12) if normalize else 1.0) for n in names]
     owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
     owner = owner[torch.sort(torch.cat(normed), stable=True).indices]
     cap = torch.tensor([caps[n] for n in names])
@@ -126,9 +123,7 @@ def _global_removal(
     return None if k is None else removed(k)
 
 
-def _layerwise_removal(
-    sizes: dict[str, int], caps: dict[str, int], mult: dict[str, float], macs_of: MacsOf, budget: float
-) -> dict[str, int] | None:
+def _layerwise_removal(sizes: dict[str, int], caps: dict[str, int], mult: dict[str, float], macs_of: MacsOf, budget: float) -> dict[str, int] | None:
     """Removed counts for the smallest common fraction f (times ``mult``) meeting ``budget``."""
 
     def removed(f: float) -> dict[str, int]:

@@ -127,6 +127,5 @@ def check_forward(model: nn.Module, example_input: torch.Tensor, expected_shape:
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(expected_shape):
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise UnsupportedModelError(
-            f"the pruned {type(model).__name__} outputs {got}, expected {tuple(expected_shape)}; "
-            "use granularity 'unstructured' for this model."
+            f"the pruned {type(model).__name__} outputs {got}, expected {tuple(expected_shape)}; use granularity 'unstructured' for this model."
         )
