@@ -273,6 +273,8 @@ def test_select_respects_max_prune_fraction_and_unreachable_target(digits):
             assert torch.equal(kept[g.name], torch.sort(kept[g.name]).values)
         assert graph.macs({k: len(v) for k, v in kept.items()}) <= 0.3 * graph.dense_macs
     lowest = graph.macs({g.name: g.size - int(0.75 * g.size) for g in graph.groups}) / graph.dense_macs
+    assert S.lowest_macs_ratio(graph, 0.75) == pytest.approx(lowest)
+    assert S.lowest_macs_ratio(graph, 0.5) > lowest
     with pytest.raises(ValueError, match=f"lowest MACs ratio reachable is {lowest:.4f}"):
         S.select_channels(graph, scores, 0.01)
     with pytest.raises(ValueError):
@@ -366,6 +368,21 @@ def test_layerwise_allocation_ratios():
     unit = S.select_channels(graph, scores, 0.6, ratios={"layer1": 1.0})
     assert sum(abs(len(unit[g]) - len(glob[g])) for g in glob) <= len(glob)
     assert graph.macs({k: len(v) for k, v in unit.items()}) <= 0.6 * graph.dense_macs
+
+
+def test_per_group_ratios(digits):
+    model, graph = digits
+    scores = l1_scores(model, graph)
+    a, b, c = [g.name for g in graph.groups]
+    # layerwise: each group loses round(f * ratio * size) channels for one common f
+    kept = S.select_channels(graph, scores, 0.6, scope="layerwise", group_ratios={a: 0.0, b: 2.0})
+    sizes = {g.name: g.size for g in graph.groups}
+    lost = {n: 1 - len(kept[n]) / sizes[n] for n in sizes}
+    assert lost[a] == 0.0 and lost[c] > 0.1
+    assert lost[b] == pytest.approx(2 * lost[c], abs=2 / sizes[b])
+    assert graph.macs({k: len(v) for k, v in kept.items()}) <= 0.6 * graph.dense_macs
+    with pytest.raises(ValueError, match="not scored channel groups"):
+        S.select_channels(graph, scores, 0.6, group_ratios={"nope": 1.0})
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])

@@ -8,7 +8,7 @@
 """
 
 from pipeline.structure.graph import ChannelGraph, ChannelGroup, UnsupportedModelError, cached_graph, channel_graph
-from pipeline.structure.selection import select_channels
+from pipeline.structure.selection import lowest_macs_ratio, select_channels
 from pipeline.structure.surgery import check_forward, shrink
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "cached_graph",
     "channel_graph",
     "check_forward",
+    "lowest_macs_ratio",
     "select_channels",
     "shrink",
 ]

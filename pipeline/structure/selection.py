@@ -13,7 +13,7 @@ import torch
 from pipeline.bisection import smallest_passing
 from pipeline.structure.graph import ChannelGraph
 
-__all__ = ["select_channels"]
+__all__ = ["lowest_macs_ratio", "select_channels"]
 
 
 def select_channels(
@@ -24,6 +24,7 @@ def select_channels(
     ratios: dict[str, float] | None = None,
     max_prune_fraction: float = 0.75,
     normalize: bool = True,
+    group_ratios: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Channels to keep so that MACs <= ``target_macs_ratio * graph.dense_macs``.
 
@@ -46,6 +47,9 @@ def select_channels(
         normalize: in global scope, divide each group's scores by their mean. Turn it
             off for scores already comparable across groups (OCS saliency, which is
             cost-scaled on purpose): normalising would cancel that cross-group signal.
+        group_ratios: group name -> multiplier on the removed fraction, applied on top
+            of ``ratios`` (a per-layer allocation, e.g. EagleEye's random directions).
+            Groups not named get 1.0.
 
     Returns:
         Group name -> sorted int64 indices of the kept output channels.
@@ -60,19 +64,22 @@ def select_channels(
     if not 0.0 <= max_prune_fraction < 1.0:
         raise ValueError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
     sizes = _checked_sizes(graph, scores)
-    caps = {g: min(int(max_prune_fraction * n + 1e-9), n - 1) for g, n in sizes.items()}
+    unknown = sorted(set(group_ratios or {}) - set(sizes))
+    if unknown:
+        raise ValueError(f"group_ratios names {unknown}, which are not scored channel groups; groups: {list(sizes)}")
+    caps = _caps(sizes, max_prune_fraction)
     budget = target_macs_ratio * graph.dense_macs
 
     def macs_of(removed: dict[str, int]) -> int:
         return graph.macs({g: sizes[g] - r for g, r in removed.items()})
 
     stage = {g.name: g.stage for g in graph.groups}
-    mult = {g: max((ratios or {}).get(stage[g], 1.0), 0.0) for g in sizes}
+    mult = {g: max((ratios or {}).get(stage[g], 1.0) * (group_ratios or {}).get(g, 1.0), 0.0) for g in sizes}
     if scope == "layerwise":
         removed = _layerwise_removal(sizes, caps, mult, macs_of, budget)
     else:
         removed = _global_removal(scores, sizes, caps, macs_of, budget, normalize)
-        if ratios and removed is not None:  # the global split, reshaped per stage
+        if (ratios or group_ratios) and removed is not None:  # the global split, reshaped per stage / group
             base = {g: mult[g] * removed[g] / sizes[g] for g in sizes}
             removed = _layerwise_removal(sizes, caps, base, macs_of, budget)
     if removed is None:
@@ -83,6 +90,19 @@ def select_channels(
             f"of each group's channels, the lowest MACs ratio reachable is {lowest:.4f}"
         )
     return {g: _keep_highest(scores[g], sizes[g] - removed[g]) for g in sizes}
+
+
+def lowest_macs_ratio(graph: ChannelGraph, max_prune_fraction: float = 0.75) -> float:
+    """Lowest MACs ratio (pruned / dense MACs of one image) that ``select_channels`` can
+    reach when every group loses at most ``max_prune_fraction`` of its channels."""
+    sizes = {g.name: g.size for g in graph.groups}
+    caps = _caps(sizes, max_prune_fraction)
+    return graph.macs({g: sizes[g] - caps[g] for g in sizes}) / graph.dense_macs
+
+
+def _caps(sizes: dict[str, int], max_prune_fraction: float) -> dict[str, int]:
+    """Most channels each group may lose: the fraction, rounded down, and one always stays."""
+    return {g: min(int(max_prune_fraction * n + 1e-9), n - 1) for g, n in sizes.items()}
 
 
 def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[str, int]:
