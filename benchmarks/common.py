@@ -40,15 +40,14 @@ from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.models import ModelConfig, build_model  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
+from search.config import SearchConfig, load_config, merge_sections  # noqa: E402
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 TRAIN_NPZ = "data/cifar10/train_exact.npz"
 TEST_NPZ = "data/cifar10/test_exact.npz"
 CHECKPOINT = "models/cifar10_resnet20.th"
-# Normalisation the checkpoint was trained with (shared/data/README.md).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+RESNET20_CONFIG = REPO / "configs" / "resnet20_cifar10.yaml"
 
 
 def add_shared_arg(parser: argparse.ArgumentParser) -> None:
@@ -70,13 +69,10 @@ class Assets:
     splits: Splits
 
 
-def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int = 0) -> Assets:
-    """The shared ResNet-20 and exact CIFAR-10 splits.
-
-    ``calib_size`` calibration and ``val_size`` validation images are drawn from
-    ``train_exact.npz`` (the rest is the training split for methods that train);
-    the test split is all of ``test_exact.npz``. The split depends on ``calib_size``:
-    keep it fixed across everything that is compared on validation.
+def resnet20_config(shared: Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """``configs/resnet20_cifar10.yaml``, the product's ResNet-20 config, with its shared
+    files under ``shared`` and ``overrides`` (nested dicts, merged as ``prunesearch run``
+    merges them) applied.
 
     Raises:
         SystemExit: a shared file is missing (naming it and ``--shared``).
@@ -85,18 +81,23 @@ def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int 
     for rel in (TRAIN_NPZ, TEST_NPZ, CHECKPOINT):
         if not (shared / rel).is_file():
             raise SystemExit(f"missing {shared / rel}; point --shared at the shared assets folder")
-    model_cfg = ModelConfig(name="cifar_resnet20", num_classes=10, checkpoint=str(shared / CHECKPOINT))
-    data_cfg = DataConfig(
-        name="npz",
-        path=str(shared / TRAIN_NPZ),
-        test_path=str(shared / TEST_NPZ),
-        mean=MEAN,
-        std=STD,
-        calib_size=calib_size,
-        val_size=val_size,
-        seed=seed,
-    )
-    return Assets(model_cfg, data_cfg, build_model(model_cfg), load_data(data_cfg))
+    paths = {
+        "model": {"checkpoint": str(shared / CHECKPOINT)},
+        "data": {"path": str(shared / TRAIN_NPZ), "test_path": str(shared / TEST_NPZ)},
+    }
+    return load_config(RESNET20_CONFIG, merge_sections(paths, overrides or {}))
+
+
+def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int = 0) -> Assets:
+    """The shared ResNet-20 and exact CIFAR-10 splits of ``configs/resnet20_cifar10.yaml``.
+
+    ``calib_size`` calibration and ``val_size`` validation images are drawn from
+    ``train_exact.npz`` (the rest is the training split for methods that train);
+    the test split is all of ``test_exact.npz``. The split depends on ``calib_size``:
+    keep it fixed across everything that is compared on validation.
+    """
+    cfg = resnet20_config(shared, {"data": {"calib_size": calib_size, "val_size": val_size, "seed": seed}})
+    return Assets(cfg.model, cfg.data, build_model(cfg.model), load_data(cfg.data))
 
 
 def make_evaluator(assets: Assets, threads: int, measure_cfg: MeasureConfig | None = None) -> Evaluator:

@@ -315,19 +315,19 @@ def parse_config(data: dict, overrides: dict | None = None, check_paths: bool = 
     ``check_paths=False`` skips the existence of input files (a config validated here
     but run on a cluster, where its paths live).
     """
-    merged = _merge(data or {}, overrides or {})
+    merged = merge_sections(data or {}, overrides or {})
     try:
         return SearchConfig.model_validate(merged, context={"check_paths": check_paths})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_sections(base: dict, over: dict) -> dict:
     """``over`` laid onto ``base``, section by section (``{"budget": {"trials": 3}}``
     changes one field and keeps the rest of the section)."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
