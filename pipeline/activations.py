@@ -74,3 +74,17 @@ def per_weight(unit: torch.Tensor, w: torch.Tensor, module: nn.Module) -> torch.
     first = (torch.arange(out) // (out // groups)) * per  # first input channel of each filter's group
     v = unit[first[:, None] + torch.arange(per)]  # (out, per)
     return v.reshape(v.shape + (1,) * (w.dim() - 2)).expand(w.shape)
+
+
+def per_weight_inputs(
+    model: nn.Module, weights: dict[str, torch.Tensor], stat: Callable[[list[str]], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Each weight's input-unit value of a per-layer statistic, shaped like the weight.
+
+    ``weights`` are ``layer.weight`` parameters by name; ``stat(layers)`` returns, for the
+    sorted layer names, layer -> value per input unit (C_in,), broadcast by :func:`per_weight`.
+    """
+    modules = dict(model.named_modules())
+    layer = {n: n.rsplit(".", 1)[0] for n in weights}  # "conv1.weight" -> "conv1"
+    unit = stat(sorted(set(layer.values())))
+    return {n: per_weight(unit[layer[n]], w, modules[layer[n]]) for n, w in weights.items()}

@@ -8,7 +8,7 @@ from pipeline.methods import magnitude as _magnitude  # noqa: E402,F401
 from pipeline.methods import ocs as _ocs  # noqa: E402,F401
 from pipeline.methods import random as _random  # noqa: E402,F401
 from pipeline.methods import screening as _screening  # noqa: E402,F401
-from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, PruningMethod
+from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, PruningMethod, TrainingMethod
 from pipeline.methods.registry import get_method, list_methods, register_method
 
-__all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "get_method", "list_methods", "register_method"]
+__all__ = ["ImportanceMethod", "Knob", "PruneContext", "PruningMethod", "TrainingMethod", "get_method", "list_methods", "register_method"]

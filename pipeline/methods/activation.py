@@ -31,34 +31,27 @@ filter's scale out and multiplies its own gamma in. These scores look at the sig
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from pipeline.activations import input_rms, per_weight
+from pipeline.activations import input_rms, per_weight_inputs
 from pipeline.methods.base import ImportanceMethod, PruneContext, weights_of
 from pipeline.methods.registry import register_method
-
-if TYPE_CHECKING:
-    from pipeline.spec import CandidateSpec
+from pipeline.spec import CandidateSpec
 
 
 @register_method("activation")
 class Activation(ImportanceMethod):
     """Calibration RMS of each unit as its consumer sees it, times the consumer's weights on it."""
 
-    granularities = ("unstructured", "channel")
     global_split_by = "magnitude"  # see the module docstring
 
-    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)
-        modules = dict(model.named_modules())
-        layer = {n: n.rsplit(".", 1)[0] for n in weights}  # "conv1.weight" -> "conv1"
-        rms = cached_rms(model, ctx, sorted(set(layer.values())))
-        return {n: (w.detach().abs().double() * per_weight(rms[layer[n]], w, modules[layer[n]])).float() for n, w in weights.items()}
+        rms = per_weight_inputs(model, weights, lambda layers: cached_rms(model, ctx, layers))
+        return {n: (w.detach().abs().double() * rms[n]).float() for n, w in weights.items()}
 
-    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
+    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec, groups: list) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())
         ends = {g.name: [c for c in g.consumers if reads_channels(modules[c])] for g in groups}
         rms = self.channel_rms(model, ctx, groups, ends)

@@ -9,8 +9,8 @@ Two shapes of method exist:
 - ``ImportanceMethod``: score every unit once, then select for any target. Scores are
   cached in ``PruneContext.cache`` under ``cache_key(spec)``, so one actor scores a
   method once and reuses the scores for every sparsity it is asked for.
-- ``PruningMethod`` directly: methods whose outcome depends on training
-  (hyperflows, ocs) implement ``plan`` themselves.
+- ``TrainingMethod``: methods whose outcome depends on training (hyperflows, ocs)
+  implement ``plan`` themselves.
 """
 
 from __future__ import annotations
@@ -194,8 +194,13 @@ class PruningMethod(ABC):
 
 
 class ImportanceMethod(PruningMethod):
-    """A one-shot method: importance scores once, selection for any target."""
+    """A one-shot method: importance scores once, selection for any target.
 
+    It prunes weights (``weight_scores``) and channels (``channel_scores``); a method that
+    scores only one of them narrows ``granularities``.
+    """
+
+    granularities = ("unstructured", "channel")
     allocates = True
     #: knobs that change the scores (others only change selection)
     score_knobs: ClassVar[tuple[str, ...]] = ()
@@ -254,6 +259,14 @@ class ImportanceMethod(PruningMethod):
             ctx.cache[key] = self.channel_scores(model, ctx, spec, graph.groups)
         kept = structure.select_channels(graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation))
         return PrunePlan(channels=kept)
+
+
+class TrainingMethod(PruningMethod):
+    """A method whose kept set comes out of training (hyperflows, ocs): it implements
+    ``plan`` and ``training_steps`` itself and ranks all units together."""
+
+    scopes = ("global",)
+    trains = True
 
 
 def weights_of(model: nn.Module, spec: "CandidateSpec") -> dict[str, nn.Parameter]:

@@ -31,34 +31,29 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from pipeline.methods.base import Knob, PruneContext, PruningMethod, weights_of
+from pipeline.methods.base import Knob, PruneContext, TrainingMethod, weights_of
 from pipeline.methods.registry import register_method
 from pipeline.plan import PrunePlan
+from pipeline.spec import CandidateSpec
 from pipeline.train import batches
-
-if TYPE_CHECKING:
-    from pipeline.spec import CandidateSpec
 
 WEIGHT_LR, FLOW_LR, BATCH = 0.01, 1e-3, 64
 
 
 @register_method("hyperflows")
-class Hyperflows(PruningMethod):
+class Hyperflows(TrainingMethod):
     """Learned presence gates under a constant pressure; the kept set is an outcome.
 
     ``target_sparsity``, ``scope`` and ``allocation`` of the spec do not apply.
     """
 
     granularities = ("unstructured",)
-    scopes = ("global",)
     target = "outcome"
-    trains = True
     knobs = {
         "pressure": Knob(1e-4, 1.0, log=True, default=None, limits=(0.0, math.inf)),
         "steps": Knob(50, 2000, log=True, integer=True, default=300, limits=(1, math.inf)),
@@ -71,10 +66,10 @@ class Hyperflows(PruningMethod):
     fast_knobs = {"pressure": 0.3, "steps": 60, "regrowth_steps": 10}
     train_batch = BATCH
 
-    def training_steps(self, spec: "CandidateSpec") -> int:
+    def training_steps(self, spec: CandidateSpec) -> int:
         return int(self.knob(spec, "steps")) + int(self.knob(spec, "regrowth_steps"))
 
-    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:
         net, presence = train_presence(
             model,
             ctx,
@@ -91,7 +86,7 @@ class Hyperflows(PruningMethod):
 def train_presence(
     model: nn.Module,
     ctx: PruneContext,
-    spec: "CandidateSpec",
+    spec: CandidateSpec,
     pressure: float,
     steps: int,
     regrowth_steps: int,

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.methods.registry import register_method
-
-if TYPE_CHECKING:
-    from pipeline.spec import CandidateSpec
+from pipeline.spec import CandidateSpec
 
 
 @register_method("magnitude")
 class Magnitude(ImportanceMethod):
     """|w| per weight; the Lp norm of its filter per output channel (``norm`` knob: 1 or 2)."""
 
-    granularities = ("unstructured", "channel")
     knobs = {"norm": Knob(1, 2, integer=True, default=1, limits=(1, 2))}
     score_knobs = ("norm",)
 
-    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> dict[str, torch.Tensor]:
         return {n: w.detach().abs().clone() for n, w in weights_of(model, spec).items()}
 
-    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
+    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec, groups: list) -> dict[str, torch.Tensor]:
         p = int(self.knob(spec, "norm"))
         modules = dict(model.named_modules())
         return {g.name: filter_norms(modules[g.name].weight, p) for g in groups}

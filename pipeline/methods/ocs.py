@@ -39,19 +39,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pipeline import structure
-from pipeline.methods.base import Knob, PruneContext, PruningMethod
+from pipeline.methods.base import Knob, PruneContext, TrainingMethod
 from pipeline.methods.registry import register_method
 from pipeline.plan import PrunePlan
+from pipeline.spec import CandidateSpec
 from pipeline.train import batches
-
-if TYPE_CHECKING:
-    from pipeline.spec import CandidateSpec
 
 LR, MOMENTUM, WEIGHT_DECAY, BATCH = 0.01, 0.9, 5e-4, 64
 LAG, WINDOW = 2, 3
@@ -60,13 +57,10 @@ KeptSets = dict[str, set[int]]
 
 
 @register_method("ocs")
-class Ocs(PruningMethod):
+class Ocs(TrainingMethod):
     """Stability-driven subnetwork search during one training cycle, for a MACs target."""
 
     granularities = ("channel",)
-    scopes = ("global",)
-    target = "sparsity"
-    trains = True
     knobs = {
         "epochs": Knob(4, 40, integer=True, default=10, limits=(1, math.inf)),
         "steps_per_epoch": Knob(5, 200, integer=True, log=True, default=20, limits=(1, math.inf)),
@@ -77,15 +71,15 @@ class Ocs(PruningMethod):
     fast_knobs = {"epochs": 4, "steps_per_epoch": 5}
     train_batch = BATCH
 
-    def training_steps(self, spec: "CandidateSpec") -> int:
+    def training_steps(self, spec: CandidateSpec) -> int:
         return int(self.knob(spec, "epochs")) * int(self.knob(spec, "steps_per_epoch"))
 
-    def check(self, spec: "CandidateSpec") -> None:
+    def check(self, spec: CandidateSpec) -> None:
         super().check(spec)
         if spec.target_macs_ratio is None:
             raise ValueError("method 'ocs' needs target_macs_ratio (fraction of dense MACs kept)")
 
-    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:
         out = train_ocs(model, ctx, spec)
         return PrunePlan(channels=out.plan.channels, weights=out.state_dict, diagnostics=out.diagnostics(int(self.knob(spec, "epochs"))))
 
@@ -208,7 +202,7 @@ def mask_removed(modules: dict[str, nn.Module], graph: structure.ChannelGraph, r
                 m.weight[:, idx] = 0
 
 
-def train_ocs(model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> OcsOutcome:
+def train_ocs(model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> OcsOutcome:
     """Run one OCS cycle on a deep copy of ``model`` (never modified) for ``spec``.
 
     Raises:

@@ -27,41 +27,33 @@ Choices left open by the paper (measured on digits, DigitsCNN, 300 validation im
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from pipeline.activations import hooked_pass, per_weight
+from pipeline.activations import hooked_pass, per_weight_inputs
 from pipeline.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.methods.magnitude import filter_norms
 from pipeline.methods.registry import register_method
-
-if TYPE_CHECKING:
-    from pipeline.spec import CandidateSpec
+from pipeline.spec import CandidateSpec
 
 
 @register_method("screening")
 class Screening(ImportanceMethod):
     """Rank-mix of each unit's ANOVA F over the classes and the weight magnitude."""
 
-    granularities = ("unstructured", "channel")
     needs_labels = True
     knobs = {"screening_weight": Knob(0.0, 1.0, default=0.5, limits=(0.0, 1.0))}
     score_knobs = ("screening_weight",)
     global_split_by = "magnitude"  # each layer loses what global magnitude takes from it (module docstring)
 
-    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+    def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> dict[str, torch.Tensor]:
         weights = weights_of(model, spec)
-        modules = dict(model.named_modules())
-        layer = {n: n.rsplit(".", 1)[0] for n in weights}  # "conv1.weight" -> "conv1"
-        f_in = cached_f(model, ctx, sorted(layer.values()), inputs=True)
-        f = {n: per_weight(f_in[layer[n]], w, modules[layer[n]]) for n, w in weights.items()}
+        f = per_weight_inputs(model, weights, lambda layers: cached_f(model, ctx, layers, inputs=True))
         mag = {n: w.detach().abs() for n, w in weights.items()}
         return rank_mix(f, mag, self.knob(spec, "screening_weight"))
 
-    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
+    def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec, groups: list) -> dict[str, torch.Tensor]:
         modules = dict(model.named_modules())
         source = {g.name: g.norm or g.name for g in groups}  # BN after the conv, else the conv
         f_out = cached_f(model, ctx, sorted(set(source.values())), inputs=False)
