@@ -80,15 +80,11 @@ class SpaceConfig(Frozen):
     target_sparsity: float | None = Field(None, gt=0, lt=1)
     reconstruct: list[Literal["none", "lsq"]] = ["none"]
 
-    @field_validator("sparsity")
+    @field_validator("sparsity", "macs_ratio")
     @classmethod
-    def _sparsity(cls, v: Range) -> Range:
-        return _check_range(v, "sparsity", high_inclusive=False)
-
-    @field_validator("macs_ratio")
-    @classmethod
-    def _macs(cls, v: Range) -> Range:
-        return _check_range(v, "macs_ratio", high_inclusive=True)
+    def _fraction_ranges(cls, v: Range, info: ValidationInfo) -> Range:
+        # a sparsity of 1 would remove every weight; a MACs ratio of 1 is the dense model
+        return _check_range(v, info.field_name, high_inclusive=info.field_name == "macs_ratio")
 
     @field_validator("methods")
     @classmethod
@@ -252,16 +248,15 @@ class SearchConfig(Frozen):
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():
                 raise ValueError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
-        if self.recalibration.images > self.data.calib_size:
-            raise ValueError(
-                f"recalibration.images: {self.recalibration.images} calibration images requested but "
-                f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
-            )
-        if "lsq" in self.space.reconstruct and self.reconstruction.images > self.data.calib_size:
-            raise ValueError(
-                f"reconstruction.images: {self.reconstruction.images} calibration images requested but "
-                f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
-            )
+        calib_users = {"recalibration": self.recalibration.images}
+        if "lsq" in self.space.reconstruct:
+            calib_users["reconstruction"] = self.reconstruction.images
+        for section, images in calib_users.items():
+            if images > self.data.calib_size:
+                raise ValueError(
+                    f"{section}.images: {images} calibration images requested but "
+                    f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
+                )
         return self
 
     @field_validator("run_dir")
