@@ -49,20 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunesearch", description="Search pruned subnetworks on Ray, record every candidate in MLflow.")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="run the embedded default search (digits, local Ray, local MLflow and Optuna files)")
+    d = _command(sub, commands.demo, "run the embedded default search (digits, local Ray, local MLflow and Optuna files)")
     d.add_argument("--run-dir", default="runs", help="run folder (default ./runs)")
     d.add_argument("--trials", type=_positive_int, default=24, help="candidates to evaluate in total (default 24)")
     d.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
-    d.set_defaults(func=commands.demo)
 
-    r = sub.add_parser("run", help="run or resume the search described by a YAML config")
+    r = _command(sub, commands.run, "run or resume the search described by a YAML config")
     r.add_argument("config", help="YAML file (see configs/)")
     r.add_argument("--run-dir", help="override run_dir")
     r.add_argument("--trials", type=_positive_int, help="override budget.trials")
     r.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar (for jobs)")
-    r.set_defaults(func=commands.run)
 
-    b = sub.add_parser("best", help="print the Pareto-best feasible candidates (accuracy vs effective MACs); exit 1 if none matches")
+    b = _command(sub, commands.best, "print the Pareto-best feasible candidates (accuracy vs effective MACs); exit 1 if none matches")
     _store_args(b, experiment=True)
     b.add_argument("--top", type=_positive_int, help="at most this many rows (default 10; with --all, every row)")
     b.add_argument(
@@ -85,15 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-sparsity", type=_fraction, help="weight sparsity at most (fraction)")
     b.add_argument("--format", choices=["table", "json", "parquet"], default="table")
     b.add_argument("-o", "--output", help="output file for --format parquet")
-    b.set_defaults(func=commands.best)
 
-    c = sub.add_parser("curves", help="print the power-law fits and the pressure predicted for a target sparsity")
+    c = _command(sub, commands.curves, "print the power-law fits and the pressure predicted for a target sparsity")
     _store_args(c, experiment=True)
     c.add_argument("--target-sparsity", type=_fraction, help="weight sparsity to predict the pressure for (fraction)")
-    c.set_defaults(func=commands.curves)
 
-    e = sub.add_parser(
-        "export", help="rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model"
+    e = _command(
+        sub, commands.export, "rebuild a recorded candidate, check its accuracy, write .pt / .pt2 / .json (/ .onnx), or log it as an MLflow model"
     )
     e.add_argument("run_id", help="the candidate's MLflow run id (see `prunesearch best`)")
     e.add_argument(
@@ -106,25 +102,28 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--register", metavar="NAME", help="log it and register it as a new version of MLflow model NAME")
     _store_args(e, experiment=False)
     e.add_argument("--allow-import", action="store_true", help="trust and import a model class named in the record (model 'import')")
-    e.set_defaults(func=commands.export)
 
-    st = sub.add_parser("stages", help="list the model's stages (the keys space.allocation accepts) and their prunable layers")
+    st = _command(sub, commands.stages, "list the model's stages (the keys space.allocation accepts) and their prunable layers")
     st.add_argument("config", help="YAML file (see configs/)")
-    st.set_defaults(func=commands.stages)
 
-    u = sub.add_parser("ui", help="open the MLflow UI on a run folder's store (http://127.0.0.1:PORT)")
+    u = _command(sub, commands.ui, "open the MLflow UI on a run folder's store (http://127.0.0.1:PORT)")
     _store_args(u, experiment=False, verb="show")
     u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    u.set_defaults(func=commands.ui)
 
-    s = sub.add_parser("submit", help="submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
+    s = _command(sub, commands.submit, "submit the search of a YAML config to a Ray cluster through the Ray Jobs API")
     s.add_argument("config", help="YAML file; needs ray_address: auto (see configs/cluster.yaml)")
     s.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
     s.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 0 SUCCEEDED, 1 FAILED, 130 STOPPED")
     s.add_argument("--working-dir", default=".", help="the project folder uploaded as the job's working directory (default .)")
     s.add_argument("--exclude", action="append", default=[], help="extra path pattern not to upload (repeatable)")
     s.add_argument("--submission-id", help="job id to use instead of a generated one")
-    s.set_defaults(func=commands.submit)
+    return p
+
+
+def _command(sub: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+    """The subcommand named like its handler in ``search.commands``, which ``main`` calls."""
+    p = sub.add_parser(run.__name__, help=help)
+    p.set_defaults(func=run)
     return p
 
 
