@@ -130,9 +130,9 @@ MUTATIONS = [
     Mutation(
         "blank-fit-plot",
         "the fit plot is a blank figure",
-        "search/powerlaw.py",
-        '    fig.savefig(buf, format="png")\n',
-        '    Figure(figsize=fig.get_size_inches(), dpi=100).savefig(buf, format="png")\n',
+        "search/plots.py",
+        '        fig.savefig(buf, format="png", **savefig)\n',
+        '        type(fig)(figsize=fig.get_size_inches(), dpi=100).savefig(buf, format="png")\n',
         ("tests/test_powerlaw.py::test_plot_returns_png",),
     ),
     Mutation(

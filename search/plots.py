@@ -1,4 +1,5 @@
-"""PNG figures of a search's records (one candidate's signal-collapse plot is ``pipeline.collapse``).
+"""PNG figures of a search's records and of its power-law fits (one candidate's
+signal-collapse plot is ``pipeline.collapse``).
 
 Figures are drawn on an Agg canvas without pyplot, so no global backend is switched and
 drawing is safe in any process. Each ``*_figure`` returns the matplotlib ``Figure``
@@ -11,7 +12,13 @@ method; a hollow marker is a candidate that breaks the constraint (``feasible`` 
 from __future__ import annotations
 
 import io
-from typing import Any
+import math
+from typing import Any, Callable, ParamSpec
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from search import powerlaw
 
 MARKERS = {"unstructured": "o", "channel": "s"}
 
@@ -66,10 +73,31 @@ def _legend(fig, rows: list[dict[str, Any]], axes) -> None:
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")  # the legend sits outside the axes
-    return buf.getvalue()
+P = ParamSpec("P")
+
+
+def _png_of(figure: Callable[P, Any], **savefig: Any) -> Callable[P, bytes]:
+    """The ``*_plot`` of a ``*_figure``: same arguments, the PNG bytes (``savefig`` options)."""
+
+    def plot(*args: P.args, **kwargs: P.kwargs) -> bytes:
+        fig = figure(*args, **kwargs)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", **savefig)
+        return buf.getvalue()
+
+    plot.__doc__ = f"PNG of :func:`{figure.__name__}`."
+    return plot
+
+
+def _finish(fig, rows: list[dict[str, Any]], axes) -> Any:
+    """Percent axes and a light grid, then the one legend: the end of a candidate figure."""
+    for ax in axes:
+        _percent(ax, "x")
+        _percent(ax, "y")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _legend(fig, rows, axes)
+    return fig
 
 
 def _dense(ax, rows: list[dict[str, Any]], x_dense: float) -> None:
@@ -116,18 +144,7 @@ def population_figure(rows: list[dict[str, Any]], front: list[dict[str, Any]], c
         xlim=(-0.02, 1.0),
         title="Accuracy against sparsity",
     )
-    for ax in (ax1, ax2):
-        _percent(ax, "x")
-        _percent(ax, "y")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _legend(fig, rows, (ax1, ax2))
-    return fig
-
-
-def population_plot(rows: list[dict[str, Any]], front: list[dict[str, Any]], constraints: dict[str, float] | None = None) -> bytes:
-    """PNG of :func:`population_figure`."""
-    return _png(population_figure(rows, front, constraints))
+    return _finish(fig, rows, (ax1, ax2))
 
 
 def recalibration_figure(rows: list[dict[str, Any]]):
@@ -149,14 +166,77 @@ def recalibration_figure(rows: list[dict[str, Any]]):
         title=f"BatchNorm recalibration: {gained} of {len(rows)} candidates gained",
     )
     ax.set_aspect("equal")
-    _percent(ax, "x")
-    _percent(ax, "y")
-    ax.grid(alpha=0.3)
+    return _finish(fig, rows, (ax,))
+
+
+def fit_figure(
+    gamma: ArrayLike,
+    density: ArrayLike,
+    pfit: powerlaw.PressureFit,
+    dens_acc: ArrayLike | None = None,
+    accs: ArrayLike | None = None,
+    afit: powerlaw.AccuracyFit | None = None,
+    target_density: float | None = None,
+):
+    """Density vs pressure (log-log), plus accuracy vs density when given; a matplotlib Figure.
+
+    The fitted curve is drawn only where it decreases with pressure (the branch
+    ``predict_pressure`` solves on), so it is monotone over the plotted range. With
+    ``target_density`` the target and the predicted pressure (with its 90 % interval)
+    are marked.
+    """
+    g, d = np.asarray(gamma, dtype=float), np.asarray(density, dtype=float)
+    two = dens_acc is not None and accs is not None
+    fig, axes = _figure(10 if two else 5.5, 4.2, cols=2 if two else 1)
+    ax = axes[0] if two else axes
+    used = (d > 0) & (d < 1)
+    ax.loglog(g[used], d[used], "o", label=f"fitted (n={used.sum()})")
+    if np.any(~used & (d > 0)):
+        ax.loglog(g[~used & (d > 0)], d[~used & (d > 0)], "o", mfc="none", label="excluded (D >= 1)")
+    est, why = None, ""
+    if target_density is not None:
+        try:
+            est = powerlaw.predict_pressure(pfit, target_density)
+        except (ValueError, ArithmeticError) as e:  # unreachable target, or a flat fit
+            why = str(e)[:60]
+    lo_g, hi_g = g.min() / 1.5, g.max() * 1.5
+    if est is not None:
+        lo_g, hi_g = min(lo_g, est.gamma / 1.5), max(hi_g, est.gamma * 1.5)
+    lo_b, hi_b = powerlaw.decreasing_branch(pfit)
+    if not math.isnan(lo_b):  # clip to the decreasing branch, where the model is meaningful
+        lo_g, hi_g = max(lo_g, math.exp(min(lo_b, 700))), min(hi_g, math.exp(min(hi_b, 700)))
+    if lo_g < hi_g:
+        gg = np.geomspace(lo_g, hi_g, 200)
+        ax.loglog(gg, pfit.density(gg), "-", label=f"c={pfit.c:.3g} a0={pfit.a0:.3g} a1={pfit.a1:.2g} R2={pfit.r2:.3f}")
+    if target_density is not None:
+        ax.axhline(target_density, color="red", ls="--", lw=1, label=f"target density {target_density:.3g}")
+    if est is not None:
+        ax.axvline(est.gamma, color="red", ls=":", lw=1.2, label=f"predicted pressure {est.gamma:.3g}{' (extrapolated)' if est.extrapolated else ''}")
+        if 0 < est.low < est.high < math.inf:
+            ax.axvspan(est.low, est.high, color="red", alpha=0.08, label=f"{est.level:.0%} interval")
+    title = "Density vs pressure" + (f"\n(target not reachable: {why})" if why else "")
+    ax.set(xlabel="pressure gamma", ylabel="density D (fraction of weights kept)", title=title)
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3x10^-1
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.legend(fontsize=7)
+    if two:
+        ax2 = axes[1]
+        da, aa = np.asarray(dens_acc, dtype=float), np.asarray(accs, dtype=float)
+        ax2.semilogx(da, aa, "o", label="runs")
+        if afit is not None:
+            dd = np.geomspace(da.min() / 1.5, 1.0, 200)
+            ax2.semilogx(dd, afit.accuracy(dd), "-", label=f"err={afit.e0:.3g}+{afit.k:.3g}D^-{afit.b:.3g} R2={afit.r2:.3f}")
+        ax2.set(xlabel="density D (fraction kept)", ylabel="accuracy", title="Accuracy vs density")
+        ax2.legend(fontsize=8)
     fig.tight_layout()
-    _legend(fig, rows, (ax,))
     return fig
 
 
-def recalibration_plot(rows: list[dict[str, Any]]) -> bytes:
-    """PNG of :func:`recalibration_figure`."""
-    return _png(recalibration_figure(rows))
+# the legends of the candidate figures sit outside the axes
+population_plot = _png_of(population_figure, dpi=90, bbox_inches="tight")
+recalibration_plot = _png_of(recalibration_figure, dpi=90, bbox_inches="tight")
+plot_fits = _png_of(fit_figure)

@@ -1,4 +1,5 @@
-"""Curve fits the search uses: Hyperflows density vs pressure, accuracy vs density.
+"""Curve fits the search uses: Hyperflows density vs pressure, accuracy vs density
+(their figure: ``search.plots.fit_figure``).
 
 Pressure (methods.md section 4): final density D (fraction of prunable weights
 kept, in (0, 1)) at fixed pressure gamma (dimensionless, > 0) follows
@@ -17,7 +18,6 @@ which a plain power law forces to be the same number. Predictions are clipped to
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -143,7 +143,7 @@ def fit_pressure(gamma: ArrayLike, density: ArrayLike, quadratic: bool = True) -
     )
 
 
-def _branch(fit: PressureFit) -> tuple[float, float]:
+def decreasing_branch(fit: PressureFit) -> tuple[float, float]:
     """ln gamma range where D strictly decreases with gamma: d lnD/d ln g = -(a0 + 2 a1 L) < 0."""
     if fit.a1 > 0:
         return -fit.a0 / (2 * fit.a1), math.inf
@@ -169,7 +169,7 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
         raise ValueError(f"target density must be in (0, 1), got {target_density}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    lo_b, hi_b = _branch(fit)
+    lo_b, hi_b = decreasing_branch(fit)
     y0, lnc, a0, a1 = math.log(target_density), math.log(fit.c), fit.a0, fit.a1
     disc = a0**2 - 4 * a1 * (y0 - lnc)
     if math.isnan(lo_b) or disc < 0:
@@ -290,91 +290,3 @@ def fit_accuracy(density: ArrayLike, accuracy: ArrayLike) -> AccuracyFit:
         resid_std=math.sqrt(ss_res / (d.size - 3)) if d.size > 3 else math.nan,
         n=int(d.size),
     )
-
-
-def plot_fits(
-    gamma: ArrayLike,
-    density: ArrayLike,
-    pfit: PressureFit,
-    dens_acc: ArrayLike | None = None,
-    accs: ArrayLike | None = None,
-    afit: AccuracyFit | None = None,
-    target_density: float | None = None,
-) -> bytes:
-    """PNG bytes of :func:`fit_figure`."""
-    fig = fit_figure(gamma, density, pfit, dens_acc, accs, afit, target_density)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def fit_figure(
-    gamma: ArrayLike,
-    density: ArrayLike,
-    pfit: PressureFit,
-    dens_acc: ArrayLike | None = None,
-    accs: ArrayLike | None = None,
-    afit: AccuracyFit | None = None,
-    target_density: float | None = None,
-):
-    """Density vs pressure (log-log), plus accuracy vs density when given; a matplotlib Figure.
-
-    The fitted curve is drawn only where it decreases with pressure (the branch
-    ``predict_pressure`` solves on), so it is monotone over the plotted range. With
-    ``target_density`` the target and the predicted pressure (with its 90 % interval)
-    are marked.
-    """
-    # Figure + Agg canvas directly, not pyplot: no global backend switch, no GUI, thread-safe.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    g, d = np.asarray(gamma, dtype=float), np.asarray(density, dtype=float)
-    two = dens_acc is not None and accs is not None
-    fig = Figure(figsize=(10 if two else 5.5, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 2 if two else 1, 1)
-    used = (d > 0) & (d < 1)
-    ax.loglog(g[used], d[used], "o", label=f"fitted (n={used.sum()})")
-    if np.any(~used & (d > 0)):
-        ax.loglog(g[~used & (d > 0)], d[~used & (d > 0)], "o", mfc="none", label="excluded (D >= 1)")
-    est, why = None, ""
-    if target_density is not None:
-        try:
-            est = predict_pressure(pfit, target_density)
-        except (ValueError, ArithmeticError) as e:  # unreachable target, or a flat fit
-            why = str(e)[:60]
-    lo_g, hi_g = g.min() / 1.5, g.max() * 1.5
-    if est is not None:
-        lo_g, hi_g = min(lo_g, est.gamma / 1.5), max(hi_g, est.gamma * 1.5)
-    lo_b, hi_b = _branch(pfit)
-    if not math.isnan(lo_b):  # clip to the decreasing branch, where the model is meaningful
-        lo_g, hi_g = max(lo_g, math.exp(min(lo_b, 700))), min(hi_g, math.exp(min(hi_b, 700)))
-    if lo_g < hi_g:
-        gg = np.geomspace(lo_g, hi_g, 200)
-        ax.loglog(gg, pfit.density(gg), "-", label=f"c={pfit.c:.3g} a0={pfit.a0:.3g} a1={pfit.a1:.2g} R2={pfit.r2:.3f}")
-    if target_density is not None:
-        ax.axhline(target_density, color="red", ls="--", lw=1, label=f"target density {target_density:.3g}")
-    if est is not None:
-        ax.axvline(est.gamma, color="red", ls=":", lw=1.2, label=f"predicted pressure {est.gamma:.3g}{' (extrapolated)' if est.extrapolated else ''}")
-        if 0 < est.low < est.high < math.inf:
-            ax.axvspan(est.low, est.high, color="red", alpha=0.08, label=f"{est.level:.0%} interval")
-    title = "Density vs pressure" + (f"\n(target not reachable: {why})" if why else "")
-    ax.set(xlabel="pressure gamma", ylabel="density D (fraction of weights kept)", title=title)
-    from matplotlib.ticker import FuncFormatter
-
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.3, not 3x10^-1
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.legend(fontsize=7)
-    if two:
-        ax2 = fig.add_subplot(1, 2, 2)
-        da, aa = np.asarray(dens_acc, dtype=float), np.asarray(accs, dtype=float)
-        ax2.semilogx(da, aa, "o", label="runs")
-        if afit is not None:
-            dd = np.geomspace(da.min() / 1.5, 1.0, 200)
-            ax2.semilogx(dd, afit.accuracy(dd), "-", label=f"err={afit.e0:.3g}+{afit.k:.3g}D^-{afit.b:.3g} R2={afit.r2:.3f}")
-        ax2.set(xlabel="density D (fraction kept)", ylabel="accuracy", title="Accuracy vs density")
-        ax2.legend(fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -12,7 +12,7 @@ import optuna
 
 from search import powerlaw
 from search.config import SearchConfig
-from search.plots import population_plot, recalibration_plot
+from search.plots import plot_fits, population_plot, recalibration_plot
 from search.query import candidate_rows, pareto_front, to_parquet
 from search.records import Recorder
 
@@ -48,7 +48,7 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     if "pressure" in fits:
         pts = pressure_points(rows)
         target = None if cfg.space.target_sparsity is None else 1.0 - cfg.space.target_sparsity
-        recorder.log_parent_artifact(parent_id, "pressure_fit.png", powerlaw.plot_fits(pts[0], pts[1], fits["pressure"], target_density=target))
+        recorder.log_parent_artifact(parent_id, "pressure_fit.png", plot_fits(pts[0], pts[1], fits["pressure"], target_density=target))
     recorder.log_parent_metrics(parent_id, summary)
 
 

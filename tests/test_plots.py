@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.collapse import variance_figure, variance_plot, variance_table
-from search.plots import population_figure, recalibration_figure
-from search.powerlaw import fit_figure, fit_pressure, plot_fits
+from search.plots import fit_figure, plot_fits, population_figure, recalibration_figure
+from search.powerlaw import fit_pressure
 from search.query import pareto_front
 
 

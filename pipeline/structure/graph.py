@@ -76,14 +76,20 @@ class ChannelGraph:
     _terms: list[MacTerm] = field(default_factory=list, repr=False)
     excluded: dict[str, str] = field(default_factory=dict, repr=False)
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Group name -> its number of output channels, in ``groups`` order."""
+        return {g.name: g.size for g in self.groups}
+
     def macs(self, keep: dict[str, int]) -> int:
         """MACs (one image) when group ``g`` keeps ``keep[g]`` channels (missing = all)."""
-        sizes = {g.name: g.size for g in self.groups}
+        sizes = self.sizes
         for name, k in keep.items():
-            if name not in sizes:
+            size = sizes.get(name)
+            if size is None:
                 raise ValueError(f"keep names {name!r}, which is not a channel group of this graph")
-            if not 1 <= k <= sizes[name]:
-                raise ValueError(f"group {name!r} must keep 1..{sizes[name]} channels, got {k}")
+            if not 1 <= k <= size:
+                raise ValueError(f"group {name!r} must keep 1..{size} channels, got {k}")
         return count_macs(self._terms, {**sizes, **keep})
 
 
