@@ -46,7 +46,7 @@ def ray_local():
     """A real local Ray with 2 CPUs on 127.0.0.1, shut down after the session."""
     import ray
 
-    from search.driver import start_local_ray
+    from search.cluster import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield ray
