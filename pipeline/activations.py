@@ -7,7 +7,7 @@ a method never mutates the base model it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ def per_weight(unit: torch.Tensor, w: torch.Tensor, module: nn.Module) -> torch.
 
 
 def per_weight_inputs(
-    model: nn.Module, weights: dict[str, torch.Tensor], stat: Callable[[list[str]], dict[str, torch.Tensor]]
+    model: nn.Module, weights: Mapping[str, torch.Tensor], stat: Callable[[list[str]], dict[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
     """Each weight's input-unit value of a per-layer statistic, shaped like the weight.
 

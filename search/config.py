@@ -84,7 +84,7 @@ class SpaceConfig(Frozen):
     @classmethod
     def _fraction_ranges(cls, v: Range, info: ValidationInfo) -> Range:
         # a sparsity of 1 would remove every weight; a MACs ratio of 1 is the dense model
-        return _check_range(v, info.field_name, high_inclusive=info.field_name == "macs_ratio")
+        return _check_range(v, str(info.field_name), high_inclusive=info.field_name == "macs_ratio")
 
     @field_validator("methods")
     @classmethod

@@ -200,7 +200,7 @@ class ImportanceMethod(PruningMethod):
     scores only one of them narrows ``granularities``.
     """
 
-    granularities = ("unstructured", "channel")
+    granularities: ClassVar[tuple[str, ...]] = ("unstructured", "channel")
     allocates = True
     #: knobs that change the scores (others only change selection)
     score_knobs: ClassVar[tuple[str, ...]] = ()
