@@ -8,12 +8,14 @@ Shared by every selection that meets a budget with one factor common to all laye
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
-
-N = TypeVar("N", int, float)
+from typing import Any, overload
 
 
-def smallest_passing(ok: Callable[[N], bool], lo: N, hi: N, steps: int | None = None) -> N | None:
+@overload
+def smallest_passing(ok: Callable[[int], bool], lo: int, hi: int, steps: None = None) -> int | None: ...
+@overload
+def smallest_passing(ok: Callable[[float], bool], lo: float, hi: float, steps: int) -> float | None: ...
+def smallest_passing(ok: Callable[[Any], bool], lo: float, hi: float, steps: int | None = None) -> float | None:
     """The smallest ``x`` in ``(lo, hi]`` with ``ok(x)``, for ``ok`` False below a boundary and True above.
 
     Args:

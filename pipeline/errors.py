@@ -37,7 +37,7 @@ def _bounded_repr(value: object, limit: int, depth: int) -> str:
         if depth > 8:
             return "..."
         items = value.items() if isinstance(value, dict) else value
-        open_, close = {dict: "{}", tuple: "()", set: "{}"}.get(type(value), "[]")
+        open_, close = {dict: ("{", "}"), tuple: ("(", ")"), set: ("{", "}")}.get(type(value), ("[", "]"))
         parts, size = [], 0
         for item in items:
             if isinstance(value, dict):

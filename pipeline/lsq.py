@@ -29,6 +29,8 @@ class LayerFit:
     """
 
     def __init__(self, layer: nn.Module, out_idx: torch.Tensor | None) -> None:
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"LayerFit refits Conv2d and Linear layers, not {type(layer).__name__}")
         self.layer, self.out_idx = layer, out_idx
         self.groups = getattr(layer, "groups", 1)
         self.xtx: torch.Tensor | None = None  # (G, d, d) float64
@@ -44,7 +46,7 @@ class LayerFit:
         t = t.permute(0, 2, 1, 3).reshape(t.shape[0], t.shape[2], -1)
         a = torch.bmm(u, u.transpose(1, 2)).double()
         b = torch.bmm(u, t.transpose(1, 2)).double()
-        self.xtx, self.xty = (a, b) if self.xtx is None else (self.xtx + a, self.xty + b)
+        self.xtx, self.xty = (a, b) if self.xtx is None or self.xty is None else (self.xtx + a, self.xty + b)
         self.yy += float(t.double().square().sum())
 
     def current(self) -> torch.Tensor:
@@ -57,6 +59,7 @@ class LayerFit:
 
     def error(self, w: torch.Tensor) -> float:
         """||Y - X W^T||^2 / ||Y||^2 on the accumulated images."""
+        assert self.xtx is not None and self.xty is not None, "add() a batch before error()"
         return _rel_error(w, self.xtx, self.xty, self.yy)
 
     @torch.no_grad()
@@ -65,12 +68,13 @@ class LayerFit:
         _write(self.layer, w)
 
 
-def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _columns(layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """im2col of ``layer``'s input as (G, B, d, L): B images, d = in/G * kh * kw (plus a
     bias row of ones), L positions. A linear layer's input is one image of L rows."""
     if isinstance(layer, nn.Linear):
         u = x.reshape(-1, x.shape[-1]).t()[None, None]
     else:
+        assert not isinstance(layer.padding, str), "string padding is not reproduced by im2col"  # reconstruct skips it
         u = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
         u = u.view(u.shape[0], layer.groups, -1, u.shape[-1]).transpose(0, 1)
     if layer.bias is not None:
@@ -89,7 +93,7 @@ def _targets(out: torch.Tensor, groups: int, out_idx: torch.Tensor | None) -> to
     return out.view(out.shape[0], groups, -1, out.shape[-1]).transpose(0, 1)
 
 
-def _as_rows(layer: nn.Module) -> torch.Tensor:
+def _as_rows(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """The layer's weights (and bias) as (G, o, d) float64 rows matching ``_columns``."""
     groups = getattr(layer, "groups", 1)
     out = layer.weight.shape[0]
@@ -99,7 +103,7 @@ def _as_rows(layer: nn.Module) -> torch.Tensor:
     return w
 
 
-def _row_mask(layer: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+def _row_mask(layer: nn.Conv2d | nn.Linear, mask: torch.Tensor | None) -> torch.Tensor | None:
     """The weight mask as (G, o, d) rows (bias column kept), or None when unmasked."""
     if mask is None:
         return None
@@ -163,7 +167,7 @@ def _rel_error(w: torch.Tensor, xtx: torch.Tensor, xty: torch.Tensor, yy: float)
     return float((yy - 2 * cross + quad) / max(yy, 1e-300))
 
 
-def _write(layer: nn.Module, w: torch.Tensor) -> None:
+def _write(layer: nn.Conv2d | nn.Linear, w: torch.Tensor) -> None:
     d = w.shape[-1] - int(layer.bias is not None)
     layer.weight.copy_(w[..., :d].reshape(layer.weight.shape).to(layer.weight.dtype))
     if layer.bias is not None:

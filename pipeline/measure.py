@@ -73,6 +73,7 @@ def macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     dense, effective = [0], [0]
 
     def hook(m: nn.Module, _inp, out: torch.Tensor) -> None:
+        assert isinstance(m, (nn.Conv2d, nn.Linear))  # hooked below on these only
         positions = out[0, 0].numel() if isinstance(m, nn.Conv2d) else out[0].numel() // m.out_features
         dense[0] += positions * m.weight.numel()
         effective[0] += positions * int(torch.count_nonzero(m.weight))

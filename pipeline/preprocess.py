@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 
-def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalise(images: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 (0..255) or float ([0, 1]) images -> float32 (N, C, H, W) tensor,
     ``(pixel / 255 - mean) / std`` per channel (uint8), ``(pixel - mean) / std`` (float)."""
-    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    x: np.ndarray = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 

@@ -32,7 +32,7 @@ How the networks are run, and the cost per candidate:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import fx, nn
@@ -42,6 +42,7 @@ from pipeline.plan import PrunePlan
 from pipeline.spec import ReconSpec
 
 _LAYERS = (nn.Conv2d, nn.Linear)
+_Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)  # a pruned layer and its dense twin have one type
 
 
 @dataclass
@@ -119,7 +120,7 @@ def _refit(fit: LayerFit, name: str, spec: ReconSpec, plan: PrunePlan, report: R
     fit.write(w)
 
 
-def _skip_reason(name: str, layer: nn.Module, dlayer: nn.Module | None, plan: PrunePlan, spec: ReconSpec) -> str:
+def _skip_reason(name: str, layer: _Layer, dlayer: _Layer | None, plan: PrunePlan, spec: ReconSpec) -> str:
     """Why ``layer`` is not refit; ``unchanged`` when pruning left it alone and only pruned
     layers are refit; empty when it is refit."""
     if dlayer is None or type(dlayer) is not type(layer):
@@ -189,25 +190,31 @@ def _graph_walk(dense, pruned, images, spec, plan, report, gd: fx.Graph, gp: fx.
                 env_d.pop(twin[a], None)
 
 
+def _batch_of(env: dict, b: int) -> Callable[[fx.Node], Any]:
+    return lambda a: env[a][b]
+
+
 def _run(node: fx.Node, model: nn.Module, env: dict, batches: list[torch.Tensor]) -> list[Any]:
     """The node's value for every batch."""
     if node.op == "placeholder":
         return list(batches)
     if node.op == "get_attr":
+        assert isinstance(node.target, str)
         value = model
         for part in node.target.split("."):
             value = getattr(value, part)
         return [value] * len(batches)
     out = []
+    target = node.target
     for b in range(len(batches)):
-        args = fx.node.map_arg(node.args, lambda a, b=b: env[a][b])
-        kwargs = fx.node.map_arg(node.kwargs, lambda a, b=b: env[a][b])
-        if node.op == "call_module":
-            out.append(model.get_submodule(node.target)(*args, **kwargs))
-        elif node.op == "call_function":
-            out.append(node.target(*args, **kwargs))
+        args = fx.node.map_arg(node.args, _batch_of(env, b))
+        kwargs = fx.node.map_arg(node.kwargs, _batch_of(env, b))
+        if callable(target):  # call_function
+            out.append(target(*args, **kwargs))
+        elif node.op == "call_module":
+            out.append(model.get_submodule(target)(*args, **kwargs))
         else:  # call_method
-            out.append(getattr(args[0], node.target)(*args[1:], **kwargs))
+            out.append(getattr(args[0], target)(*args[1:], **kwargs))
     return out
 
 

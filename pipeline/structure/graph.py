@@ -118,7 +118,7 @@ def _is_shape_value(node: Any) -> bool:
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
     if node.op == "call_function" and node.target is getattr:
-        return node.args[1] == "shape"
+        return bool(node.args[1] == "shape")
     if node.op == "call_function" and node.target in _SHAPE_ARITH:
         return all(_is_shape_value(a) for a in node.all_input_nodes)
     return False
@@ -129,7 +129,7 @@ def _only_input(node: fx.Node, src: fx.Node) -> bool:
     return all(a is src or _is_shape_value(a) for a in node.all_input_nodes)
 
 
-def is_depthwise(m: nn.Module) -> bool:
+def is_depthwise(m: nn.Module | None) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
@@ -146,18 +146,24 @@ def _is_flatten(node: fx.Node) -> bool:
     if node.target in (torch.flatten, "flatten"):
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
+        return bool(start == 1 and end == -1)
     if node.target in (torch.reshape, "view", "reshape"):
         sizes = node.args[1:]
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             sizes = tuple(sizes[0])
-        return len(sizes) == 2 and sizes[1] == -1
+        return bool(len(sizes) == 2 and sizes[1] == -1)
     return False
+
+
+def _module_name(node: fx.Node) -> str:
+    """The module a ``call_module`` node calls (fx types every target as ``str | Callable``)."""
+    assert isinstance(node.target, str), f"{node.op} node {node.name!r} has no module name"
+    return node.target
 
 
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__} module {node.target!r}"
+        return f"{type(modules[_module_name(node)]).__name__} module {node.target!r}"
     if node.op == "output":
         return "the model output"
     return f"{getattr(node.target, '__name__', node.target)} (graph node {node.name!r})"
@@ -171,7 +177,7 @@ def _step(node: fx.Node, src: fx.Node, state: str, modules: dict[str, nn.Module]
     query) or 'stop' (channels are tied or unknown there).
     """
     if node.op == "call_module":
-        m = modules[node.target]
+        m = modules[_module_name(node)]
         if isinstance(m, nn.BatchNorm2d) and state != "vec":
             return "member", state
         if is_depthwise(m) and state == "map":
@@ -217,20 +223,25 @@ def _walk(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) 
         if action == "stop":
             return f"its output reaches {_describe(node, modules)}, which ties its channels or is not channel-wise"
         if action in ("member", "end"):
-            if calls[node.target] > 1:
+            if calls[_module_name(node)] > 1:
                 return f"its output reaches module {node.target!r}, which is called more than once"
             members.append(node)
             ends += action == "end"
         if action in ("pass", "member"):
+            assert new_state is not None  # _step gives a state with these actions
             stack.extend((user, node, new_state) for user in node.users)
     if not ends:
         return "its output reaches no conv or linear layer"
     order = {n: i for i, n in enumerate(start.graph.nodes)}
-    names = [n.target for n in sorted(members, key=order.__getitem__)]
+    names = [_module_name(n) for n in sorted(members, key=order.__getitem__)]
     first = next(iter(start.users))
-    norm = first.target if len(start.users) == 1 and isinstance(modules.get(first.target), nn.BatchNorm2d) else None
+    bn = len(start.users) == 1 and isinstance(first.target, str) and isinstance(modules.get(first.target), nn.BatchNorm2d)
+    norm = _module_name(first) if bn else None
     consumers = tuple(n for n in names if n != norm)
-    return ChannelGroup(start.target, modules[start.target].out_channels, norm, consumers, stage_of(start.target))
+    name = _module_name(start)
+    conv = modules[name]
+    assert isinstance(conv, nn.Conv2d)  # _analyse walks from convs only
+    return ChannelGroup(name, conv.out_channels, norm, consumers, stage_of(name))
 
 
 def _conv_nodes(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[fx.Node]:
@@ -248,19 +259,20 @@ def _analyse(gm: fx.GraphModule) -> tuple[dict[str, ChannelGroup], dict[str, str
     found: dict[str, ChannelGroup] = {}
     excluded: dict[str, str] = {}
     for node in _conv_nodes(gm, modules):
-        m = modules[node.target]
+        name = _module_name(node)
+        m = modules[name]
         if not isinstance(m, nn.Conv2d):
             continue
         if m.groups != 1:
-            excluded[node.target] = f"it is a grouped conv (groups={m.groups}); its channels follow its input"
-        elif calls[node.target] > 1:
-            excluded[node.target] = "it is called more than once"
+            excluded[name] = f"it is a grouped conv (groups={m.groups}); its channels follow its input"
+        elif calls[name] > 1:
+            excluded[name] = "it is called more than once"
         else:
             result = _walk(node, modules, calls)
             if isinstance(result, str):
-                excluded[node.target] = result
+                excluded[name] = result
             else:
-                found[node.target] = result
+                found[name] = result
     return found, excluded
 
 

@@ -40,11 +40,14 @@ def mac_terms(layers: list[fx.Node], modules: Mapping[str, nn.Module], consumed_
     """
     terms = []
     for node in layers:
-        m, name = modules[node.target], node.target
+        name = node.target
+        assert isinstance(name, str), f"{node.op} node {node.name!r} is not a module call"
+        m = modules[name]
         group = consumed_by.get(name)
         if isinstance(m, nn.Linear):
             terms.append(MacTerm(1, m.out_features, group or m.in_features))
             continue
+        assert isinstance(m, nn.Conv2d), f"{name!r} is neither Conv2d nor Linear"
         shape = node.meta["tensor_meta"].shape
         coef = shape[-1] * shape[-2] * m.kernel_size[0] * m.kernel_size[1]
         if m.groups > 1:  # depthwise in a group: one input per output channel

@@ -47,7 +47,9 @@ def shrink(model: nn.Module, channels: dict[str, torch.Tensor], graph: ChannelGr
         idx = _checked_index(name, idx, modules[name].out_channels)
         cut_out[name] = idx
         for member in (found[name].norm, *found[name].consumers):
-            m = modules.get(member) if member else None
+            if not member:
+                continue
+            m = modules.get(member)
             if isinstance(m, nn.BatchNorm2d) or is_depthwise(m):
                 cut_out[member] = idx
             elif m is not None:
@@ -80,13 +82,14 @@ def _checked_index(name: str, idx: torch.Tensor, size: int) -> torch.Tensor:
     return idx
 
 
-def _param(p: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+def _param(p: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(p.clone(), requires_grad=like.requires_grad)
 
 
 def _cut(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) -> None:
     """Keep output channels ``out`` and input channels ``inp`` of one module, in place."""
     if isinstance(m, nn.BatchNorm2d):
+        assert out is not None  # a norm's channels follow its group's producer
         m.num_features = len(out)
         for key in ("weight", "bias"):
             if getattr(m, key) is not None:
@@ -95,15 +98,18 @@ def _cut(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) -> No
             if getattr(m, key) is not None:
                 setattr(m, key, getattr(m, key)[out].clone())
         return
+    assert isinstance(m, (nn.Conv2d, nn.Linear)), f"cannot cut channels of {type(m).__name__}"
     w = m.weight
     if out is not None:
         w = w[out]
         if m.bias is not None:
             m.bias = _param(m.bias[out], m.bias)
     if isinstance(m, nn.Linear):
+        assert inp is not None  # a linear layer is only ever a consumer
         w = w[:, inp]
         m.in_features = len(inp)
     elif m.groups > 1:  # depthwise: groups and inputs follow the kept channels
+        assert out is not None  # a depthwise conv is a member: cut_out
         m.groups = m.in_channels = len(out)
     elif inp is not None:
         w = w[:, inp]
