@@ -124,7 +124,7 @@ class Evaluator:
         m: dict[str, float] = {}
         t0 = time.perf_counter()
         planning = plan is None
-        plan = plan_candidate(self.base, self.ctx, spec) if planning else plan
+        plan = plan_candidate(self.base, self.ctx, spec) if plan is None else plan
         graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
         model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
         if plan.channels:
@@ -233,6 +233,7 @@ def evaluator_actor(
     """
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(
+    # type-ignored: ray's overloads of remote() leave out concurrency_groups, an actor option
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(  # type: ignore[call-overload]
         cls
     )

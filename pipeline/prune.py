@@ -94,6 +94,10 @@ def prune(
             raise ValueError(f"method {method!r} needs labels: pass calib=(images, labels)")
         cy = torch.zeros(len(cx), dtype=torch.int64)
         ty = cy if ty is None else ty
+    if ty is None:  # train images without labels (the calibration images have some)
+        if impl.trains:
+            raise ValueError(f"method {method!r} trains: pass train=(images, labels)")
+        ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
     ctx = PruneContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
     plan = plan_candidate(model, ctx, spec)
     pruned = apply_plan(model, plan)

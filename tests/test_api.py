@@ -37,6 +37,8 @@ def test_prune_an_in_memory_module_like_torch_pruning(digits, digits_model):
     assert ps.macs(slim, x[:1])[0] / dense == pytest.approx(0.5, abs=0.05) and plan.channels
     with pytest.raises(ValueError, match="needs labels"):
         ps.prune(digits_model, method="screening", sparsity=0.5, calib=x)
+    with pytest.raises(ValueError, match="'ocs' trains: pass train=.images, labels."):
+        ps.prune(digits_model, method="ocs", macs_ratio=0.5, calib=(x, y), train=x)
     with pytest.raises(ValueError, match="exactly one target"):
         ps.prune(digits_model, sparsity=0.5, macs_ratio=0.5, calib=x)
 

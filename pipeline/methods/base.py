@@ -247,6 +247,7 @@ class ImportanceMethod(PruningMethod):
         """
         if self.global_split_by == "magnitude":
             scores = {n: w.detach().abs() for n, w in weights_of(model, spec).items()}
+        assert spec.target_sparsity is not None  # plan() raised otherwise
         masks = global_masks(scores, spec.target_sparsity)
         return {n: int((~m).sum()) / m.numel() for n, m in masks.items()}
 

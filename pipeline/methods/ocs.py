@@ -138,12 +138,19 @@ def is_stable(history: list[KeptSets], threshold: float = 0.999, lag: int = LAG,
     return stability(history, lag, window) >= threshold
 
 
+def _member(modules: dict[str, nn.Module], name: str) -> nn.Conv2d | nn.Linear | nn.BatchNorm2d:
+    """The module of a channel group's producer or member (a group holds no other types)."""
+    m = modules[name]
+    assert isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)), f"{name!r} is a {type(m).__name__}"
+    return m
+
+
 def _member_norms(modules: dict[str, nn.Module], group: structure.ChannelGroup) -> list[tuple[torch.Tensor, int]]:
     """Per member of ``group``: (squared L2 norm of each channel's slice, shape (size,); slice size)."""
-    w = modules[group.name].weight
+    w = _member(modules, group.name).weight
     out = [(w.pow(2).flatten(1).sum(1), w[0].numel())]
     for name in filter(None, (group.norm, *group.consumers)):
-        m = modules[name]
+        m = _member(modules, name)
         if isinstance(m, nn.BatchNorm2d):
             if m.weight is not None:
                 out.append((m.weight.pow(2), 1))
@@ -175,11 +182,12 @@ def group_saliency(modules: dict[str, nn.Module], graph: structure.ChannelGraph)
 
 def group_lasso(modules: dict[str, nn.Module], graph: structure.ChannelGraph, removed: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over removed channels of the L2 norm of their concatenated group slices (differentiable)."""
-    total = torch.zeros((), device=modules[graph.groups[0].name].weight.device)
+    total = torch.zeros((), device=_member(modules, graph.groups[0].name).weight.device)
     for g in graph.groups:
         idx = removed[g.name]
         if idx.numel():
             sq = sum(s[idx] for s, _ in _member_norms(modules, g))
+            assert isinstance(sq, torch.Tensor)  # a group has members: the sum is not 0
             total = total + (sq + 1e-12).sqrt().sum()  # eps: finite gradient at a zero slice
     return total
 
@@ -193,7 +201,7 @@ def mask_removed(modules: dict[str, nn.Module], graph: structure.ChannelGraph, r
         if not idx.numel():
             continue
         for name in filter(None, (g.name, g.norm, *g.consumers)):
-            m = modules[name]
+            m = _member(modules, name)
             if name == g.name or isinstance(m, nn.BatchNorm2d) or (isinstance(m, nn.Conv2d) and m.groups > 1):
                 for p in (m.weight, m.bias):
                     if p is not None:
@@ -219,6 +227,7 @@ def train_ocs(model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> OcsOu
 
     def select() -> tuple[dict[str, torch.Tensor], KeptSets, dict[str, torch.Tensor]]:
         """Kept indices, kept sets and removed indices (on the model's device) for the MACs target."""
+        assert spec.target_macs_ratio is not None  # method.check (Ocs.check) raised otherwise
         kept = structure.select_channels(
             graph, group_saliency(modules, graph), spec.target_macs_ratio, "global", max_prune_fraction=max_prune, normalize=False
         )
