@@ -49,7 +49,7 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
     for name in space.methods:
         method = get_method(name)
         grans = [g for g in space.granularity if g in method.granularities]
-        scopes = [s for s in space.scope if s in method.scopes] or [method.scopes[0]]
+        scopes: list[str] = [s for s in space.scope if s in method.scopes] or [method.scopes[0]]
         for gran, scope, recon in itertools.product(grans, scopes, space.reconstruct):
             p: dict[str, Any] = {}
             _choice(p, "method", name, space.methods)
@@ -72,8 +72,12 @@ def targets(cfg: SearchConfig) -> tuple[float, float]:
     """(target sparsity, MACs ratio) of the baselines, clamped into the space's ranges."""
     space, o = cfg.space, cfg.objective
     if o.mode == "constrained":
-        sparsity = o.min_sparsity + MARGIN if o.min_sparsity is not None else 1.0 - o.max_macs_ratio
-        macs = o.max_macs_ratio - MARGIN if o.max_macs_ratio is not None else 1.0 - o.min_sparsity
+        floor, cap = o.min_sparsity, o.max_macs_ratio  # each stands in for the other when missing
+        if floor is None:
+            assert cap is not None  # ObjectiveConfig: constrained mode sets at least one
+            sparsity, macs = 1.0 - cap, cap - MARGIN
+        else:
+            sparsity, macs = floor + MARGIN, (cap - MARGIN if cap is not None else 1.0 - floor)
     else:
         sparsity = space.target_sparsity if space.target_sparsity is not None else sum(space.sparsity) / 2
         macs = sum(space.macs_ratio) / 2

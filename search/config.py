@@ -69,8 +69,8 @@ class SpaceConfig(Frozen):
     """
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
-    granularity: list[Granularity] = Field(default_factory=lambda: ["unstructured"], min_length=1)
-    scope: list[Scope] = Field(default_factory=lambda: ["global"], min_length=1)
+    granularity: list[Granularity] = Field(["unstructured"], min_length=1)  # pydantic copies a list default per instance
+    scope: list[Scope] = Field(["global"], min_length=1)
     sparsity: Range = (0.3, 0.97)
     macs_ratio: Range = (0.3, 0.9)
     knobs: dict[str, dict[str, Range]] = Field(default_factory=dict)

@@ -94,12 +94,13 @@ def export(
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        paths.update(pt=out, pt2=out.with_suffix(".pt2"), json=out.with_suffix(".json"))
+        pt2, json_path = out.with_suffix(".pt2"), out.with_suffix(".json")
+        paths.update(pt=out, pt2=pt2, json=json_path)
         _write_pt(rb, pre, out)
-        diffs["pt2"] = _write_program(rb.model, check, paths["pt2"])
+        diffs["pt2"] = _write_program(rb.model, check, pt2)
         if onnx:
-            paths["onnx"] = out.with_suffix(".onnx")
-            d = _write_onnx(rb.model, check, paths["onnx"])
+            paths["onnx"] = onnx_path = out.with_suffix(".onnx")
+            d = _write_onnx(rb.model, check, onnx_path)
             if d is not None:
                 diffs["onnx"] = d
         sidecar = {
@@ -110,7 +111,7 @@ def export(
             "input": "images (N, C, H, W) float32, normalised",
             "output": "logits (N, num_classes)",
         }
-        paths["json"].write_text(json.dumps(sidecar, indent=2))
+        json_path.write_text(json.dumps(sidecar, indent=2))
     uri = version = None
     if log_model or register:
         from search.mlmodel import log_candidate_model

@@ -67,7 +67,7 @@ def _tracking(uri: str):
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old)
+        mlflow.set_tracking_uri(old)  # type: ignore[arg-type]  # None unsets it; mlflow's hint leaves None out
 
 
 def log_front_models(tracking_uri: str, experiment: str, parent_id: str) -> list[str]:
@@ -84,7 +84,9 @@ def log_front_models(tracking_uri: str, experiment: str, parent_id: str) -> list
     uris = []
     for row in pareto_front([r for r in rows if "accuracy" in r and "macs" in r]):
         try:
-            uris.append(export(tracking_uri, row["run_id"], None, log_model=True).model_uri)
+            uri = export(tracking_uri, row["run_id"], None, log_model=True).model_uri
+            assert uri is not None  # log_model=True logs one
+            uris.append(uri)
         except ExportError as e:
             log.warning("not logged as an MLflow model: %s", e)
     log.info("logged %d Pareto-front candidates as MLflow models", len(uris))

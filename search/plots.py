@@ -108,7 +108,7 @@ def _dense(ax, rows: list[dict[str, Any]], x_dense: float) -> None:
         ax.plot([x_dense], [dense_acc], "*", color="black", ms=11, ls="", label=f"dense model ({dense_acc:.1%})")
 
 
-def population_figure(rows: list[dict[str, Any]], front: list[dict[str, Any]], constraints: dict[str, float] | None = None):
+def population_figure(rows: list[dict[str, Any]], front: list[dict[str, Any]], constraints: dict[str, float | None] | None = None):
     """Accuracy against the fraction of dense MACs kept (Pareto front, dense model and
     ``max_macs_ratio`` drawn) and against weight sparsity (``min_sparsity`` drawn).
 

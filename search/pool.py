@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
 from pipeline.evaluator import Evaluator, evaluator_actor
@@ -215,4 +216,5 @@ class EvaluatorPool:
         for a in self.actors:
             ray.kill(a)
         self.actors = []
+        assert isinstance(self._shared, ActorHandle)  # ray types a new actor as a handle or its class
         ray.kill(self._shared)

@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.spec import CandidateResult
@@ -20,7 +21,7 @@ log = logging.getLogger("prunesearch")
 STATUS_EVERY_S = 15.0  # how often the driver asks busy actors what they are doing
 
 
-def eta_s(elapsed_s: float, done: int, running: list[dict[str, Any]], not_started: int, parallel: int, durations: list[float] = ()) -> float:
+def eta_s(elapsed_s: float, done: int, running: list[dict[str, Any]], not_started: int, parallel: int, durations: Sequence[float] = ()) -> float:
     """Seconds left, NaN before anything is known.
 
     The candidates not started yet take the observed wall time per candidate
@@ -117,6 +118,7 @@ class Progress:
                 log.info("%s (%s)", describe(r), self._left())
 
     def _postfix(self) -> None:
+        assert self.bar is not None  # called only with a bar
         slow = max(self.running, key=lambda r: r["elapsed_s"], default=None)
         now = f", {describe(slow)}" if slow is not None and slow["elapsed_s"] >= STATUS_EVERY_S else ""
         self.bar.set_postfix_str(f"failed={self.failed}, best_acc={self.best:.3f}, {self._left()}{now}", refresh=False)

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import InputError
 
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
-FLAGS = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
+FLAGS: dict[str, dict[float | None, str]] = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
 
 
 class QueryError(InputError, LookupError):

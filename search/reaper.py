@@ -11,10 +11,12 @@ Run as ``python -m search.reaper PID`` by ``reap_with``; not an entry point for 
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import subprocess
 import sys
+from typing import cast
 
 import psutil
 
@@ -52,7 +54,8 @@ def _watch(driver_pid: int) -> None:
     seen: dict[int, float] = {}
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
-        if ready and not sys.stdin.buffer.read1(1):  # EOF: the driver is gone
+        # typeshed types stdin.buffer as BinaryIO; it is a BufferedReader, which has read1
+        if ready and not cast(io.BufferedReader, sys.stdin.buffer).read1(1):  # EOF: the driver is gone
             break
         seen.update(_ray_descendants(driver_pid))
     for pid, created in seen.items():

@@ -70,7 +70,7 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
     with tempfile.TemporaryDirectory() as d:
         cfg = SearchConfig.model_validate_json(artifact(client, run.data.tags[PARENT_TAG], "config.json", d))
-        spec = CandidateSpec.from_json(artifact(client, run_id, "spec.json", d))
+        spec = CandidateSpec.from_json(artifact(client, run_id, "spec.json", d).decode())
         plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
     refuse_imports(cfg.model, allow_import, f"run {run_id}")
     splits = load_data(cfg.data)
@@ -98,9 +98,9 @@ def refuse_imports(model_cfg: ModelConfig, allow: bool, where: str) -> None:
         )
 
 
-def artifact(client: MlflowClient, run_id: str, name: str, folder: str) -> str | bytes:
+def artifact(client: MlflowClient, run_id: str, name: str, folder: str) -> bytes:
     try:
         local = Path(client.download_artifacts(run_id, name, folder))
     except Exception as e:
         raise ExportError(f"run {run_id} has no artifact {name!r} ({type(e).__name__}); was it recorded by prunesearch?") from None
-    return local.read_bytes() if name.endswith(".parquet") else local.read_text()
+    return local.read_bytes()

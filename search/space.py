@@ -9,6 +9,7 @@ one distribution across the study.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.methods import Knob, get_method
@@ -71,7 +72,7 @@ def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
     return [name for name, knob in method.knobs.items() if name in ranges or knob.default is None]
 
 
-def _categorical(trial: "optuna.Trial", name: str, choices: list[str]) -> str:
+def _categorical(trial: "optuna.Trial", name: str, choices: Sequence[str]) -> str:
     # a single choice is fixed, not a parameter: keeps the sampler's space small
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
 

@@ -27,7 +27,7 @@ import math
 import random
 from typing import Any
 
-from pipeline.methods import get_method
+from pipeline.methods import Knob, get_method
 from pipeline.spec import CandidateResult
 from search import powerlaw
 from search.config import SearchConfig
@@ -63,7 +63,7 @@ class PressureSteering:
     def budget(self, method: str, knobs: dict[str, float]) -> Curve:
         """The curve a candidate of ``method`` with ``knobs`` belongs to (defaults filled in)."""
         m = get_method(method)
-        return method, tuple((k, float(knobs.get(k, m.knobs[k].default))) for k in m.budget_knobs)
+        return method, tuple((k, _knob_value(knobs, k, m.knobs[k])) for k in m.budget_knobs)
 
     def observe(self, method: str, knobs: dict[str, float], state: str, sparsity: float | None) -> None:
         """Add one measured candidate (its method, knobs, state and achieved weight sparsity)."""
@@ -75,7 +75,7 @@ class PressureSteering:
         pts.append((knobs[steered], 1.0 - sparsity))
         if len(pts) >= self.min_points:
             try:
-                self.fits[curve] = powerlaw.fit_pressure(*zip(*pts))
+                self.fits[curve] = powerlaw.fit_pressure([g for g, _ in pts], [d for _, d in pts])
             except _NO_FIT as e:  # e.g. every point below the threshold pressure
                 self.fits.pop(curve, None)
                 log.debug("no fit for %s yet: %s", _name(curve), e)
@@ -90,6 +90,7 @@ class PressureSteering:
             return None
         if not self.fits:
             return self._seed_a_budget()
+        assert self.cfg.space.target_sparsity is not None  # self.active
         target = 1.0 - self.cfg.space.target_sparsity
         usable = {}
         for curve, fit in self.fits.items():
@@ -145,3 +146,11 @@ def _name(curve: Curve) -> str:
 
 def _typed(knob: Any, value: float) -> float | int:
     return round(value) if knob.integer else value
+
+
+def _knob_value(knobs: dict[str, float], name: str, knob: Knob) -> float:
+    """``knobs[name]``, else the knob's default (every budget knob has one)."""
+    value = knobs.get(name, knob.default)
+    if value is None:
+        raise ValueError(f"budget knob {name!r} is not set and has no default")
+    return float(value)

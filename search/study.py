@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
@@ -34,7 +34,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
     """
     if not cfg.optuna_storage and check_journal(cfg.inside_run_dir("optuna.journal")):
         _storage.cache_clear()  # a storage of this process may have read the dropped line
-    directions = ["maximize", "minimize"] if cfg.objective.mode == "pareto" else ["maximize"]
+    directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if cfg.objective.mode == "pareto" else ["maximize"]
     study = optuna.create_study(study_name=cfg.name, storage=storage_of(cfg), directions=directions, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(
