@@ -18,9 +18,10 @@ demo: $(STAMP)            ## the main job on the embedded default (digits, local
 test: lint               ## lint, then the whole test suite
 	$(PY) -m pytest -q --durations=10
 
-lint: $(STAMP)            ## ruff lint and format check (rules in pyproject.toml)
+lint: $(STAMP)            ## ruff lint and format check, mypy on pipeline/ and search/ (settings in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 	$(PY) -m pytest -q -m "not slow"
@@ -36,4 +37,4 @@ mutate: $(STAMP)          ## one-line breaks of core logic in a temporary copy; 
 	$(PY) benchmarks/mutate.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .mypy_cache
