@@ -104,10 +104,10 @@ class Results:
         return df.set_index("run_id").loc[ids].reset_index()
 
     def best(self, top: int = 10, **filters: Any) -> pd.DataFrame:
-        """``query.best`` over this experiment, as a DataFrame: its filters (``max_macs``,
-        ``max_macs_ratio``, ``max_latency_ms``, ``min_accuracy``, ``method``, ``granularity``,
-        ``min_sparsity``, ``max_sparsity``, ``feasible``, ``front``, ``sort``); by default the
-        feasible Pareto front, most accurate first."""
+        """``query.best`` over this experiment, as a DataFrame: its filters (``query.FILTERS``:
+        ``max_macs``, ``max_macs_ratio``, ``max_latency_ms``, ``min_accuracy``, ``method``,
+        ``granularity``, ``min_sparsity``, ``max_sparsity``) and ``feasible``, ``front``,
+        ``sort``; by default the feasible Pareto front, most accurate first."""
         return pd.DataFrame(query.best(self.tracking_uri, self.experiment, top, **filters))
 
     def rebuild(self, run_id: str, allow_import: bool = False) -> nn.Module:

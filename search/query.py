@@ -104,48 +104,58 @@ def pareto_front(rows: list[dict[str, Any]], maximize: str = "accuracy", minimiz
     return front
 
 
+#: ``best``'s filters: name -> (record field, comparison); None leaves a filter open
+FILTERS: dict[str, tuple[str, str]] = {
+    "max_macs": ("metrics.macs", "<="),
+    "max_macs_ratio": ("metrics.macs_ratio", "<="),
+    "max_latency_ms": ("metrics.latency_ms", "<="),
+    "min_accuracy": ("metrics.accuracy", ">="),
+    "min_sparsity": ("metrics.sparsity", ">="),
+    "max_sparsity": ("metrics.sparsity", "<="),
+    "method": ("params.method", "="),
+    "granularity": ("params.granularity", "="),
+}
+
+
 def best(
     tracking_uri: str,
     experiment: str | None = None,
     top: int | None = 10,
-    max_macs: float | None = None,
-    min_accuracy: float | None = None,
-    method: str | None = None,
-    min_sparsity: float | None = None,
-    max_sparsity: float | None = None,
-    max_macs_ratio: float | None = None,
-    max_latency_ms: float | None = None,
-    granularity: str | None = None,
+    *,
     feasible: bool | None = True,
     front: bool = True,
     sort: str = "accuracy",
+    **filters: float | str | None,
 ) -> list[dict[str, Any]]:
     """The best candidates satisfying the filters, at most ``top`` (None: all) of them.
 
     Args:
-        max_macs, max_macs_ratio: effective MACs per image at most (absolute / fraction of dense).
-        min_accuracy: validation accuracy at least (fraction).
-        min_sparsity, max_sparsity: weight sparsity bounds (fraction of prunable weights).
-        max_latency_ms: measured latency at most (ms per ``latency_batch`` images).
+        filters: keyword filters named in ``FILTERS``, None for open:
+            ``max_macs``, ``max_macs_ratio``: effective MACs per image at most (absolute / fraction of dense);
+            ``min_accuracy``: validation accuracy at least (fraction);
+            ``min_sparsity``, ``max_sparsity``: weight sparsity bounds (fraction of prunable weights);
+            ``max_latency_ms``: measured latency at most (ms per ``latency_batch`` images);
+            ``method``, ``granularity``: the candidate's spec equals this.
         feasible: True keeps candidates meeting the search's constraints (metric
             ``feasible`` = 1; records without the metric count as feasible), False
             the others, None both.
         front: keep only the Pareto front (max accuracy, min effective MACs) of what
             passes the filters; False keeps every candidate.
         sort: ``METRIC[:asc|:desc]`` (see ``parse_sort``); ties go to fewer MACs.
+
+    Raises:
+        QueryError: an unknown filter name, no such experiment, or a sort metric no candidate has.
     """
-    bounds = [
-        ("macs", "<=", max_macs),
-        ("accuracy", ">=", min_accuracy),
-        ("sparsity", ">=", min_sparsity),
-        ("sparsity", "<=", max_sparsity),
-        ("macs_ratio", "<=", max_macs_ratio),
-        ("latency_ms", "<=", max_latency_ms),
-    ]
-    clauses = [f"metrics.{m} {op} {float(v)!r}" for m, op, v in bounds if v is not None]
-    for param, value in (("method", method), ("granularity", granularity)):
-        if value is not None:
-            clauses.append(f"params.{param} = '{value.replace(chr(39), '')}'")
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise QueryError(f"unknown filter {', '.join(unknown)}; the filters are {', '.join(FILTERS)}")
+    clauses = []
+    for name, value in filters.items():
+        if value is None:
+            continue
+        field, op = FILTERS[name]
+        text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(float(value))
+        clauses.append(f"{field} {op} {text}")
     rows = [r for r in candidate_rows(tracking_uri, experiment, filters=" and ".join(clauses)) if "accuracy" in r and "macs" in r]
     if feasible is not None:
         rows = [r for r in rows if (r.get("feasible", 1.0) == 1.0) == feasible]

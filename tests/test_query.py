@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.spec import CandidateResult, CandidateSpec
 from search.cli import main
-from search.query import best, pareto_front
+from search.query import QueryError, best, pareto_front
 from search.records import Recorder
 
 # (accuracy, macs, sparsity, method); rows 0, 2, 3 form the front
@@ -57,6 +57,8 @@ def test_best_filters(store):
     assert [r["run_id"] for r in best(uri, "known", method="random")] == [ids[1], ids[3]]
     assert [r["run_id"] for r in best(uri, "known", min_sparsity=0.75)] == [ids[2], ids[3]]
     assert [r["run_id"] for r in best(uri, "known", top=1)] == [ids[0]]
+    with pytest.raises(QueryError, match="unknown filter max_mac; the filters are max_macs, "):
+        best(uri, "known", max_mac=800)
 
 
 def test_cli_best_json_matches_the_store(store, capsys):
