@@ -203,19 +203,19 @@ class SearchConfig(Frozen):
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
     run_dir: str = "runs"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
-    space: SpaceConfig = Field(default_factory=SpaceConfig)
-    recalibration: RecalSpec = Field(default_factory=RecalSpec)
-    reconstruction: ReconSettings = Field(default_factory=ReconSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)  # the dense network: registry name or import path, checkpoint
+    data: DataConfig = Field(default_factory=DataConfig)  # where images come from, and the calibration/validation split
+    base_training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)  # only when model.checkpoint is unset
+    space: SpaceConfig = Field(default_factory=SpaceConfig)  # what the sampler may choose
+    recalibration: RecalSpec = Field(default_factory=RecalSpec)  # BatchNorm re-estimation after pruning (REFLOW)
+    reconstruction: ReconSettings = Field(default_factory=ReconSettings)  # least-squares refit, when the space picks lsq
     finetune_steps: int = Field(0, ge=0)
     finetune_lr: float = Field(0.01, gt=0)  # SGD learning rate of that fine-tuning
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    actors: ActorsConfig = Field(default_factory=ActorsConfig)
-    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what 'best' means: a constrained optimum or the Pareto front
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # Optuna's sampler and its seed
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)  # when to stop: candidates or wall time
+    actors: ActorsConfig = Field(default_factory=ActorsConfig)  # Ray actors: count and resources of each
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)  # how accuracy and latency are measured
     ray_address: str | None = None
     tracking_uri: str | None = None
     optuna_storage: str | None = None
