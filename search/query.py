@@ -104,16 +104,15 @@ def pareto_front(rows: list[dict[str, Any]], maximize: str = "accuracy", minimiz
     return front
 
 
+# ``best``'s filters by comparison: filter name -> the metric or param it bounds
+_AT_MOST = {"max_macs": "macs", "max_macs_ratio": "macs_ratio", "max_latency_ms": "latency_ms", "max_sparsity": "sparsity"}
+_AT_LEAST = {"min_accuracy": "accuracy", "min_sparsity": "sparsity"}
+_EQUALS = {"method": "method", "granularity": "granularity"}
 #: ``best``'s filters: name -> (record field, comparison); None leaves a filter open
 FILTERS: dict[str, tuple[str, str]] = {
-    "max_macs": ("metrics.macs", "<="),
-    "max_macs_ratio": ("metrics.macs_ratio", "<="),
-    "max_latency_ms": ("metrics.latency_ms", "<="),
-    "min_accuracy": ("metrics.accuracy", ">="),
-    "min_sparsity": ("metrics.sparsity", ">="),
-    "max_sparsity": ("metrics.sparsity", "<="),
-    "method": ("params.method", "="),
-    "granularity": ("params.granularity", "="),
+    **{k: (f"metrics.{m}", "<=") for k, m in _AT_MOST.items()},
+    **{k: (f"metrics.{m}", ">=") for k, m in _AT_LEAST.items()},
+    **{k: (f"params.{p}", "=") for k, p in _EQUALS.items()},
 }
 
 
