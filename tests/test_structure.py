@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline import structure as S
 from pipeline.methods.base import PruneContext
+from pipeline.models.cifar_resnet import PadShortcut
 from pipeline.models.digits import DigitsCNN
 
 torch.set_num_threads(1)
@@ -71,18 +72,6 @@ def random_keep(graph: S.ChannelGraph, seed: int) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- models defined here
-
-
-class PadShortcut(nn.Module):
-    """CIFAR option-A shortcut: subsample by 2, zero-pad planes // 4 channels each side."""
-
-    def __init__(self, planes: int) -> None:
-        super().__init__()
-        self.planes = planes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.planes // 4
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))
 
 
 class TinyOptionA(nn.Module):
