@@ -4,19 +4,19 @@
   CIFAR-10 images (``../shared``, overridable), split by ``pipeline.data.load_data`` so
   calibration and validation images come from ``train_exact.npz`` and the test split is
   ``test_exact.npz`` (report only).
+- ``resnet20_config`` / ``run_resnet20_search``: ``configs/resnet20_cifar10.yaml`` with a
+  benchmark's overrides, and a real search on it with its candidates' rows.
 - ``make_evaluator``: the pipeline's ``Evaluator`` in-process (no Ray), so a benchmark
   measures exactly what a search measures.
 - ``plan_accuracy``: accuracy of a result's plan applied to the base model *before*
   recalibration, on any split (the search records it on validation only).
-- ``machine_info``, ``write_json``, ``md_table``, ``Timer``: reporting.
+- ``machine_info``, ``Timer``; ``write_json``, ``md_table`` (from ``reporting``): reporting.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import math
 import os
 import platform
 import subprocess
@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection
 
 import torch
 from torch import nn
@@ -40,10 +40,14 @@ from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.models import ModelConfig, build_model  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
-from search.config import SearchConfig, load_config, merge_sections  # noqa: E402
+from search.config import SearchConfig, merge_sections, parse_config  # noqa: E402
+from search.configfile import read_config_file  # noqa: E402
+from search.driver import SearchOutcome, run_search  # noqa: E402
+from search.query import candidate_rows  # noqa: E402
+
+from reporting import RESULTS_DIR, md_table, pct, write_json, write_text  # noqa: E402,F401  (re-exported for the scripts)
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[2] / "shared"
-RESULTS_DIR = REPO / "benchmarks" / "results"
 TRAIN_NPZ = "data/cifar10/train_exact.npz"
 TEST_NPZ = "data/cifar10/test_exact.npz"
 CHECKPOINT = "models/cifar10_resnet20.th"
@@ -69,10 +73,12 @@ class Assets:
     splits: Splits
 
 
-def resnet20_config(shared: Path, overrides: dict[str, Any] | None = None) -> SearchConfig:
+def resnet20_config(shared: Path, overrides: dict[str, Any] | None = None, replace: Collection[str] = ()) -> SearchConfig:
     """``configs/resnet20_cifar10.yaml``, the product's ResNet-20 config, with its shared
     files under ``shared`` and ``overrides`` (nested dicts, merged as ``prunesearch run``
-    merges them) applied.
+    merges them) applied. ``replace`` names top-level sections that ``overrides`` gives
+    whole: the YAML's section is dropped, not merged into (a benchmark's own ``space``,
+    whose every range it states).
 
     Raises:
         SystemExit: a shared file is missing (naming it and ``--shared``).
@@ -85,7 +91,31 @@ def resnet20_config(shared: Path, overrides: dict[str, Any] | None = None) -> Se
         "model": {"checkpoint": str(shared / CHECKPOINT)},
         "data": {"path": str(shared / TRAIN_NPZ), "test_path": str(shared / TEST_NPZ)},
     }
-    return load_config(RESNET20_CONFIG, merge_sections(paths, overrides or {}))
+    raw = {k: v for k, v in read_config_file(RESNET20_CONFIG).items() if k not in replace}
+    return parse_config(raw, merge_sections(paths, overrides or {}))
+
+
+@dataclass
+class SearchRun:
+    """One finished search: its outcome, the rows of its scored candidates
+    (``search.query.candidate_rows`` with an ``accuracy``), its wall seconds (Ray start
+    included) and the load average before and after."""
+
+    outcome: SearchOutcome
+    rows: list[dict[str, Any]]
+    wall_s: float
+    loadavg_before: list[float]
+    loadavg_after: list[float]
+
+
+def run_resnet20_search(shared: Path, overrides: dict[str, Any], replace: Collection[str] = ()) -> SearchRun:
+    """A real search (``search.driver.run_search``) on ``resnet20_config(shared, overrides, replace)``."""
+    cfg = resnet20_config(shared, overrides, replace)
+    load0 = loadavg()
+    with Timer() as t:
+        outcome = run_search(cfg, quiet=True)
+    rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
+    return SearchRun(outcome, rows, t.s, load0, loadavg())
 
 
 def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int = 0) -> Assets:
@@ -181,49 +211,6 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.s = time.perf_counter() - self.t0
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/Inf become null, tuples lists, paths strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """A GitHub Markdown table; ``align`` per column: 'l' or 'r' (default: l for the first)."""
-    header = list(header)
-    align = list(align) if align else ["l"] + ["r"] * (len(header) - 1)
-    sep = [":---" if a == "l" else "---:" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join("" if v is None else str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage string, '' for None."""
-    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{digits}f}"
 
 
 def log(msg: str) -> None:

@@ -35,7 +35,9 @@ class ExportError(InputError, RuntimeError):
 
 @dataclass(frozen=True)
 class Rebuilt:
-    """A recorded candidate rebuilt: the network (eval mode, CPU) and what it came from."""
+    """A recorded candidate rebuilt: the network (eval mode, CPU), what it came from, and
+    its fresh measurements (``metrics``: the evaluator's, as the search records them;
+    ``accuracy`` equals ``rebuilt_accuracy``)."""
 
     model: nn.Module
     run_id: str
@@ -45,6 +47,7 @@ class Rebuilt:
     splits: Splits
     recorded_accuracy: float
     rebuilt_accuracy: float
+    metrics: dict[str, float]
 
 
 def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_import: bool = False) -> Rebuilt:
@@ -86,7 +89,7 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
     recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
     if abs(recorded - rebuilt) > tolerance:
         raise ExportError(f"rebuilt accuracy {rebuilt:.6f} differs from the recorded {recorded:.6f}; the base model or data changed since the search")
-    return Rebuilt(model.eval(), run_id, cfg, spec, plan, splits, recorded, rebuilt)
+    return Rebuilt(model.eval(), run_id, cfg, spec, plan, splits, recorded, rebuilt, dict(result.metrics))
 
 
 def refuse_imports(model_cfg: ModelConfig, allow: bool, where: str) -> None:
