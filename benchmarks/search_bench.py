@@ -1,22 +1,17 @@
 """Search benchmark on the shared ResNet-20 and exact CIFAR-10 images.
 
-Writes benchmarks/results/search.json and search.md:
-
-1. Throughput, candidates per minute, on the same magnitude candidates:
-   - a plain sequential loop (copy the model, score and prune, recalibrate, score);
-   - prunesearch with 1 and with 2 evaluator actors (steady state: actors loaded);
-   - the floor: one actor's unavoidable forward passes alone (recalibration, and
-     validation accuracy before and after recalibration), without pruning or bookkeeping.
-2. Search quality after the same number of candidates for TPE, NSGA-II and random
-   (the EagleEye-style baseline): hypervolume of the validation accuracy vs MACs-ratio
-   front (reference point: accuracy 0, MACs ratio 1).
-3. Targeted searches, as a user runs them: constrained TPE for the most accurate network
-   with at most half the dense MACs (channels physically removed), and with at least 90 %
-   of the weights removed (unstructured), over methods, scope, knobs and per-stage
-   allocation. The candidate selected on validation is reported on the test split, beside
-   the best single method of the methods benchmark (``benchmarks/results/methods.json``).
+What is measured, and how, is in ``benchmarks/README.md`` (section search): throughput
+against a plain loop and the floor of forward passes, TPE / NSGA-II / random after the
+same number of candidates, and targeted constrained searches beside the best single
+method of the methods benchmark. Every search is the product's ResNet-20 config
+(``configs/resnet20_cifar10.yaml``) with this benchmark's space, objective, sampler and
+budget; the candidates are chosen with the product's ``best`` query.
 
     .venv/bin/python benchmarks/search_bench.py [--quick] [--candidates 40] [--targeted 30] [--shared ../shared]
+    .venv/bin/python benchmarks/search_report.py          # search.md again from search.json
+
+Writes search.json and, from it alone, search.md (``search_report.py``) to
+benchmarks/results (``--quick``: a temporary folder).
 """
 
 from __future__ import annotations
@@ -40,27 +35,32 @@ from pipeline.plan import apply_masks  # noqa: E402
 from pipeline.recalibrate import recalibrate  # noqa: E402
 from pipeline.select import global_masks  # noqa: E402
 from pipeline.spec import RecalSpec  # noqa: E402
+from search.query import best, pareto_front  # noqa: E402
 
 from common import (  # noqa: E402
     RESULTS_DIR,
+    SearchRun,
     add_shared_arg,
     load_resnet20_cifar,
     loadavg,
     log,
     machine_info,
-    md_table,
-    pct,
+    resnet20_config,
+    run_resnet20_search,
     write_json,
     write_text,
 )
+from search_report import markdown, target_status  # noqa: E402
 
-CALIB, VAL = 512, 1000
+QUICK_VAL = 200  # validation images of a --quick run (the config's otherwise)
+# the throughput candidates recalibrate as the plain loop does: no augmentation, no keep-better
+PLAIN_RECAL = {"augment": False, "keep_better": False}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shared_arg(ap)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: few candidates, small splits")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few candidates, small splits, short training")
     ap.add_argument("--candidates", type=int, default=40, help="candidates per sampler in the quality comparison")
     ap.add_argument("--targeted", type=int, default=30, help="candidates per targeted one-shot search")
     ap.add_argument("--targeted-trained", type=int, default=12, help="candidates of the targeted hyperflows search (minutes each)")
@@ -85,9 +85,10 @@ def main() -> None:
         result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
         result.setdefault("rerun", []).append({"keys": args.only, "machine": machine_info()})
     else:
-        assets = load_resnet20_cifar(args.shared, CALIB, 200 if args.quick else VAL)
+        data = resnet20_config(args.shared, _data(args)).data
+        assets = load_resnet20_cifar(args.shared, data.calib_size, data.val_size)
         sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
-        result = {"machine": machine_info(), "calib_images": CALIB, "val_images": len(assets.splits.val)}
+        result = {"machine": machine_info(), "calib_images": data.calib_size, "val_images": len(assets.splits.val)}
         result["throughput"] = throughput(args, assets, sparsities)
         result["quality"] = quality(args, n_q)
         result["targeted"] = targeted(args, n_t, n_tt)
@@ -104,16 +105,28 @@ def main() -> None:
     print(markdown(result))
 
 
+def _data(args) -> dict[str, Any]:
+    return {"data": {"val_size": QUICK_VAL}} if args.quick else {}
+
+
+def _search(args, overrides: dict[str, Any]) -> SearchRun:
+    """A real search: the product's ResNet-20 config with ``overrides``, whose ``space``
+    and ``objective`` (the config's when not given) are given whole."""
+    run = {"name": "bench", "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"), **_data(args)}
+    return run_resnet20_search(args.shared, {**run, **overrides}, replace=[k for k in ("space", "objective") if k in overrides])
+
+
 # -- throughput ---------------------------------------------------------------------
 
 
 def throughput(args, assets, sparsities: list[float]) -> dict[str, Any]:
     torch.set_num_threads(1)  # one core per worker, as each actor has
-    out: dict[str, Any] = {"candidates": len(sparsities), "threads_per_worker": 1}
+    recal = resnet20_config(args.shared, {"recalibration": PLAIN_RECAL}).recalibration
+    out: dict[str, Any] = {"candidates": len(sparsities), "threads_per_worker": 1, "recalibration": recal.model_dump()}
     log("throughput: sequential loop")
-    out["sequential_per_min"] = 60 * len(sparsities) / sequential_loop(assets, sparsities)
+    out["sequential_per_min"] = 60 * len(sparsities) / sequential_loop(assets, sparsities, recal)
     log("throughput: floor")
-    out["floor_s_per_candidate"] = floor_cost(assets)
+    out["floor_s_per_candidate"] = floor_cost(assets, recal)
     out["floor_per_min"] = 60 / out["floor_s_per_candidate"]
     for actors in (1, 2):
         log(f"throughput: prunesearch, {actors} actor(s)")
@@ -121,12 +134,14 @@ def throughput(args, assets, sparsities: list[float]) -> dict[str, Any]:
             args,
             {
                 "space": {"methods": ["magnitude"], "sparsity": [0.5, 0.95]},
+                "objective": {"mode": "pareto"},
                 "sampler": {"name": "random"},
                 "budget": {"trials": len(sparsities)},
                 "actors": {"count": actors},
+                "recalibration": PLAIN_RECAL,
                 "measure": _lean_measure(),
             },
-        )
+        ).outcome
         out[f"actors_{actors}_per_min"] = 60 * outcome.evaluated / outcome.loop_s
     out["overhead_over_floor"] = out["floor_per_min"] / out["actors_1_per_min"] - 1
     out["speedup_2_over_1"] = out["actors_2_per_min"] / out["actors_1_per_min"]
@@ -139,7 +154,7 @@ def _lean_measure() -> dict[str, Any]:
     return {"test_accuracy": False, "collapse_plot": False, "latency_repeats": 5}
 
 
-def sequential_loop(assets, sparsities: list[float]) -> float:
+def sequential_loop(assets, sparsities: list[float], recal: RecalSpec) -> float:
     """Seconds for the naive loop users write: copy, score, prune, recalibrate, score."""
     s, t0 = assets.splits, time.perf_counter()
     for sp in sparsities:
@@ -147,18 +162,18 @@ def sequential_loop(assets, sparsities: list[float]) -> float:
         weights = prunable_weights(model)
         apply_masks(model, global_masks({n: w.detach().abs() for n, w in weights.items()}, sp))
         measure.accuracy(model, s.val.x, s.val.y)
-        recalibrate(model, s.calib.x, RecalSpec(images=CALIB, batch_size=128))
+        recalibrate(model, s.calib.x, recal)
         measure.accuracy(model, s.val.x, s.val.y)
     return time.perf_counter() - t0
 
 
-def floor_cost(assets, repeats: int = 3) -> float:
+def floor_cost(assets, recal: RecalSpec, repeats: int = 3) -> float:
     """Seconds per candidate of the forward passes alone (recalibration, val accuracy x2)."""
     s, model = assets.splits, copy.deepcopy(assets.base)
     t0 = time.perf_counter()
     for _ in range(repeats):
         measure.accuracy(model, s.val.x, s.val.y)
-        recalibrate(model, s.calib.x, RecalSpec(images=CALIB, batch_size=128))
+        recalibrate(model, s.calib.x, recal)
         measure.accuracy(model, s.val.x, s.val.y)
     return (time.perf_counter() - t0) / repeats
 
@@ -177,94 +192,53 @@ QUALITY_SPACE = {
     "knobs": {"screening": {"screening_weight": [0.0, 1.0]}},
     "allocation": {"layer1": [0.5, 1.5], "layer2": [0.5, 1.5], "layer3": [0.5, 1.5]},
 }
+MEASURE = {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5}
 
 
 def quality(args, n: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"candidates": n, "space": QUALITY_SPACE}
+    out: dict[str, Any] = {"candidates": n, "space": QUALITY_SPACE, "actors": 2}
     for sampler in ("tpe", "nsga2", "random"):
         log(f"quality: {sampler}, {n} candidates")
-        outcome = _search(
+        srch = _search(
             args,
             {
                 "space": QUALITY_SPACE,
+                "objective": {"mode": "pareto"},
                 "sampler": {"name": sampler, "seed": 0, "startup_trials": max(4, n // 4)},
                 "budget": {"trials": n},
                 "actors": {"count": 2},
-                "recalibration": {"images": CALIB, "batch_size": 128, "augment": True},
-                "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5},
+                "recalibration": {"keep_better": False},
+                "measure": MEASURE,
             },
         )
-        from search.query import candidate_rows
-
-        rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
         out[sampler] = {
-            "hypervolume": hypervolume([(r["accuracy"], r["macs_ratio"]) for r in rows]),
-            "best_at_2x_fewer_macs": _best(rows, lambda r: r["macs_ratio"] <= 0.5),
-            "best_at_90pct_sparsity": _best(rows, lambda r: r["sparsity"] >= 0.9),
-            "wall_s": outcome.loop_s,
-            "failed": outcome.failed,
+            "hypervolume": hypervolume(srch.rows),
+            "best_at_2x_fewer_macs": _best(srch, max_macs_ratio=0.5),
+            "best_at_90pct_sparsity": _best(srch, min_sparsity=0.9),
+            "wall_s": srch.outcome.loop_s,
+            "failed": srch.outcome.failed,
         }
     return out
 
 
-def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float] = (0.0, 1.0)) -> float:
-    """Area dominated by (maximise accuracy, minimise MACs ratio) points, bounded by ``ref``."""
-    pts = sorted((m, a) for a, m in points if a > ref[0] and m < ref[1])
-    area, best = 0.0, ref[0]
-    for i, (m, a) in enumerate(pts):
-        best = max(best, a)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref[1]
-        area += (nxt - m) * (best - ref[0])
-    return area
+def hypervolume(rows: list[dict[str, Any]], ref: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Area dominated by the rows' Pareto front (``search.query.pareto_front``: maximise
+    validation accuracy, minimise MACs ratio), bounded by ``ref`` (accuracy, MACs ratio)."""
+    inside = [r for r in rows if r["accuracy"] > ref[0] and r["macs_ratio"] < ref[1]]
+    front = pareto_front(inside, maximize="accuracy", minimize="macs_ratio")
+    right = [r["macs_ratio"] for r in front[1:]] + [ref[1]]
+    return sum((nxt - r["macs_ratio"]) * (r["accuracy"] - ref[0]) for r, nxt in zip(front, right))
 
 
-def _best(rows: list[dict], keep) -> dict[str, Any] | None:
-    sel = [r for r in rows if keep(r)]
-    if not sel:
-        return None
-    r = max(sel, key=lambda r: r["accuracy"])  # selected on validation; test reported
-    return {
-        k: r.get(k)
-        for k in (
-            "run_id",
-            "method",
-            "granularity",
-            "scope",
-            "knobs",
-            "allocation",
-            "accuracy",
-            "test_accuracy",
-            "sparsity",
-            "macs_ratio",
-            "latency_ms",
-        )
-    }
+SUMMARY = ("run_id", "method", "granularity", "scope", "knobs", "allocation", "accuracy", "test_accuracy", "sparsity", "macs_ratio", "latency_ms")
 
 
-def _search(args, overrides: dict[str, Any]):
-    from search.config import parse_config
-    from search.driver import run_search
-
-    shared = Path(args.shared).expanduser().resolve()
-    cfg = parse_config(
-        {
-            "name": "bench",
-            "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"),
-            "model": {"name": "cifar_resnet20", "checkpoint": str(shared / "models/cifar10_resnet20.th")},
-            "data": {
-                "name": "npz",
-                "path": str(shared / "data/cifar10/train_exact.npz"),
-                "test_path": str(shared / "data/cifar10/test_exact.npz"),
-                "mean": [0.485, 0.456, 0.406],
-                "std": [0.229, 0.224, 0.225],
-                "calib_size": CALIB,
-                "val_size": 200 if args.quick else VAL,
-            },
-            "recalibration": {"images": CALIB, "batch_size": 128},
-            **overrides,
-        }
-    )
-    return run_search(cfg, quiet=True)
+def _best(srch: SearchRun, **filters: Any) -> dict[str, Any] | None:
+    """The most accurate candidate on validation passing ``filters`` (the product's ``best``
+    query, every candidate, not only the front); test accuracy is reported only."""
+    o = srch.outcome
+    rows = best(o.tracking_uri, o.experiment, top=1, front=False, **{"feasible": None, **filters})
+    return {k: rows[0].get(k) for k in SUMMARY} if rows else None
 
 
 # The settings the methods benchmark chose on validation for each granularity
@@ -295,7 +269,7 @@ TARGETED = {
             "allocation": ALLOC,
         },
         "objective": {"mode": "constrained", "max_macs_ratio": 0.5},
-        "recalibration": {"images": 512, "batch_size": 128, "augment": False, "keep_better": True},
+        "recalibration": {"augment": False},
     },
     "at_90pct_sparsity": {
         "space": {
@@ -309,7 +283,6 @@ TARGETED = {
             "allocation": ALLOC,
         },
         "objective": {"mode": "constrained", "min_sparsity": 0.9},
-        "recalibration": {"images": 512, "batch_size": 128, "augment": True, "keep_better": True},
     },
     # hyperflows' sparsity is an outcome: the power-law fit steers every other trial's
     # pressure to where 90 % lies (steps fixed, so density depends on pressure alone)
@@ -323,44 +296,47 @@ TARGETED = {
             "target_sparsity": 0.9,
         },
         "objective": {"mode": "constrained", "min_sparsity": 0.9},
-        "recalibration": {"images": 512, "batch_size": 128, "augment": True, "keep_better": True},
     },
 }
+QUICK_STEPS = {
+    "hyperflows": {"steps": [20, 20], "regrowth_steps": [5, 5]},
+    "ocs": {"epochs": [2, 2], "steps_per_epoch": [5, 5]},
+}  # --quick: short training
 
 
 def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dict[str, Any]:
     """Constrained TPE searches for the best network at 2x fewer MACs and at 90 % sparsity."""
-    from search.query import candidate_rows
-
-    out: dict[str, Any] = {"candidates": n, "candidates_trained": n_trained}
+    out: dict[str, Any] = {"candidates": n, "candidates_trained": n_trained, "actors": 2}
     for key, overrides in TARGETED.items():
         if only and key not in only:
             continue
+        if args.quick:
+            knobs = overrides["space"]["knobs"]
+            space = {**overrides["space"], "knobs": {m: {**k, **QUICK_STEPS.get(m, {})} for m, k in knobs.items()}}
+            overrides = {**overrides, "space": space}
         trials = n_trained if "hyperflows" in overrides["space"]["methods"] else n
         log(f"targeted: {key}, {trials} candidates")
-        outcome = _search(
+        srch = _search(
             args,
             {
                 **overrides,
                 "sampler": {"name": "tpe", "seed": 0, "startup_trials": max(4, trials // 3)},
                 "budget": {"trials": trials},
                 "actors": {"count": 2},
-                "measure": {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5},
+                "measure": MEASURE,
             },
         )
-        rows = [r for r in candidate_rows(outcome.tracking_uri, outcome.experiment) if "accuracy" in r]
-        feasible = [r for r in rows if r["feasible"] == 1.0]  # the search's own verdict on its constraint
-        best = _best(feasible, lambda r: True)
+        chosen = _best(srch, feasible=True)  # the search's own verdict on its constraint
         out[key] = {
             "space": overrides,
-            "best": best,
-            "feasible": len(feasible),
-            "evaluated": len(rows),
-            "sparsities": sorted(round(r["sparsity"], 4) for r in rows),
-            "wall_s": outcome.loop_s,
-            "failed": outcome.failed,
+            "best": chosen,
+            "feasible": sum(r.get("feasible", 1.0) == 1.0 for r in srch.rows),
+            "evaluated": len(srch.rows),
+            "sparsities": sorted(round(r["sparsity"], 4) for r in srch.rows),
+            "wall_s": srch.outcome.loop_s,
+            "failed": srch.outcome.failed,
         }
-        log(f"  best on validation: {best}")
+        log(f"  best on validation: {chosen}")
     return out
 
 
@@ -378,136 +354,6 @@ def best_single_method(path: Path) -> dict[str, Any]:
         "at_2x_fewer_macs": top("channel", 2.0, lambda r: r["macs_ratio"] <= 0.5 + 1e-9),
         "at_90pct_sparsity": top("unstructured", 0.9, lambda r: r["sparsity"] >= 0.9 - 1e-3),
     }
-
-
-def target_status(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, met or not, from the figures of this run."""
-    t = r["throughput"]
-    out = [
-        {"target": "per-candidate overhead over the floor < 25 %", "value": t["overhead_over_floor"], "met": t["overhead_over_floor"] < 0.25},
-        {"target": "2 actors >= 1.8x the throughput of 1", "value": t["speedup_2_over_1"], "met": t["speedup_2_over_1"] >= 1.8},
-    ]
-    mb = r.get("methods_benchmark_best", {})
-    for key, label in (("at_2x_fewer_macs", "2x fewer MACs"), ("at_90pct_sparsity", "90 % sparsity")):
-        found = (r["targeted"][key if key == "at_2x_fewer_macs" else "at_90pct_sparsity_any"]["best"] or {}).get("test_accuracy")
-        single = (mb.get(key) or {}).get("test_accuracy")
-        out.append(
-            {
-                "target": f"searched best at {label} beats the best single method",
-                "value": found,
-                "single": single,
-                "single_label": (mb.get(key) or {}).get("label"),
-                "met": None if found is None or single is None else found > single,
-            }
-        )
-    return out
-
-
-def markdown(r: dict[str, Any]) -> str:
-    t = r["throughput"]
-    m = r["machine"]
-    lines = [
-        f"# Search benchmark ({m['date']}, {m['cpu_model']}, {m['logical_cpus']} CPUs, torch threads 1 per worker)",
-        "",
-        f"ResNet-20 on exact CIFAR-10: {r['calib_images']} calibration and {r['val_images']} validation images (training set).",
-        "",
-        "## Throughput (magnitude candidates, candidates per minute)",
-        "",
-        md_table(
-            ["sequential loop", "floor (forward passes only)", "prunesearch 1 actor", "prunesearch 2 actors", "overhead over floor", "2 vs 1 actor"],
-            [
-                [
-                    f"{t['sequential_per_min']:.1f}",
-                    f"{t['floor_per_min']:.1f}",
-                    f"{t['actors_1_per_min']:.1f}",
-                    f"{t['actors_2_per_min']:.1f}",
-                    f"{100 * t['overhead_over_floor']:.0f} %",
-                    f"{t['speedup_2_over_1']:.2f}x",
-                ]
-            ],
-        ),
-        "",
-        f"## Search quality after {r['quality']['candidates']} candidates (2 actors)",
-        "",
-    ]
-    rows = []
-    for s in ("tpe", "nsga2", "random"):
-        q = r["quality"][s]
-        b2, b9 = q["best_at_2x_fewer_macs"], q["best_at_90pct_sparsity"]
-        rows.append([s, f"{q['hypervolume']:.4f}", pct(b2 and b2["test_accuracy"]), pct(b9 and b9["test_accuracy"]), f"{q['wall_s']:.0f}"])
-    lines.append(
-        md_table(
-            ["sampler", "hypervolume (val acc x (1 - MACs ratio))", "test acc, best at <= 0.5 MACs", "test acc, best at >= 90 % sparsity", "wall s"],
-            rows,
-        )
-    )
-    tg = r["targeted"]
-    mb = r.get("methods_benchmark_best", {})
-    lines += [
-        "",
-        f"## Targeted searches (constrained TPE, {tg['candidates']} candidates each, {tg['candidates_trained']} for hyperflows; 2 actors)",
-        "",
-        "Selected on validation, reported on the test split; the best single method is the methods benchmark's best "
-        "test accuracy at that point (an upper bound on what choosing one method gives).",
-        "",
-    ]
-    trs = []
-    for key, label in (
-        ("at_2x_fewer_macs", "<= 0.5 MACs (channels)"),
-        ("at_90pct_sparsity", ">= 90 % weights (one-shot methods)"),
-        ("at_90pct_sparsity_hyperflows", ">= 90 % weights (hyperflows, steered)"),
-    ):
-        b, single = tg[key]["best"], mb.get(key.removesuffix("_hyperflows"))
-        trs.append(
-            [
-                label,
-                b and f"{b['method']} {b['granularity']}",
-                pct(b and b["accuracy"]),
-                pct(b and b["test_accuracy"]),
-                b and f"{b['macs_ratio']:.3f} / {b['sparsity']:.3f}",
-                b and b.get("allocation"),
-                single and f"{single['label']}: {pct(single['test_accuracy'])}",
-                f"{tg[key]['feasible']}/{tg[key]['evaluated']}",
-                f"{tg[key]['wall_s']:.0f}",
-            ]
-        )
-    lines.append(
-        md_table(
-            [
-                "constraint",
-                "selected",
-                "val acc",
-                "test acc",
-                "MACs ratio / weight sparsity",
-                "allocation",
-                "best single method (test)",
-                "feasible/evaluated",
-                "wall s",
-            ],
-            trs,
-        )
-    )
-    lines += [
-        "",
-        "## Targets",
-        "",
-        md_table(
-            ["target", "measured", "met"],
-            [
-                [
-                    x["target"],
-                    (f"{x['value']:.3f}" if isinstance(x["value"], float) else x["value"])
-                    + (f" vs {pct(x['single'])} ({x['single_label']})" if x.get("single") is not None else ""),
-                    x["met"],
-                ]
-                for x in r["targets"]
-            ],
-        ),
-    ]
-    lines += ["", f"Load average at the end: {r.get('loadavg_at_end')}."]
-    for rr in r.get("rerun", []):
-        lines.append(f"Re-run with `--only` on {rr['machine']['date']} at commit {rr['machine'].get('git_commit', '?')}: {', '.join(rr['keys'])}.")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
