@@ -181,14 +181,14 @@ def floor_cost(assets, recal: RecalSpec, repeats: int = 3) -> float:
 # -- search quality -----------------------------------------------------------------
 
 
+DENSE_ENDS = {"prune_stem": False, "prune_head": False}  # the stem and the classifier stay dense
 QUALITY_SPACE = {
     "methods": ["magnitude", "screening"],
     "granularity": ["unstructured", "channel"],
     "scope": ["global", "layerwise"],
     "sparsity": [0.5, 0.95],
     "macs_ratio": [0.35, 0.75],
-    "prune_stem": False,
-    "prune_head": False,
+    **DENSE_ENDS,
     "knobs": {"screening": {"screening_weight": [0.0, 1.0]}},
     "allocation": {"layer1": [0.5, 1.5], "layer2": [0.5, 1.5], "layer3": [0.5, 1.5]},
 }
@@ -253,8 +253,7 @@ TARGETED = {
             "granularity": ["channel"],
             "scope": ["global", "layerwise"],
             "macs_ratio": [0.47, 0.5],
-            "prune_stem": False,
-            "prune_head": False,
+            **DENSE_ENDS,
             "knobs": {
                 "magnitude": {"norm": [1, 2]},
                 "screening": {"screening_weight": [0.0, 1.0]},
@@ -277,8 +276,7 @@ TARGETED = {
             "granularity": ["unstructured"],
             "scope": ["global", "layerwise"],
             "sparsity": [0.9, 0.905],
-            "prune_stem": False,
-            "prune_head": False,
+            **DENSE_ENDS,
             "knobs": {"screening": {"screening_weight": [0.0, 0.3]}},
             "allocation": ALLOC,
         },
@@ -290,8 +288,7 @@ TARGETED = {
         "space": {
             "methods": ["hyperflows"],
             "granularity": ["unstructured"],
-            "prune_stem": False,
-            "prune_head": False,
+            **DENSE_ENDS,
             "knobs": {"hyperflows": {"pressure": [4.0, 40.0], "steps": [600, 600]}},
             "target_sparsity": 0.9,
         },

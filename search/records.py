@@ -261,8 +261,3 @@ def _knob_metrics(spec: CandidateSpec) -> list[Metric]:
     if spec.target_macs_ratio is not None:
         vals["target_macs_ratio"] = spec.target_macs_ratio
     return [Metric(k, float(v), 0, 0) for k, v in vals.items()]
-
-
-def spec_of_run(run: Any) -> CandidateSpec:
-    """The candidate spec recorded in a child run (plain JSON, validated; never executed)."""
-    return CandidateSpec.from_json(run.data.params["spec"])

@@ -65,6 +65,13 @@ def test_search_results_frame_pareto_rebuild_and_macs(digits_search):
     assert accuracy(net, val.x, val.y) == pytest.approx(top.accuracy, abs=1e-9)
     assert ps.macs(net, val.x[:1])[1] == top.macs
 
+    from search.rebuild import rebuild
+
+    again = rebuild(res.tracking_uri, top.run_id)  # the record reader's fresh measurements, as recorded
+    assert again.metrics["accuracy"] == again.rebuilt_accuracy
+    for name in ("accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_ratio", "test_accuracy"):
+        assert again.metrics[name] == pytest.approx(top[name], abs=1e-9), name
+
 
 def test_feasibility_follows_the_constraints():
     from search.api import Results
