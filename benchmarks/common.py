@@ -63,6 +63,15 @@ def add_shared_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def bench_parser(doc: str, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: described by its docstring's first line, with
+    ``--shared`` and ``--quick`` (``quick``: what the smoke run cuts)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_shared_arg(ap)
+    ap.add_argument("--quick", action="store_true", help=f"a smoke run of a few minutes into a temporary folder: {quick}")
+    return ap
+
+
 @dataclass
 class Assets:
     """The base model, its config and the data splits of one benchmark run."""

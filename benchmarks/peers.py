@@ -50,7 +50,7 @@ from search.rebuild import rebuild  # noqa: E402
 from common import (  # noqa: E402
     RESULTS_DIR,
     Timer,
-    add_shared_arg,
+    bench_parser,
     load_resnet20_cifar,
     loadavg,
     log,
@@ -68,15 +68,21 @@ SPARSITIES = (0.7, 0.8, 0.9)
 MACS_TARGETS = (2 / 3, 0.5, 0.4)  # 1.5x, 2x, 2.5x fewer MACs
 EAGLEEYE_MAX_FRACTION = 0.75  # the EagleEye sampler's cap: no layer loses more
 ALLOC = [0.25, 2.0]  # per-stage multiplier on the pruned fraction (prunesearch's structured space)
+CHANNEL_SPEC = {
+    "method": "magnitude",
+    "granularity": "channel",
+    "scope": "layerwise",
+    "target_sparsity": None,
+    "prune_stem": False,
+    "prune_head": False,
+}
 BLOCK_CONV1 = tuple(f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3))
 # the evaluator fine-tunes with train_classifier's batch (it passes none)
 FT_BATCH = inspect.signature(train_classifier).parameters["batch_size"].default
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_shared_arg(ap)
-    ap.add_argument("--quick", action="store_true", help="a smoke run (a few minutes): one point per part, few candidates, short fine-tuning")
+    ap = bench_parser(__doc__, "one point per part, few candidates, short fine-tuning")
     ap.add_argument("--candidates", type=int, default=24, help="candidates per prunesearch search and per EagleEye-style search (per point)")
     ap.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning steps for every winner")
     ap.add_argument("--spearman-steps", type=int, default=100, help="fine-tuning steps per candidate of the Spearman measurement")
@@ -227,17 +233,20 @@ def _finetune(spec_json: str, plan_bytes: bytes, steps: int) -> dict[str, float]
 # -- prunesearch searches -------------------------------------------------------------
 
 
-def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], objective: dict[str, Any], keep) -> dict[str, Any]:
-    """One real prunesearch search (Ray started by the search, 2 actors) and its best
-    candidate on validation among those ``keep`` accepts, rebuilt from its record."""
+def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: dict[str, float]) -> dict[str, Any]:
+    """One real constrained prunesearch search (Ray started by the search, 2 actors) and
+    its best candidate on validation among those meeting ``constraint`` (``min_sparsity``
+    or ``max_macs_ratio``), rebuilt from its record."""
     a = b.args
+    ((bound, limit),) = constraint.items()
+    metric, sign = {"min_sparsity": ("sparsity", 1), "max_macs_ratio": ("macs_ratio", -1)}[bound]
     recon = {"images": a.recon_images, "ridge": a.recon_ridge, "layers": a.recon_layers}
     overrides = {
         "name": name,
         "run_dir": str(b.runs_root / name),
         "data": {"val_size": b.cfg.data.val_size},
         "space": {**space, "reconstruct": ["none"] if a.no_reconstruct else ["none", "lsq"]},
-        "objective": objective,
+        "objective": {"mode": "constrained", **constraint},
         "reconstruction": {k: v for k, v in recon.items() if v is not None},
         "sampler": {"startup_trials": max(2, a.candidates // 3)},
         "budget": {"trials": a.candidates},
@@ -245,8 +254,9 @@ def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], objective: di
         "measure": _measure_cfg().model_dump(),
     }
     srch = run_resnet20_search(b.shared, overrides, replace=("space", "objective"))
-    rows = [r for r in srch.rows if keep(r)]
+    rows = [r for r in srch.rows if sign * (r[metric] - limit) >= -1e-9]
     out: dict[str, Any] = {
+        "label": "prunesearch best searched candidate",
         "candidates": a.candidates,
         "evaluated": srch.outcome.evaluated,
         "failed": srch.outcome.failed,
@@ -352,15 +362,7 @@ def part_unstructured(b: Bench, sparsities) -> list[dict[str, Any]]:
             "sparsity": [t, min(t + 0.01, 0.99)],
             "knobs": {"screening": {"screening_weight": [0.0, 1.0]}},
         }
-        ps = _prunesearch_point(
-            b,
-            f"peers-unstructured-{round(t * 100)}",
-            space,
-            {"mode": "constrained", "min_sparsity": t},
-            keep=lambda r, t=t: r["sparsity"] >= t - 1e-9,
-        )
-        ps["label"] = "prunesearch best searched candidate"
-        tools["prunesearch"] = ps
+        tools["prunesearch"] = ps = _prunesearch_point(b, f"peers-unstructured-{round(t * 100)}", space, {"min_sparsity": t})
         log(f"  prunesearch test {ps.get('test_accuracy', float('nan')):.4f} ({ps.get('recipe')}), {ps['wall_s']:.0f} s")
         points.append({"target_sparsity": t, "tools": tools})
     return points
@@ -507,16 +509,7 @@ def part_structured(b: Bench, targets, pool) -> list[dict[str, Any]]:
     points = []
     for t in targets:
         tools: dict[str, dict[str, Any]] = {}
-        spec = CandidateSpec(
-            method="magnitude",
-            granularity="channel",
-            scope="layerwise",
-            target_sparsity=None,
-            target_macs_ratio=t,
-            prune_stem=False,
-            prune_head=False,
-            recal=b.recal,
-        )
+        spec = CandidateSpec(**CHANNEL_SPEC, target_macs_ratio=t, recal=b.recal)  # what the peers' plans are replayed as
         for key, glob in (("tp_layer", False), ("tp_global", True)):
             log(f"structured {t:.3f}: Torch-Pruning {'global' if glob else 'per-layer'}; load {loadavg()}")
             with warnings.catch_warnings():
@@ -591,14 +584,7 @@ def part_structured(b: Bench, targets, pool) -> list[dict[str, Any]]:
             "knobs": {"magnitude": {"norm": [1, 2]}, "screening": {"screening_weight": [0.0, 1.0]}},
             "allocation": {"layer1": ALLOC, "layer2": ALLOC, "layer3": ALLOC},
         }
-        ps = _prunesearch_point(
-            b,
-            f"peers-structured-{round(t * 1000)}",
-            space,
-            {"mode": "constrained", "max_macs_ratio": t},
-            keep=lambda r, t=t: r["macs_ratio"] <= t + 1e-9,
-        )
-        ps["label"] = "prunesearch best searched candidate"
+        ps = _prunesearch_point(b, f"peers-structured-{round(t * 1000)}", space, {"max_macs_ratio": t})
         if "_plan" in ps:
             ps["channels"] = {g: int(v.numel()) for g, v in PrunePlan.from_parquet(ps["_plan"]).channels.items()}
         tools["prunesearch"] = ps

@@ -7,23 +7,14 @@ No torch needed: everything here reads the figures ``peers.py`` measured.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
-from reporting import RESULTS_DIR, md_table, pct, write_text
+from reporting import md_table, pct, render_cli
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=RESULTS_DIR / "peers.json", help="the run's figures (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=None, help="the Markdown file (default: peers.md beside the JSON)")
-    args = ap.parse_args()
-    out = args.out or args.json.with_name("peers.md")
-    write_text(out, markdown(json.loads(args.json.read_text())))
-    print(f"wrote {out}")
+    render_cli("peers", markdown, __doc__.splitlines()[0])
 
 
 def se(p: float | None, n: int) -> float | None:
@@ -38,23 +29,15 @@ def verdict(result) -> list[dict[str, Any]]:
     n_test = result["settings"]["test_images"]
     out = []
     for point in result["unstructured"]:
-        tl = point["tools"]
-        ps = tl["prunesearch"]
+        tl, ps = point["tools"], point["tools"]["prunesearch"]
         as_run = {"torch_l1": tl["torch_l1"]["test_accuracy"]}
         hybrids = {"torch_l1_recal": tl["torch_l1_recal"]["test_accuracy"]}
-        v = _compare(
-            f"{point['target_sparsity']:.0%} weight sparsity",
-            ps,
-            as_run,
-            hybrids,
-            n_test,
-            budget_ok=ps.get("sparsity", 0) >= point["target_sparsity"] - 1e-9,
-        )
+        ok = ps.get("sparsity", 0) >= point["target_sparsity"] - 1e-9
+        v = _compare(f"{point['target_sparsity']:.0%} weight sparsity", ps, as_run, hybrids, n_test, budget_ok=ok)
         v["reason"] = _reason_unstructured(point, v)
         out.append(v)
     for point in result["structured"]:
-        tl = point["tools"]
-        ps = tl["prunesearch"]
+        tl, ps = point["tools"], point["tools"]["prunesearch"]
         as_run, hybrids = {}, {}
         for key in ("tp_layer", "tp_global"):
             if "test_accuracy" in tl.get(key, {}):
@@ -62,14 +45,8 @@ def verdict(result) -> list[dict[str, Any]]:
                 hybrids[key + "_recal"] = tl[key]["test_recal"]
         as_run["eagleeye"] = tl["eagleeye"]["test_accuracy"]
         peer_macs = [tl[k]["macs_ratio"] for k in ("tp_layer", "tp_global", "eagleeye") if "macs_ratio" in tl.get(k, {})]
-        v = _compare(
-            f"{1 / point['target_macs_ratio']:.1f}x fewer MACs",
-            ps,
-            as_run,
-            hybrids,
-            n_test,
-            budget_ok=ps.get("macs_ratio", 9) <= point["target_macs_ratio"] + 1e-9,
-        )
+        ok = ps.get("macs_ratio", 9) <= point["target_macs_ratio"] + 1e-9
+        v = _compare(f"{1 / point['target_macs_ratio']:.1f}x fewer MACs", ps, as_run, hybrids, n_test, budget_ok=ok)
         v["prunesearch_macs_le_every_peer"] = bool(peer_macs) and ps.get("macs_ratio", 9) <= min(peer_macs) + 1e-9
         v["latency_within_1_3x"] = ps.get("latency_within_1_3x_of_macs")
         v["reason"] = _reason_structured(point, v, result["latency"])
@@ -155,6 +132,12 @@ def _f(x, fmt="{:.3f}") -> str:
     return "" if x is None else fmt.format(x)
 
 
+def _search_wall_row(point: str, ps: dict[str, Any]) -> list[str]:
+    """The wall-time row of one prunesearch search."""
+    what = f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start"
+    return [point, "prunesearch search", f"{ps['wall_s']:.0f}", what, str(ps["loadavg"])]
+
+
 def _recal_words(rc: dict[str, Any]) -> str:
     average = "cumulative average" if rc["mode"] == "cumulative" else f"EMA (momentum {rc['momentum']})"
     words = [f"reset, {average} over {rc['images']} calibration images"]
@@ -191,8 +174,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     rows = []
     for p in r["unstructured"]:
-        tl = p["tools"]
-        ps = tl["prunesearch"]
+        tl, ps = p["tools"], p["tools"]["prunesearch"]
         rows.append(
             [
                 f"{p['target_sparsity']:.0%}",
@@ -338,16 +320,7 @@ def markdown(r: dict[str, Any]) -> str:
                 str(tl["torch_l1_recal"]["loadavg"]),
             ]
         )
-        ps = tl["prunesearch"]
-        rows.append(
-            [
-                pt,
-                "prunesearch search",
-                f"{ps['wall_s']:.0f}",
-                f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start",
-                str(ps["loadavg"]),
-            ]
-        )
+        rows.append(_search_wall_row(pt, tl["prunesearch"]))
     for p in r["structured"]:
         tl = p["tools"]
         pt = f"{1 / p['target_macs_ratio']:.1f}x fewer MACs"
@@ -364,17 +337,8 @@ def markdown(r: dict[str, Any]) -> str:
                     ]
                 )
         x = tl["eagleeye"]
-        rows.append([pt, names["eagleeye"], f"{x['wall_s']:.0f}", f"{x['candidates']} candidates, 2 workers", str(x["loadavg"])])
-        ps = tl["prunesearch"]
-        rows.append(
-            [
-                pt,
-                "prunesearch search",
-                f"{ps['wall_s']:.0f}",
-                f"{ps['evaluated']} candidates, loop {ps['loop_s']:.0f} s, incl. Ray start",
-                str(ps["loadavg"]),
-            ]
-        )
+        rows.append([pt, names["eagleeye"], f"{x['wall_s']:.0f}", f"{x['candidates']} candidates, {st['workers']} workers", str(x["loadavg"])])
+        rows.append(_search_wall_row(pt, tl["prunesearch"]))
     lines.append(md_table(["point", "tool", "wall s", "what", "load average (1, 5, 15 min)"], rows))
     lines += ["", "## Verdict (target: prunesearch ahead of every peer at every point, at equal or smaller budget)", ""]
     lines += [

@@ -3,10 +3,11 @@ report renders from its JSON alone (``peers_report.py``, ``search_report.py``)."
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -52,3 +53,15 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequen
 def pct(x: float | None, digits: int = 1) -> str:
     """A fraction as a percentage string, '' for None."""
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{digits}f}"
+
+
+def render_cli(name: str, markdown: Callable[[dict[str, Any]], str], description: str) -> None:
+    """The command line of a report script: ``results/NAME.json`` (``--json``) rendered by
+    ``markdown`` into ``NAME.md`` beside it (``--out``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json", help="the run's figures (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=None, help=f"the Markdown file (default: {name}.md beside the JSON)")
+    args = ap.parse_args()
+    out = args.out or args.json.with_name(f"{name}.md")
+    write_text(out, markdown(json.loads(args.json.read_text())))
+    print(f"wrote {out}")

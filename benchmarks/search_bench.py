@@ -16,7 +16,6 @@ benchmarks/results (``--quick``: a temporary folder).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -37,19 +36,7 @@ from pipeline.select import global_masks  # noqa: E402
 from pipeline.spec import RecalSpec  # noqa: E402
 from search.query import best, pareto_front  # noqa: E402
 
-from common import (  # noqa: E402
-    RESULTS_DIR,
-    SearchRun,
-    add_shared_arg,
-    load_resnet20_cifar,
-    loadavg,
-    log,
-    machine_info,
-    resnet20_config,
-    run_resnet20_search,
-    write_json,
-    write_text,
-)
+import common  # noqa: E402
 from search_report import markdown, target_status  # noqa: E402
 
 QUICK_VAL = 200  # validation images of a --quick run (the config's otherwise)
@@ -58,9 +45,7 @@ PLAIN_RECAL = {"augment": False, "keep_better": False}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_shared_arg(ap)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: few candidates, small splits, short training")
+    ap = common.bench_parser(__doc__, "few candidates, small splits, short training")
     ap.add_argument("--candidates", type=int, default=40, help="candidates per sampler in the quality comparison")
     ap.add_argument("--targeted", type=int, default=30, help="candidates per targeted one-shot search")
     ap.add_argument("--targeted-trained", type=int, default=12, help="candidates of the targeted hyperflows search (minutes each)")
@@ -79,29 +64,29 @@ def main() -> None:
     n_q = 6 if args.quick else args.candidates
     n_t = 6 if args.quick else args.targeted
     n_tt = 2 if args.quick else args.targeted_trained
-    out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "prunesearch-bench-quick" if args.quick else RESULTS_DIR)
+    out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "prunesearch-bench-quick" if args.quick else common.RESULTS_DIR)
     if args.only:
         result = json.loads((out_dir / "search.json").read_text())
         result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
-        result.setdefault("rerun", []).append({"keys": args.only, "machine": machine_info()})
+        result.setdefault("rerun", []).append({"keys": args.only, "machine": common.machine_info()})
     else:
-        data = resnet20_config(args.shared, _data(args)).data
-        assets = load_resnet20_cifar(args.shared, data.calib_size, data.val_size)
+        data = common.resnet20_config(args.shared, _data(args)).data
+        assets = common.load_resnet20_cifar(args.shared, data.calib_size, data.val_size)
         sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
-        result = {"machine": machine_info(), "calib_images": data.calib_size, "val_images": len(assets.splits.val)}
+        result = {"machine": common.machine_info(), "calib_images": data.calib_size, "val_images": len(assets.splits.val)}
         result["throughput"] = throughput(args, assets, sparsities)
         result["quality"] = quality(args, n_q)
         result["targeted"] = targeted(args, n_t, n_tt)
     best90 = [result["targeted"][k]["best"] for k in ("at_90pct_sparsity", "at_90pct_sparsity_hyperflows") if result["targeted"][k]["best"]]
     # the user's answer at 90 %: the better of the two searches, chosen on validation
     result["targeted"]["at_90pct_sparsity_any"] = {"best": max(best90, key=lambda b: b["accuracy"], default=None)}
-    methods_json = RESULTS_DIR / "methods.json"
+    methods_json = common.RESULTS_DIR / "methods.json"
     if methods_json.exists():
         result["methods_benchmark_best"] = best_single_method(methods_json)
     result["targets"] = target_status(result)
-    result["loadavg_at_end"] = loadavg()
-    write_json(out_dir / "search.json", result)
-    write_text(out_dir / "search.md", markdown(result))
+    result["loadavg_at_end"] = common.loadavg()
+    common.write_json(out_dir / "search.json", result)
+    common.write_text(out_dir / "search.md", markdown(result))
     print(markdown(result))
 
 
@@ -109,11 +94,11 @@ def _data(args) -> dict[str, Any]:
     return {"data": {"val_size": QUICK_VAL}} if args.quick else {}
 
 
-def _search(args, overrides: dict[str, Any]) -> SearchRun:
+def _search(args, overrides: dict[str, Any]) -> common.SearchRun:
     """A real search: the product's ResNet-20 config with ``overrides``, whose ``space``
     and ``objective`` (the config's when not given) are given whole."""
     run = {"name": "bench", "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"), **_data(args)}
-    return run_resnet20_search(args.shared, {**run, **overrides}, replace=[k for k in ("space", "objective") if k in overrides])
+    return common.run_resnet20_search(args.shared, {**run, **overrides}, replace=[k for k in ("space", "objective") if k in overrides])
 
 
 # -- throughput ---------------------------------------------------------------------
@@ -121,15 +106,15 @@ def _search(args, overrides: dict[str, Any]) -> SearchRun:
 
 def throughput(args, assets, sparsities: list[float]) -> dict[str, Any]:
     torch.set_num_threads(1)  # one core per worker, as each actor has
-    recal = resnet20_config(args.shared, {"recalibration": PLAIN_RECAL}).recalibration
+    recal = common.resnet20_config(args.shared, {"recalibration": PLAIN_RECAL}).recalibration
     out: dict[str, Any] = {"candidates": len(sparsities), "threads_per_worker": 1, "recalibration": recal.model_dump()}
-    log("throughput: sequential loop")
+    common.log("throughput: sequential loop")
     out["sequential_per_min"] = 60 * len(sparsities) / sequential_loop(assets, sparsities, recal)
-    log("throughput: floor")
+    common.log("throughput: floor")
     out["floor_s_per_candidate"] = floor_cost(assets, recal)
     out["floor_per_min"] = 60 / out["floor_s_per_candidate"]
     for actors in (1, 2):
-        log(f"throughput: prunesearch, {actors} actor(s)")
+        common.log(f"throughput: prunesearch, {actors} actor(s)")
         outcome = _search(
             args,
             {
@@ -198,7 +183,7 @@ MEASURE = {"test_accuracy": True, "collapse_plot": False, "latency_repeats": 5}
 def quality(args, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"candidates": n, "space": QUALITY_SPACE, "actors": 2}
     for sampler in ("tpe", "nsga2", "random"):
-        log(f"quality: {sampler}, {n} candidates")
+        common.log(f"quality: {sampler}, {n} candidates")
         srch = _search(
             args,
             {
@@ -233,7 +218,7 @@ def hypervolume(rows: list[dict[str, Any]], ref: tuple[float, float] = (0.0, 1.0
 SUMMARY = ("run_id", "method", "granularity", "scope", "knobs", "allocation", "accuracy", "test_accuracy", "sparsity", "macs_ratio", "latency_ms")
 
 
-def _best(srch: SearchRun, **filters: Any) -> dict[str, Any] | None:
+def _best(srch: common.SearchRun, **filters: Any) -> dict[str, Any] | None:
     """The most accurate candidate on validation passing ``filters`` (the product's ``best``
     query, every candidate, not only the front); test accuracy is reported only."""
     o = srch.outcome
@@ -312,7 +297,7 @@ def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dic
             space = {**overrides["space"], "knobs": {m: {**k, **QUICK_STEPS.get(m, {})} for m, k in knobs.items()}}
             overrides = {**overrides, "space": space}
         trials = n_trained if "hyperflows" in overrides["space"]["methods"] else n
-        log(f"targeted: {key}, {trials} candidates")
+        common.log(f"targeted: {key}, {trials} candidates")
         srch = _search(
             args,
             {
@@ -333,7 +318,7 @@ def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dic
             "wall_s": srch.outcome.loop_s,
             "failed": srch.outcome.failed,
         }
-        log(f"  best on validation: {chosen}")
+        common.log(f"  best on validation: {chosen}")
     return out
 
 

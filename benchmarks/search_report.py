@@ -1,28 +1,18 @@
 """The search benchmark's report: targets met and ``search.md``, from ``search.json`` alone.
 
-    .venv/bin/python benchmarks/search_report.py [--json benchmarks/results/search.json] [--out search.md]
-
-No torch needed: everything here reads the figures ``search_bench.py`` measured.
+Run ``python benchmarks/search_report.py`` (``--json``, ``--out``: other files); it reads
+only what ``search_bench.py`` measured, so it needs no torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from typing import Any
 
-from reporting import RESULTS_DIR, md_table, pct, write_text
+from reporting import md_table, pct, render_cli
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=RESULTS_DIR / "search.json", help="the run's figures (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=None, help="the Markdown file (default: search.md beside the JSON)")
-    args = ap.parse_args()
-    out = args.out or args.json.with_name("search.md")
-    write_text(out, markdown(json.loads(args.json.read_text())))
-    print(f"wrote {out}")
+    render_cli("search", markdown, __doc__.splitlines()[0])
 
 
 def target_status(r: dict[str, Any]) -> list[dict[str, Any]]:
