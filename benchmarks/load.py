@@ -1,10 +1,12 @@
 """Load benchmark: a long digits search, with the driver's and actors' memory sampled.
 
-Writes benchmarks/results/load.json and load.md: candidates per minute, and resident
-memory (RSS, MiB) of the driver and of each actor after every 50 candidates, so a leak
-shows as a rising column.
+Writes benchmarks/results/load.json and, from it alone, load.md: candidates per minute,
+and resident memory (RSS, MiB) of the driver and of each actor after every 50
+candidates, so a leak shows as a rising column. The search is the product's embedded
+default config (digits) with a quickly trained base model and a random sampler.
 
-    .venv/bin/python benchmarks/load.py [--trials 500] [--actors 2]
+    .venv/bin/python benchmarks/load.py [--trials 500] [--actors 2] [--quick]
+    .venv/bin/python benchmarks/load.py --render-only     # load.md again from load.json
 """
 
 from __future__ import annotations
@@ -17,31 +19,45 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 # The repository first on sys.path, so the product packages import from a script run.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from reporting import RESULTS_DIR, md_table, write_json, write_text  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 30 candidates, into a temporary folder")
+    ap.add_argument("--render-only", action="store_true", help="only write load.md from an existing load.json (no torch, no search)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for load.json / load.md (default: benchmarks/results; --quick: a temporary one)")
     args = ap.parse_args()
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "prunesearch-load-quick" if args.quick else RESULTS_DIR)
+    if args.render_only:
+        write_text(out_dir / "load.md", markdown(json.loads((out_dir / "load.json").read_text())))
+        return
+    result = measure(30 if args.quick else args.trials, args.actors)
+    write_json(out_dir / "load.json", result)
+    write_text(out_dir / "load.md", markdown(result))
+    print(markdown(result))
 
-    from search.config import parse_config
+
+def measure(trials: int, actors: int) -> dict[str, Any]:
+    """Run the search, sampling memory every 2 s; the figures of ``load.json``."""
+    from search.config import parse_config  # the product (torch, Ray) only when measuring
     from search.driver import run_search
 
-    run_dir = tempfile.mkdtemp(prefix="prunesearch-load-")
     cfg = parse_config(
         {
             "name": "load",
-            "run_dir": run_dir,
-            "budget": {"trials": args.trials},
-            "actors": {"count": args.actors},
+            "run_dir": tempfile.mkdtemp(prefix="prunesearch-load-"),
+            "budget": {"trials": trials},
+            "actors": {"count": actors},
             "sampler": {"name": "random"},
             "measure": {"latency_repeats": 2, "test_accuracy": False, "collapse_plot": False},
             "base_training": {"steps": 150},  # the base model's quality does not matter here
@@ -53,7 +69,7 @@ def main() -> None:
     def sample() -> None:
         me = psutil.Process()
         while not stop.wait(2.0):
-            actors = [
+            procs = [
                 p
                 for p in psutil.process_iter(["cmdline"])
                 if "ray::Evaluator" in " ".join(p.info["cmdline"] or []) or any("Evaluator" in c for c in (p.info["cmdline"] or [])[:1])
@@ -63,7 +79,7 @@ def main() -> None:
                     "t": time.monotonic(),
                     "candidates": _recorded(cfg),
                     "driver_mib": me.memory_info().rss / 2**20,
-                    "actor_mib": sorted(p.memory_info().rss / 2**20 for p in actors),
+                    "actor_mib": sorted(p.memory_info().rss / 2**20 for p in procs),
                 }
             )
 
@@ -74,31 +90,30 @@ def main() -> None:
     stop.set()
     t.join()
     wall = time.monotonic() - t0
-    rows = _every(samples, 50)
-    result = {
+    return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "trials": args.trials,
-        "actors": args.actors,
+        "trials": trials,
+        "actors": actors,
         "evaluated": out.evaluated,
         "failed": out.failed,
         "wall_s": wall,
         "candidates_per_min": 60 * out.evaluated / wall,
-        "memory": rows,
+        "memory": _every(samples, 50),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(result, indent=2))
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """``load.md`` from the figures of ``load.json``."""
+    rows = [[m["candidates"], f"{m['driver_mib']:.0f}", ", ".join(f"{a:.0f}" for a in m["actor_mib"])] for m in r["memory"]]
     lines = [
-        f"# Load: {args.trials} digits candidates, {args.actors} actors ({result['date']}, {result['machine']})",
+        f"# Load: {r['trials']} digits candidates, {r['actors']} actors ({r['date']}, {r['machine']})",
         "",
-        f"{out.evaluated} evaluated, {out.failed} failed, {wall:.0f} s, {result['candidates_per_min']:.0f} candidates/min.",
+        f"{r['evaluated']} evaluated, {r['failed']} failed, {r['wall_s']:.0f} s, {r['candidates_per_min']:.0f} candidates/min.",
         "",
-        "| candidates recorded | driver RSS MiB | actor RSS MiB |",
-        "|---|---|---|",
+        md_table(["candidates recorded", "driver RSS MiB", "actor RSS MiB"], rows, align="lll"),
     ]
-    lines += [f"| {r['candidates']} | {r['driver_mib']:.0f} | {', '.join(f'{m:.0f}' for m in r['actor_mib'])} |" for r in rows]
-    (RESULTS / "load.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _recorded(cfg) -> int:

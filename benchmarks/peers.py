@@ -27,6 +27,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,15 @@ from torch import nn  # noqa: E402
 
 from pipeline import measure  # noqa: E402
 from pipeline.build import apply_plan  # noqa: E402
+from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.layers import prunable_weights  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.methods.magnitude import filter_norms  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
-from pipeline.spec import CandidateSpec  # noqa: E402
+from pipeline.spec import CandidateSpec, RecalSpec  # noqa: E402
 from pipeline.structure import channel_graph, lowest_macs_ratio, select_channels  # noqa: E402
 from pipeline.train import train_classifier  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.rebuild import rebuild  # noqa: E402
 
 from common import (  # noqa: E402
@@ -138,7 +141,7 @@ def main() -> None:
             "finetune": {
                 "steps": args.finetune_steps,
                 "batch": FT_BATCH,
-                "lr": CandidateSpec().finetune_lr,
+                "lr": CandidateSpec.model_fields["finetune_lr"].default,
                 "schedule": "cosine, SGD momentum 0.9, wd 5e-4",
             },
             "spearman_steps": args.spearman_steps,
@@ -177,13 +180,21 @@ def main() -> None:
     log(f"wrote {out_dir / 'peers.json'} and {out_dir / 'peers.md'}")
 
 
+@dataclass
 class Bench:
     """What every part of one run shares: the arguments, the shared assets folder, the
     searches' run folders, the in-process evaluator and the ResNet-20 config."""
 
-    def __init__(self, args: argparse.Namespace, shared: Path, runs_root: Path, ev: Any, cfg: Any) -> None:
-        self.args, self.shared, self.runs_root, self.ev, self.cfg = args, shared, runs_root, ev, cfg
-        self.recal = cfg.recalibration  # prunesearch's recalibration for every tool that gets one
+    args: argparse.Namespace
+    shared: Path
+    runs_root: Path
+    ev: Evaluator
+    cfg: SearchConfig
+
+    @property
+    def recal(self) -> RecalSpec:
+        """prunesearch's recalibration (the config's), for every tool that gets one."""
+        return self.cfg.recalibration
 
 
 def _measure_cfg() -> MeasureConfig:
