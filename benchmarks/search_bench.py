@@ -218,11 +218,12 @@ def hypervolume(rows: list[dict[str, Any]], ref: tuple[float, float] = (0.0, 1.0
 SUMMARY = ("run_id", "method", "granularity", "scope", "knobs", "allocation", "accuracy", "test_accuracy", "sparsity", "macs_ratio", "latency_ms")
 
 
-def _best(srch: common.SearchRun, **filters: Any) -> dict[str, Any] | None:
+def _best(srch: common.SearchRun, feasible: bool | None = None, **filters: float) -> dict[str, Any] | None:
     """The most accurate candidate on validation passing ``filters`` (the product's ``best``
-    query, every candidate, not only the front); test accuracy is reported only."""
+    query over every candidate, not only the front; ``feasible`` as there, default both);
+    test accuracy is reported only."""
     o = srch.outcome
-    rows = best(o.tracking_uri, o.experiment, top=1, front=False, **{"feasible": None, **filters})
+    rows = best(o.tracking_uri, o.experiment, top=1, feasible=feasible, front=False, **filters)
     return {k: rows[0].get(k) for k in SUMMARY} if rows else None
 
 
