@@ -65,18 +65,20 @@ def main() -> None:
     n_t = 6 if args.quick else args.targeted
     n_tt = 2 if args.quick else args.targeted_trained
     out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "prunesearch-bench-quick" if args.quick else common.RESULTS_DIR)
-    if args.only:
-        result = json.loads((out_dir / "search.json").read_text())
-        result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
-        result.setdefault("rerun", []).append({"keys": args.only, "machine": common.machine_info()})
-    else:
-        data = common.resnet20_config(args.shared, _data(args)).data
-        assets = common.load_resnet20_cifar(args.shared, data.calib_size, data.val_size)
-        sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
-        result = {"machine": common.machine_info(), "calib_images": data.calib_size, "val_images": len(assets.splits.val)}
-        result["throughput"] = throughput(args, assets, sparsities)
-        result["quality"] = quality(args, n_q)
-        result["targeted"] = targeted(args, n_t, n_tt)
+    with tempfile.TemporaryDirectory(prefix="prunesearch-bench-") as runs:  # every search's run folder
+        args.runs_root = Path(runs)
+        if args.only:
+            result = json.loads((out_dir / "search.json").read_text())
+            result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
+            result.setdefault("rerun", []).append({"keys": args.only, "machine": common.machine_info()})
+        else:
+            data = common.resnet20_config(args.shared, _data(args)).data
+            assets = common.load_resnet20_cifar(args.shared, data.calib_size, data.val_size)
+            sparsities = [0.5 + 0.45 * i / max(n_tp - 1, 1) for i in range(n_tp)]
+            result = {"machine": common.machine_info(), "calib_images": data.calib_size, "val_images": len(assets.splits.val)}
+            result["throughput"] = throughput(args, assets, sparsities)
+            result["quality"] = quality(args, n_q)
+            result["targeted"] = targeted(args, n_t, n_tt)
     best90 = [result["targeted"][k]["best"] for k in ("at_90pct_sparsity", "at_90pct_sparsity_hyperflows") if result["targeted"][k]["best"]]
     # the user's answer at 90 %: the better of the two searches, chosen on validation
     result["targeted"]["at_90pct_sparsity_any"] = {"best": max(best90, key=lambda b: b["accuracy"], default=None)}
@@ -97,7 +99,7 @@ def _data(args) -> dict[str, Any]:
 def _search(args, overrides: dict[str, Any]) -> common.SearchRun:
     """A real search: the product's ResNet-20 config with ``overrides``, whose ``space``
     and ``objective`` (the config's when not given) are given whole."""
-    run = {"name": "bench", "run_dir": tempfile.mkdtemp(prefix="prunesearch-bench-"), **_data(args)}
+    run = {"name": "bench", "run_dir": tempfile.mkdtemp(dir=args.runs_root), **_data(args)}
     return common.run_resnet20_search(args.shared, {**run, **overrides}, replace=[k for k in ("space", "objective") if k in overrides])
 
 
