@@ -41,21 +41,22 @@ def main() -> None:
     if args.render_only:
         write_text(out_dir / "load.md", markdown(json.loads((out_dir / "load.json").read_text())))
         return
-    result = measure(30 if args.quick else args.trials, args.actors)
+    with tempfile.TemporaryDirectory(prefix="prunesearch-load-") as run_dir:
+        result = measure(30 if args.quick else args.trials, args.actors, run_dir)
     write_json(out_dir / "load.json", result)
     write_text(out_dir / "load.md", markdown(result))
     print(markdown(result))
 
 
-def measure(trials: int, actors: int) -> dict[str, Any]:
-    """Run the search, sampling memory every 2 s; the figures of ``load.json``."""
+def measure(trials: int, actors: int, run_dir: str) -> dict[str, Any]:
+    """Run the search in ``run_dir``, sampling memory every 2 s; the figures of ``load.json``."""
     from search.config import parse_config  # the product (torch, Ray) only when measuring
     from search.driver import run_search
 
     cfg = parse_config(
         {
             "name": "load",
-            "run_dir": tempfile.mkdtemp(prefix="prunesearch-load-"),
+            "run_dir": run_dir,
             "budget": {"trials": trials},
             "actors": {"count": actors},
             "sampler": {"name": "random"},
