@@ -11,15 +11,11 @@ import math
 from typing import Any
 
 from reporting import md_table, pct, render_cli
+from reporting import standard_error as se
 
 
 def main() -> None:
     render_cli("peers", markdown, __doc__.splitlines()[0])
-
-
-def se(p: float | None, n: int) -> float | None:
-    """Binomial standard error of an accuracy ``p`` on ``n`` images."""
-    return None if p is None else math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
 def verdict(result) -> list[dict[str, Any]]:

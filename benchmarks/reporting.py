@@ -55,6 +55,11 @@ def pct(x: float | None, digits: int = 1) -> str:
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:.{digits}f}"
 
 
+def standard_error(p: float | None, n: int) -> float | None:
+    """Binomial standard error of an accuracy ``p`` (a fraction) on ``n`` images; None for None."""
+    return None if p is None else math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
 def render_cli(name: str, markdown: Callable[[dict[str, Any]], str], description: str) -> None:
     """The command line of a report script: ``results/NAME.json`` (``--json``) rendered by
     ``markdown`` into ``NAME.md`` beside it (``--out``)."""

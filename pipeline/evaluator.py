@@ -27,7 +27,6 @@ from pipeline import measure
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.collapse import bn_output_variance, variance_plot, variance_table
 from pipeline.data import Splits
-from pipeline.layers import prunable_weights
 from pipeline.measure import MeasureConfig
 from pipeline.methods import PruneContext
 from pipeline.models import ModelConfig, load_base
@@ -120,8 +119,26 @@ class Evaluator:
     def _info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.node().items()}
 
-    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
+    def validation_accuracy(self, spec: CandidateSpec) -> float:
+        """Validation top-1 of ``spec`` (a fraction in [0, 1]) after pruning, reconstruction
+        and recalibration with the keep-better rule: the ``accuracy`` metric of ``evaluate``
+        for a candidate without fine-tuning, at a fraction of its cost (no size, test,
+        latency or signal-collapse measurements). For choosing among settings on validation.
+
+        Raises: whatever the candidate's pruning raises (``evaluate`` would return it as a
+        failed result).
+        """
         m: dict[str, float] = {}
+        model, _ = self._pruned(spec, None, m)
+        m["accuracy_before_recal"] = self._val_accuracy(model)
+        self._recalibrate(model, spec, m)
+        return m["accuracy"]
+
+    def _val_accuracy(self, model: nn.Module) -> float:
+        return measure.accuracy(model, self.splits.val.x, self.splits.val.y, self.cfg.eval_batch)
+
+    def _pruned(self, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]) -> tuple[nn.Module, PrunePlan]:
+        """The pruned (and, for a new plan, reconstructed) network of ``spec`` and its plan."""
         t0 = time.perf_counter()
         planning = plan is None
         plan = plan_candidate(self.base, self.ctx, spec) if plan is None else plan
@@ -133,19 +150,29 @@ class Evaluator:
         m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
         if planning and spec.reconstruct.mode == "lsq":  # a rebuild finds the refit weights in the plan
             plan = self._reconstruct(model, plan, spec, m)
+        return model, plan
 
-        t0 = time.perf_counter()
-        val = self.splits.val
-        m["accuracy_before_recal"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
-        var_before = bn_output_variance(model, self._probe)
-        stored = {k: v.clone() for k, v in model.state_dict().items()}
+    def _recalibrate(self, model: nn.Module, spec: CandidateSpec, m: dict[str, float]) -> None:
+        """Recalibrate ``model`` in place with ``spec.recal``; with ``keep_better``, keep the
+        stored statistics when they score higher on validation than ``m["accuracy_before_recal"]``.
+        Sets ``m["accuracy"]`` and ``m["recal_applied"]``."""
+        stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
         recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
-        m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch) if recalibrated else m["accuracy_before_recal"]
-        if recalibrated and spec.recal.keep_better and m["accuracy"] < m["accuracy_before_recal"]:
+        m["accuracy"] = self._val_accuracy(model) if recalibrated else m["accuracy_before_recal"]
+        if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:
             model.load_state_dict(stored)  # the stored statistics scored higher: keep them
             m["accuracy"] = m["accuracy_before_recal"]
             recalibrated = False
         m["recal_applied"] = float(recalibrated)
+
+    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
+        m: dict[str, float] = {}
+        model, plan = self._pruned(spec, plan, m)
+
+        t0 = time.perf_counter()
+        m["accuracy_before_recal"] = self._val_accuracy(model)
+        var_before = bn_output_variance(model, self._probe)
+        self._recalibrate(model, spec, m)
         var_after = bn_output_variance(model, self._probe)
         m["recal_s"] = time.perf_counter() - t0
 
@@ -162,7 +189,7 @@ class Evaluator:
                 masks=plan.masks or None,
                 on_step=self._on_step,
             )
-            m["accuracy"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
+            m["accuracy"] = self._val_accuracy(model)
             m["finetune_s"] = time.perf_counter() - t0
         m["finetune_steps"] = float(spec.finetune_steps)
 
@@ -188,8 +215,7 @@ class Evaluator:
 
     def _reconstruct(self, model: nn.Module, plan: PrunePlan, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
         """Refit ``model`` in place; the plan returned carries the refit weights."""
-        val = self.splits.val
-        m["accuracy_before_recon"] = measure.accuracy(model, val.x, val.y, self.cfg.eval_batch)
+        m["accuracy_before_recon"] = self._val_accuracy(model)
         t0 = time.perf_counter()
         refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan)
         m["recon_s"] = time.perf_counter() - t0
@@ -199,11 +225,9 @@ class Evaluator:
         return dataclasses.replace(plan, refit=refit)
 
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
-        dense_weights = prunable_weights(self.base, spec.prune_stem, spec.prune_head)
-        count = sum(w.numel() for w in dense_weights.values())
         macs_dense, macs_eff = measure.macs(model, self.ctx.example_input)
         return {
-            "sparsity": measure.weight_sparsity(model, list(dense_weights), count),
+            "sparsity": measure.pruned_fraction(model, self.base, spec.prune_stem, spec.prune_head),
             "macs": float(macs_eff),
             "macs_dense": float(macs_dense),
             "macs_ratio": macs_eff / self.dense_macs,

@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.errors import PrunesearchError
+from pipeline.layers import prunable_weights
 from pipeline.modes import eval_mode
 from pipeline.spec import Frozen
 
@@ -102,6 +103,13 @@ def weight_sparsity(model: nn.Module, weight_names: list[str], dense_count: int)
     params = dict(model.named_parameters())
     kept = sum(int(torch.count_nonzero(params[n])) for n in weight_names if n in params)
     return 1.0 - kept / dense_count
+
+
+def pruned_fraction(model: nn.Module, base: nn.Module, prune_stem: bool = True, prune_head: bool = True) -> float:
+    """``weight_sparsity`` of ``model`` over ``base``'s prunable weights under the stem/head
+    choice (``layers.prunable_weights``): the ``sparsity`` metric."""
+    dense = prunable_weights(base, prune_stem, prune_head)
+    return weight_sparsity(model, list(dense), sum(w.numel() for w in dense.values()))
 
 
 @torch.no_grad()

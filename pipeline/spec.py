@@ -8,6 +8,7 @@ evaluator returns it.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
@@ -204,3 +205,26 @@ class CandidateResult:
     diagnostics: bytes = b""
     diagnostics_png: bytes = b""
     error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (``from_dict`` inverts it): the spec as its canonical JSON
+        object, the byte fields base64-encoded."""
+        out: dict[str, Any] = {"spec": json.loads(self.spec.to_json()), "state": self.state, "metrics": dict(self.metrics), "info": dict(self.info)}
+        out.update({k: base64.b64encode(getattr(self, k)).decode("ascii") for k in _BYTE_FIELDS})
+        out["error"] = self.error
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CandidateResult":
+        """The result ``to_dict`` wrote (byte fields it lacks are empty)."""
+        return cls(
+            spec=CandidateSpec.from_json(json.dumps(data["spec"])),
+            state=data["state"],
+            metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
+            info={k: str(v) for k, v in data.get("info", {}).items()},
+            error=data.get("error", ""),
+            **{k: base64.b64decode(data.get(k, "")) for k in _BYTE_FIELDS},
+        )
+
+
+_BYTE_FIELDS = ("plan", "diagnostics", "diagnostics_png")

@@ -11,7 +11,7 @@ from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
 from pipeline.plan import PrunePlan
-from pipeline.spec import CandidateSpec, RecalSpec
+from pipeline.spec import CandidateSpec, RecalSpec, ReconSpec
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,30 @@ def test_signal_collapse_diagnostic(evaluator):
 def test_an_unsupported_spec_is_a_failed_result(evaluator):
     r = evaluator.evaluate(CandidateSpec(method="ocs", granularity="unstructured", target_sparsity=0.5))
     assert r.state == "failed" and "granularity" in r.error
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # the stored statistics score higher (keep_better keeps them; premise asserted below)
+        CandidateSpec(target_sparsity=0.1, recal=RecalSpec(images=8, batch_size=8, keep_better=True)),
+        CandidateSpec(target_sparsity=0.9, recal=RecalSpec(images=256, augment=True, keep_better=True)),
+        CandidateSpec(target_sparsity=0.1, recal=RecalSpec(images=8, batch_size=8)),  # keep_better off: the recalibrated ones
+        CandidateSpec(method="magnitude", granularity="channel", scope="layerwise", target_macs_ratio=0.5, recal=RecalSpec(keep_better=True)),
+        CandidateSpec(target_sparsity=0.8, reconstruct=ReconSpec(mode="lsq", images=64), recal=RecalSpec(keep_better=True)),
+    ],
+    ids=["stored-better", "recal-better", "no-keep-better", "channel", "reconstructed"],
+)
+def test_validation_accuracy_is_the_accuracy_evaluate_records(evaluator, spec):
+    full = evaluator.evaluate(spec)
+    assert full.state == "ok", full.error
+    assert evaluator.validation_accuracy(spec) == full.metrics["accuracy"]
+    if spec.recal.images == 8 and spec.recal.keep_better:
+        assert full.metrics["recal_applied"] == 0.0  # the keep-better branch was exercised
+
+
+def test_validation_accuracy_raises_what_evaluate_records_as_failed(evaluator):
+    spec = CandidateSpec(method="hyperflows", granularity="channel", target_macs_ratio=0.5)
+    assert evaluator.evaluate(spec).state == "failed"
+    with pytest.raises(ValueError, match="granularity"):
+        evaluator.validation_accuracy(spec)

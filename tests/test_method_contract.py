@@ -70,6 +70,15 @@ def test_training_budget_counts_every_optimiser_step():
     assert get_method("ocs").training_budget(ocs)["optimizer_steps"] == 6 * 20  # steps_per_epoch default
 
 
+def test_knob_values_fill_in_the_defaults_and_keep_the_spec_s_own():
+    ocs = CandidateSpec(method="ocs", granularity="channel", target_sparsity=None, target_macs_ratio=0.5, knobs={"epochs": 6})
+    values = get_method("ocs").knob_values(ocs)
+    assert values["epochs"] == 6 and values["steps_per_epoch"] == 20 and values["max_prune_fraction"] == 0.75
+    assert set(values) == set(get_method("ocs").knobs)
+    hf = CandidateSpec(method="hyperflows", target_sparsity=None, knobs={"pressure": 0.1})
+    assert get_method("hyperflows").knob_values(hf)["pressure"] == 0.1
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_every_declared_knob_is_in_the_search_space(name):
     import optuna

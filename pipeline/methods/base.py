@@ -177,6 +177,10 @@ class PruningMethod(ABC):
             raise ValueError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
         return default
 
+    def knob_values(self, spec: "CandidateSpec") -> dict[str, float]:
+        """Every knob that has a value for ``spec``: the spec's own, else the default."""
+        return {k: self.knob(spec, k) for k, kb in self.knobs.items() if k in spec.knobs or kb.default is not None}
+
     def training_steps(self, spec: "CandidateSpec") -> int:
         """Optimiser steps the method takes for ``spec`` (0: it does not train)."""
         return 0
