@@ -615,13 +615,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a previous methods.json: its recalibration settings, dense reference and the rows of the "
         "sections not run are kept (each kept row says so in `from_run`)",
     )
-    ap.add_argument(
-        "--previous",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="an earlier methods.json to compare with: its figures are stored in the new JSON and the report lists the changes",
-    )
+    methods_report.add_previous_arg(ap, "store its figures in the new JSON")
     return ap.parse_args(argv)
 
 

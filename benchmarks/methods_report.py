@@ -242,6 +242,7 @@ def _reconstruction(result: dict[str, Any]) -> list[str]:
 
 def _latency(result: dict[str, Any]) -> list[str]:
     th, cfg = result["threads"], result["config"]
+    lrows = []
     out = _section(
         "Latency of structured candidates beside their MACs",
         f"`latency_ms` is the evaluator's metric (median of {cfg['latency_repeats']} batch-1 forwards, torch {th} threads). The other "
@@ -249,7 +250,6 @@ def _latency(result: dict[str, Any]) -> list[str]:
         f"machine is discarded): batch 1 with 1 thread, batch 1 with {th} threads, batch 64 with {th} threads; the dense network is "
         "measured the same way at each point, and `speed-up` is dense / pruned.\n\n",
     )
-    lrows = []
     for r in result["rows"]:
         if r["granularity"] == "channel" and r["state"] == "ok" and r["selected"] and r.get("latency"):
             lat, den = r["latency"], r["dense_latency"]
@@ -488,13 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "methods.json", help="the run's figures (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=None, help="the Markdown file (default: methods.md beside the JSON)")
-    ap.add_argument(
-        "--previous",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="an earlier methods.json: store its figures in --json (rewritten) and list the changes",
-    )
+    add_previous_arg(ap, "store its figures in --json (rewritten)")
     args = ap.parse_args(argv)
     result = read_json(args.json, "--json")
     if result.get("benchmark") != "methods":
@@ -505,6 +499,11 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.json.with_name("methods.md")
     write_text(out, markdown(result))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def add_previous_arg(ap: argparse.ArgumentParser, where: str) -> None:
+    """``--previous JSON``: an earlier methods.json whose figures the report compares with."""
+    ap.add_argument("--previous", type=Path, default=None, metavar="JSON", help=f"an earlier methods.json: {where} and list the changes")
 
 
 def read_json(path: Path, flag: str) -> dict[str, Any]:
