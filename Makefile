@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench mutate clean
+.PHONY: demo test test-fast lint bench bench-report mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,16 @@ test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 
 bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmarks/results/
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/methods.py      # about 10 min on 2 cores
+	$(PY) benchmarks/methods.py      # about 35 min on 2 cores
 	$(PY) benchmarks/search_bench.py       # about 45 min; reads methods.json for its comparison
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/peers.py        # about 1 hour
+
+bench-report: $(STAMP)    ## the benchmarks' Markdown again from their recorded JSON (no torch, no runs)
+	$(PY) benchmarks/methods_report.py
+	$(PY) benchmarks/search_report.py
+	$(PY) benchmarks/load.py --render-only
+	$(PY) benchmarks/peers_report.py
 
 mutate: $(STAMP)          ## one-line breaks of core logic in a temporary copy; writes benchmarks/results/mutate.*
 	$(PY) benchmarks/mutate.py
