@@ -431,7 +431,8 @@ def changes(result: dict[str, Any]) -> list[str]:
         + ("Chosen settings: the same." if not settings else " ".join(settings))
         + "\n\n",
         md_table(
-            ["candidate", "granularity", "point", "test before", "test now", "Δ points", "val before", "val now", "row", "from", "torch threads"], body
+            ["candidate", "granularity", "point", "test before", "test now", "Δ points", "val before", "val now", "row", "from", "torch threads"],
+            body,
         ),
     ]
 

@@ -111,7 +111,7 @@ def best(args: argparse.Namespace) -> int:
 
 
 def curves(args: argparse.Namespace) -> int:
-    """``prunesearch curves``: the power-law fits, and the pressure for ``--target-sparsity``."""
+    """``prunesearch curves``: the power-law fits, and each steered knob's value (hyperflows' pressure) for ``--target-sparsity``."""
     from search import powerlaw
     from search.query import candidate_rows
     from search.report import fit_curves
@@ -122,16 +122,20 @@ def curves(args: argparse.Namespace) -> int:
     for name, fit in fits.items():
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in fit.to_dict().items() if not k.startswith("cov")))
     if args.target_sparsity is not None:
-        if "pressure" not in fits:
-            raise InputError("no density-vs-pressure fit: the search has fewer than 3 candidates with a pressure knob")
-        try:
-            est = powerlaw.predict_pressure(fits["pressure"], 1.0 - args.target_sparsity)
-        except ValueError as e:  # the fitted curve does not reach it
-            raise InputError(f"--target-sparsity {args.target_sparsity}: {e}") from None
-        print(
-            f"pressure for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
-            f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"
-        )
+        steered = {k: f for k, f in fits.items() if isinstance(f, powerlaw.PressureFit)}
+        if not steered:
+            raise InputError(
+                "no density fit of a steered knob: the search has fewer than 3 candidates of a method with one (e.g. hyperflows' pressure)"
+            )
+        for knob, fit in steered.items():
+            try:
+                est = powerlaw.predict_pressure(fit, 1.0 - args.target_sparsity)
+            except ValueError as e:  # the fitted curve does not reach it
+                raise InputError(f"--target-sparsity {args.target_sparsity}: {e}") from None
+            print(
+                f"{knob} for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
+                f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"
+            )
     return 0
 
 

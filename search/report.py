@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from pipeline.methods import get_method, list_methods
 from search import powerlaw
 from search.config import SearchConfig
 from search.plots import plot_fits, population_plot, recalibration_plot
@@ -45,28 +46,41 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     fits = fit_curves(rows)
     for name, fit in fits.items():
         summary.update({f"{name}.{k}": v for k, v in fit.to_dict().items()})
-    if "pressure" in fits:
-        pts = pressure_points(rows)
-        target = None if cfg.space.target_sparsity is None else 1.0 - cfg.space.target_sparsity
-        recorder.log_parent_artifact(parent_id, "pressure_fit.png", plot_fits(pts[0], pts[1], fits["pressure"], target_density=target))
+    target = None if cfg.space.target_sparsity is None else 1.0 - cfg.space.target_sparsity
+    for knob, (values, density) in steered_points(rows).items():
+        if knob in fits:
+            recorder.log_parent_artifact(parent_id, f"{knob}_fit.png", plot_fits(values, density, fits[knob], target_density=target))
     recorder.log_parent_metrics(parent_id, summary)
 
 
-def pressure_points(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    """(pressure, final density) of every candidate with a ``pressure`` knob."""
-    pts = [(r["knobs"]["pressure"], 1.0 - r["sparsity"]) for r in rows if "pressure" in r.get("knobs", {})]
-    return [p for p, _ in pts], [d for _, d in pts]
+def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Steered knob -> (its values, final densities) over the candidates of methods that
+    declare it (``steered_knob``, e.g. hyperflows' ``pressure``).
+
+    Pooled over training budgets: a description of the whole population. Steering
+    (``search.steering``) fits one curve per budget, since density depends on both.
+    """
+    known = set(list_methods())
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        knob = get_method(r["method"]).steered_knob if r.get("method") in known else None
+        if knob and knob in r.get("knobs", {}) and "sparsity" in r:
+            values, density = out.setdefault(knob, ([], []))
+            values.append(r["knobs"][knob])
+            density.append(1.0 - r["sparsity"])
+    return out
 
 
 def fit_curves(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Density-vs-pressure (when enough pressure candidates) and accuracy-vs-density fits."""
+    """Density against each steered knob (``PressureFit``, keyed by the knob's name, from 3
+    candidates) and accuracy against density (``AccuracyFit``, key ``accuracy``)."""
     fits: dict[str, Any] = {}
-    gamma, density = pressure_points(rows)
-    if len(gamma) >= 3:
-        try:
-            fits["pressure"] = powerlaw.fit_pressure(gamma, density)
-        except ValueError as e:
-            log.warning("no pressure fit: %s", e)
+    for knob, (values, density) in steered_points(rows).items():
+        if len(values) >= 3:
+            try:
+                fits[knob] = powerlaw.fit_pressure(values, density)
+            except ValueError as e:
+                log.warning("no %s fit: %s", knob, e)
     unstructured = [r for r in rows if r.get("granularity") == "unstructured"]
     if len(unstructured) >= 3:
         try:

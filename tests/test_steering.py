@@ -160,3 +160,19 @@ def test_a_steered_proposal_becomes_that_candidate_through_optuna():
     spec = suggest(study.ask(), cfg)
     assert spec.method == "hyperflows"
     assert spec.knobs == {"pressure": params["hyperflows.pressure"], "steps": 400.0, "flow_lr": 0.002}
+
+
+def test_report_fits_the_knob_each_method_steers():
+    from search.report import fit_curves, steered_points
+
+    rows = [{"method": "hyperflows", "knobs": {"pressure": g, "steps": 100.0}, "sparsity": 1 - 0.1 * g**-0.9} for g in (0.01, 0.1, 1.0, 3.0)]
+    rows += [
+        {"method": "magnitude", "knobs": {"norm": 1.0}, "sparsity": 0.3},  # steers nothing
+        {"method": "no_such_method", "knobs": {"pressure": 0.5}, "sparsity": 0.9},  # a record of a method gone from the registry
+        {"method": "hyperflows", "knobs": {"steps": 100.0}, "sparsity": 0.2},  # without its steered knob
+    ]
+    points = steered_points(rows)
+    assert list(points) == ["pressure"] and points["pressure"][0] == [0.01, 0.1, 1.0, 3.0]
+    assert points["pressure"][1] == pytest.approx([0.1 * g**-0.9 for g in (0.01, 0.1, 1.0, 3.0)])
+    fit = fit_curves(rows)["pressure"]
+    assert fit.a0 == pytest.approx(0.9, abs=1e-6) and fit.c == pytest.approx(0.1, rel=1e-6)
