@@ -32,7 +32,7 @@ def test_shrink_with_graph_equals_traced_shrink_and_does_not_trace(monkeypatch):
     def no_trace(_model):
         raise AssertionError("shrink traced the model although a graph was given")
 
-    monkeypatch.setattr(graph_module, "_trace", no_trace)
+    monkeypatch.setattr(graph_module, "trace_model", no_trace)
     given = S.shrink(model, keep, graph=graph)
     a, b = traced.state_dict(), given.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -61,7 +61,7 @@ def test_evaluator_cuts_channel_candidates_with_the_graph_its_method_cached(digi
     def no_trace(_model):
         raise AssertionError("the evaluator traced the model again")
 
-    monkeypatch.setattr(graph_module, "_trace", no_trace)
+    monkeypatch.setattr(graph_module, "trace_model", no_trace)
     r = ev.evaluate(spec)
     assert r.state == "ok", r.error
     assert r.metrics["macs_ratio"] <= 0.6

@@ -5,6 +5,7 @@
 - ``macs``: the analytic MACs model of a graph, exact for any group widths.
 - ``selection``: ``select_channels``, the channels each group keeps for a MACs budget.
 - ``surgery``: ``shrink`` (cut the channels out) and ``check_forward``.
+- ``trace``: ``trace_model``, torch.fx tracing whose error names the module that failed.
 """
 
 from pipeline.structure.graph import ChannelGraph, ChannelGroup, UnsupportedModelError, cached_graph, channel_graph

@@ -18,7 +18,6 @@ decided from the graph alone, so ``surgery.shrink`` finds the same groups withou
 from __future__ import annotations
 
 import operator
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,16 +26,12 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from pipeline.errors import InputError
 from pipeline.layers import stage_of
 from pipeline.modes import eval_mode
 from pipeline.structure.macs import MacTerm, count_macs, mac_terms
+from pipeline.structure.trace import UnsupportedModelError, trace_model
 
 __all__ = ["ChannelGraph", "ChannelGroup", "UnsupportedModelError", "cached_graph", "channel_graph"]
-
-
-class UnsupportedModelError(InputError):
-    """The model cannot be channel-pruned; the message names the layer, why, and what to do."""
 
 
 @dataclass(frozen=True)
@@ -279,30 +274,7 @@ def _analyse(gm: fx.GraphModule) -> tuple[dict[str, ChannelGroup], dict[str, str
 def traced_groups(model: nn.Module) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
     """Groups of ``model`` by producer name, from its traced graph alone (no input, all
     convs eligible), and the reason each other Conv2d is not one."""
-    return _analyse(_trace(model))
-
-
-def _trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"torch.fx cannot trace {_failing_module(model, exc)}: {type(exc).__name__}: {exc}. "
-            "Channel pruning needs a traceable graph to know which layers share channels; "
-            "use granularity 'unstructured' for this model, or remove data-dependent control flow from that forward."
-        ) from exc
-
-
-def _failing_module(model: nn.Module, exc: BaseException) -> str:
-    """The innermost submodule whose forward was running when tracing failed."""
-    names = {id(m): n for n, m in model.named_modules()}
-    where = model
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        obj = frame.f_locals.get("self")
-        if isinstance(obj, nn.Module) and id(obj) in names:
-            where = obj
-    name = names[id(where)]
-    return f"module {name!r} ({type(where).__name__})" if name else f"the model ({type(where).__name__})"
+    return _analyse(trace_model(model))
 
 
 def channel_graph(model: nn.Module, example_input: torch.Tensor, prune_stem: bool = True, prune_head: bool = True) -> ChannelGraph:
@@ -318,7 +290,7 @@ def channel_graph(model: nn.Module, example_input: torch.Tensor, prune_stem: boo
     Raises:
         UnsupportedModelError: the model does not trace, or has no prunable group.
     """
-    gm = _trace(model)
+    gm = trace_model(model)
     modules = dict(gm.named_modules())
     found, excluded = _analyse(gm)
     layers = _conv_nodes(gm, modules)
