@@ -121,7 +121,8 @@ def load_data(cfg: DataConfig) -> Splits:
     tx, ty, ex, ey = LOADERS.get(cfg.name)(cfg)
     tx, ty = _validate(tx, ty, cfg.path or cfg.name)
     if ex is not None:
-        assert ey is not None, f"data loader {cfg.name!r} returned test images without test labels"
+        if ey is None:
+            raise DataError(f"data loader {cfg.name!r} returned test images without test labels; return both, or neither")
         ex, ey = _validate(ex, ey, cfg.test_path or cfg.name)
     num_classes = int(max(ty.max(), ey.max() if ey is not None else 0)) + 1
     order = np.random.default_rng(cfg.seed).permutation(len(ty))

@@ -141,7 +141,8 @@ class Evaluator:
         """The pruned (and, for a new plan, reconstructed) network of ``spec`` and its plan."""
         t0 = time.perf_counter()
         planning = plan is None
-        plan = plan_candidate(self.base, self.ctx, spec) if plan is None else plan
+        if plan is None:
+            plan = plan_candidate(self.base, self.ctx, spec)
         graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
         model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
         if plan.channels:

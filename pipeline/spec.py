@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -207,8 +208,10 @@ class CandidateResult:
     error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (``from_dict`` inverts it): the spec as its canonical JSON
-        object, the byte fields base64-encoded."""
+        """A dict for ``json.dumps`` (``from_dict`` inverts it): the spec as its canonical
+        JSON object, the byte fields base64-encoded. A NaN or infinite metric stays a float,
+        which ``json.dumps`` writes as ``NaN``/``Infinity`` (Python reads it back; strict
+        JSON parsers do not)."""
         out: dict[str, Any] = {"spec": json.loads(self.spec.to_json()), "state": self.state, "metrics": dict(self.metrics), "info": dict(self.info)}
         out.update({k: base64.b64encode(getattr(self, k)).decode("ascii") for k in _BYTE_FIELDS})
         out["error"] = self.error
@@ -220,7 +223,7 @@ class CandidateResult:
         return cls(
             spec=CandidateSpec.from_json(json.dumps(data["spec"])),
             state=data["state"],
-            metrics={k: float(v) for k, v in data.get("metrics", {}).items()},
+            metrics={k: math.nan if v is None else float(v) for k, v in data.get("metrics", {}).items()},  # None: a NaN a strict writer nulled
             info={k: str(v) for k, v in data.get("info", {}).items()},
             error=data.get("error", ""),
             **{k: base64.b64decode(data.get(k, "")) for k in _BYTE_FIELDS},

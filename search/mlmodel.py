@@ -85,9 +85,12 @@ def log_front_models(tracking_uri: str, experiment: str, parent_id: str) -> list
     for row in pareto_front([r for r in rows if "accuracy" in r and "macs" in r]):
         try:
             uri = export(tracking_uri, row["run_id"], None, log_model=True).model_uri
-            assert uri is not None  # log_model=True logs one
-            uris.append(uri)
         except ExportError as e:
             log.warning("not logged as an MLflow model: %s", e)
+            continue
+        if uri is None:  # export logs a model when asked to; a record stays a record if it did not
+            log.warning("candidate %s: export returned no model URI", row["run_id"])
+        else:
+            uris.append(uri)
     log.info("logged %d Pareto-front candidates as MLflow models", len(uris))
     return uris

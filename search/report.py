@@ -47,40 +47,44 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     for name, fit in fits.items():
         summary.update({f"{name}.{k}": v for k, v in fit.to_dict().items()})
     target = None if cfg.space.target_sparsity is None else 1.0 - cfg.space.target_sparsity
-    for knob, (values, density) in steered_points(rows).items():
-        if knob in fits:
-            recorder.log_parent_artifact(parent_id, f"{knob}_fit.png", plot_fits(values, density, fits[knob], target_density=target))
+    for name, (values, density) in steered_points(rows).items():
+        if name in fits:
+            recorder.log_parent_artifact(parent_id, f"{name}_fit.png", plot_fits(values, density, fits[name], target_density=target))
     recorder.log_parent_metrics(parent_id, summary)
 
 
 def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Steered knob -> (its values, final densities) over the candidates of methods that
-    declare it (``steered_knob``, e.g. hyperflows' ``pressure``).
+    """Curve name -> (steered knob values, final densities) over the candidates of each
+    method that declares a ``steered_knob`` (e.g. hyperflows' ``pressure``). A curve is
+    named by its knob, or ``METHOD.KNOB`` where two methods steer a knob of one name, so
+    two methods' points are never fitted as one.
 
     Pooled over training budgets: a description of the whole population. Steering
     (``search.steering``) fits one curve per budget, since density depends on both.
     """
     known = set(list_methods())
-    out: dict[str, tuple[list[float], list[float]]] = {}
+    per_method: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
     for r in rows:
         knob = get_method(r["method"]).steered_knob if r.get("method") in known else None
         if knob and knob in r.get("knobs", {}) and "sparsity" in r:
-            values, density = out.setdefault(knob, ([], []))
+            values, density = per_method.setdefault((r["method"], knob), ([], []))
             values.append(r["knobs"][knob])
             density.append(1.0 - r["sparsity"])
-    return out
+    knobs = [knob for _, knob in per_method]
+    return {(knob if knobs.count(knob) == 1 else f"{method}.{knob}"): pts for (method, knob), pts in per_method.items()}
 
 
 def fit_curves(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Density against each steered knob (``PressureFit``, keyed by the knob's name, from 3
-    candidates) and accuracy against density (``AccuracyFit``, key ``accuracy``)."""
+    """Density against each steered knob (``PressureFit``, keyed as ``steered_points``
+    names its curves, from 3 candidates) and accuracy against density (``AccuracyFit``,
+    key ``accuracy``)."""
     fits: dict[str, Any] = {}
-    for knob, (values, density) in steered_points(rows).items():
+    for name, (values, density) in steered_points(rows).items():
         if len(values) >= 3:
             try:
-                fits[knob] = powerlaw.fit_pressure(values, density)
+                fits[name] = powerlaw.fit_pressure(values, density)
             except ValueError as e:
-                log.warning("no %s fit: %s", knob, e)
+                log.warning("no %s fit: %s", name, e)
     unstructured = [r for r in rows if r.get("granularity") == "unstructured"]
     if len(unstructured) >= 3:
         try:

@@ -49,3 +49,19 @@ def test_image_folder(tmp_path):
     s = load_data(DataConfig(name="imagefolder", path=str(tmp_path), image_size=16, calib_size=4, val_size=4, test_size=4))
     assert s.input_shape == (3, 16, 16) and s.num_classes == 2
     assert len(s.train) + len(s.calib) + len(s.val) + len(s.test) == 24
+
+
+def test_a_loader_that_returns_test_images_without_labels_is_a_data_error(monkeypatch):
+    import pytest
+
+    from pipeline.data import LOADERS, DataError
+
+    digits = LOADERS.get("digits")
+
+    def no_test_labels(cfg):
+        tx, ty, _, _ = digits(cfg)
+        return tx, ty, tx[:10], None
+
+    monkeypatch.setitem(LOADERS._entries, "digits", no_test_labels)
+    with pytest.raises(DataError, match="returned test images without test labels"):
+        load_data(DataConfig())

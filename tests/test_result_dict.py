@@ -31,3 +31,13 @@ def test_a_failed_result_round_trips_and_missing_bytes_are_empty():
     assert CandidateResult.from_dict(data) == res
     del data["diagnostics_png"]
     assert CandidateResult.from_dict(data).diagnostics_png == b""
+
+
+def test_a_nan_metric_survives_json_and_a_nulled_one_reads_back_as_nan():
+    import math
+
+    res = CandidateResult(spec=CandidateSpec(), state="ok", metrics={"recon_error": math.nan, "accuracy": 0.5})
+    back = CandidateResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert math.isnan(back.metrics["recon_error"]) and back.metrics["accuracy"] == 0.5
+    nulled = {**res.to_dict(), "metrics": {"recon_error": None, "accuracy": 0.5}}  # what a strict JSON writer leaves
+    assert math.isnan(CandidateResult.from_dict(nulled).metrics["recon_error"])

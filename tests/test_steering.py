@@ -176,3 +176,15 @@ def test_report_fits_the_knob_each_method_steers():
     assert points["pressure"][1] == pytest.approx([0.1 * g**-0.9 for g in (0.01, 0.1, 1.0, 3.0)])
     fit = fit_curves(rows)["pressure"]
     assert fit.a0 == pytest.approx(0.9, abs=1e-6) and fit.c == pytest.approx(0.1, rel=1e-6)
+
+
+def test_report_never_pools_two_methods_that_steer_a_knob_of_one_name(monkeypatch):
+    from pipeline.methods.hyperflows import Hyperflows
+    from pipeline.methods.registry import METHODS
+    from search.report import steered_points
+
+    monkeypatch.setitem(METHODS._entries, "hyperflows_twin", type("Twin", (Hyperflows,), {}))
+    rows = [{"method": m, "knobs": {"pressure": g}, "sparsity": 0.5} for m in ("hyperflows", "hyperflows_twin") for g in (0.1, 1.0)]
+    points = steered_points(rows)
+    assert sorted(points) == ["hyperflows.pressure", "hyperflows_twin.pressure"]
+    assert all(v == ([0.1, 1.0], [0.5, 0.5]) for v in points.values())

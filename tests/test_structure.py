@@ -264,6 +264,8 @@ def test_select_respects_max_prune_fraction_and_unreachable_target(digits):
     lowest = graph.macs({g.name: g.size - int(0.75 * g.size) for g in graph.groups}) / graph.dense_macs
     assert S.lowest_macs_ratio(graph, 0.75) == pytest.approx(lowest)
     assert S.lowest_macs_ratio(graph, 0.5) > lowest
+    with pytest.raises(ValueError, match=r"max_prune_fraction must be in \[0, 1\)"):
+        S.lowest_macs_ratio(graph, 1.0)
     with pytest.raises(ValueError, match=f"lowest MACs ratio reachable is {lowest:.4f}"):
         S.select_channels(graph, scores, 0.01)
     with pytest.raises(ValueError):

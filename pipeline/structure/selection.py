@@ -95,7 +95,9 @@ def select_channels(
 def lowest_macs_ratio(graph: ChannelGraph, max_prune_fraction: float = 0.75) -> float:
     """Lowest MACs ratio (pruned / dense MACs of one image) that ``select_channels`` can
     reach when every group loses at most ``max_prune_fraction`` of its channels."""
-    sizes = {g.name: g.size for g in graph.groups}
+    if not 0.0 <= max_prune_fraction < 1.0:
+        raise ValueError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
+    sizes = graph.sizes
     caps = _caps(sizes, max_prune_fraction)
     return graph.macs({g: sizes[g] - caps[g] for g in sizes}) / graph.dense_macs
 
@@ -106,7 +108,7 @@ def _caps(sizes: dict[str, int], max_prune_fraction: float) -> dict[str, int]:
 
 
 def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict[str, int]:
-    sizes = {g.name: g.size for g in graph.groups}
+    sizes = graph.sizes
     for name, s in scores.items():
         if name not in sizes:
             raise ValueError(f"scores name {name!r}, which is not a channel group; groups: {list(sizes)}")
