@@ -27,7 +27,7 @@ import math
 import random
 from typing import Any
 
-from pipeline.methods import Knob, get_method
+from pipeline.methods import get_method
 from pipeline.spec import CandidateResult
 from search import powerlaw
 from search.config import SearchConfig
@@ -63,7 +63,7 @@ class PressureSteering:
     def budget(self, method: str, knobs: dict[str, float]) -> Curve:
         """The curve a candidate of ``method`` with ``knobs`` belongs to (defaults filled in)."""
         m = get_method(method)
-        return method, tuple((k, _knob_value(knobs, k, m.knobs[k])) for k in m.budget_knobs)
+        return method, tuple((k, float(m.knob_of(knobs, k))) for k in m.budget_knobs)
 
     def observe(self, method: str, knobs: dict[str, float], state: str, sparsity: float | None) -> None:
         """Add one measured candidate (its method, knobs, state and achieved weight sparsity)."""
@@ -146,11 +146,3 @@ def _name(curve: Curve) -> str:
 
 def _typed(knob: Any, value: float) -> float | int:
     return round(value) if knob.integer else value
-
-
-def _knob_value(knobs: dict[str, float], name: str, knob: Knob) -> float:
-    """``knobs[name]``, else the knob's default (every budget knob has one)."""
-    value = knobs.get(name, knob.default)
-    if value is None:
-        raise ValueError(f"budget knob {name!r} is not set and has no default")
-    return float(value)

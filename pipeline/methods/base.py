@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Hashable, Literal
 
@@ -170,8 +171,12 @@ class PruningMethod(ABC):
 
     def knob(self, spec: "CandidateSpec", name: str) -> float:
         """The value of knob ``name`` for ``spec``, or its default."""
-        if name in spec.knobs:
-            return spec.knobs[name]
+        return self.knob_of(spec.knobs, name)
+
+    def knob_of(self, knobs: Mapping[str, float], name: str) -> float:
+        """``knobs[name]``, or the knob's default (a ``ValueError`` when it has none)."""
+        if name in knobs:
+            return knobs[name]
         default = self.knobs[name].default
         if default is None:
             raise ValueError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
