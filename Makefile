@@ -28,7 +28,7 @@ test-fast: $(STAMP)       ## unit tests only (no Ray cluster, no subprocesses)
 
 bench: $(STAMP)           ## benchmark scripts (need ../shared); write benchmarks/results/
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/methods.py      # about 35 min on 2 cores
+	$(PY) benchmarks/methods.py --threads 1   # about 35 min on 2 cores; the published tables are 1-thread runs
 	$(PY) benchmarks/search_bench.py       # about 45 min; reads methods.json for its comparison
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/peers.py        # about 1 hour

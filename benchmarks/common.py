@@ -10,6 +10,8 @@
   measures exactly what a search measures.
 - ``plan_accuracy``: accuracy of a result's plan applied to the base model *before*
   recalibration, on any split (the search records it on validation only).
+- ``dense_reference``: the unpruned network's accuracies and MACs, as the evaluator holds them.
+- ``ranked_candidates``: a search's candidates passing filters, best first (``search.query.best``).
 - ``machine_info``, ``Timer``; ``write_json``, ``md_table`` (from ``reporting``): reporting.
 """
 
@@ -24,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Protocol
 
 import torch
 from torch import nn
@@ -40,10 +42,11 @@ from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.models import ModelConfig, build_model  # noqa: E402
 from pipeline.plan import PrunePlan  # noqa: E402
+from pipeline.structure import cached_graph  # noqa: E402
 from search.config import SearchConfig, merge_sections, parse_config  # noqa: E402
 from search.configfile import read_config_file  # noqa: E402
 from search.driver import SearchOutcome, run_search  # noqa: E402
-from search.query import candidate_rows  # noqa: E402
+from search.query import best, candidate_rows  # noqa: E402
 
 from reporting import RESULTS_DIR, md_table, pct, write_json, write_text  # noqa: E402,F401  (re-exported for the scripts)
 
@@ -151,17 +154,49 @@ def make_evaluator(assets: Assets, threads: int, measure_cfg: MeasureConfig | No
     )
 
 
-def plan_model(evaluator: Evaluator, plan: bytes | PrunePlan) -> nn.Module:
+class StemHead(Protocol):
+    """What decides a model's channel graph: a ``CandidateSpec`` (or anything with the same two flags)."""
+
+    @property
+    def prune_stem(self) -> bool: ...
+    @property
+    def prune_head(self) -> bool: ...
+
+
+def plan_model(evaluator: Evaluator, plan: bytes | PrunePlan, spec: StemHead) -> nn.Module:
     """The pruned network of a recorded plan, before recalibration (trained weights, if
-    the plan carries them, included): what ``Evaluator`` builds before it recalibrates."""
+    the plan carries them, included): what ``Evaluator`` builds before it recalibrates,
+    channels cut along the base model's cached graph under ``spec``'s stem/head choice
+    (``structure.cached_graph``: the model is traced once, not per plan)."""
     if isinstance(plan, (bytes, bytearray)):
         plan = PrunePlan.from_parquet(bytes(plan))
-    return apply_plan(evaluator.base, plan)
+    graph = cached_graph(evaluator.base, evaluator.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
+    return apply_plan(evaluator.base, plan, graph)
 
 
-def plan_accuracy(evaluator: Evaluator, plan: bytes | PrunePlan, split: Split, batch: int = 512) -> float:
+def plan_accuracy(evaluator: Evaluator, plan: bytes | PrunePlan, spec: StemHead, split: Split, batch: int = 512) -> float:
     """Top-1 of the plan's network with the stored (dense) BatchNorm statistics on ``split``."""
-    return measure.accuracy(plan_model(evaluator, plan), split.x, split.y, batch)
+    return measure.accuracy(plan_model(evaluator, plan, spec), split.x, split.y, batch)
+
+
+def dense_reference(evaluator: Evaluator) -> dict[str, Any]:
+    """The unpruned network: validation top-1 (``Evaluator.dense_accuracy``, the metric
+    ``dense_accuracy`` of every candidate), test top-1 with its stored statistics, MACs per image."""
+    t = evaluator.splits.test
+    return {
+        "val_accuracy": evaluator.dense_accuracy,
+        "test_accuracy": measure.accuracy(evaluator.base, t.x, t.y, evaluator.cfg.eval_batch),
+        "macs": evaluator.dense_macs,
+    }
+
+
+def ranked_candidates(srch: SearchRun, feasible: bool | None = None, **filters: float) -> list[dict[str, Any]]:
+    """The candidates of ``srch`` passing ``filters`` (``search.query.FILTERS`` names, e.g.
+    ``min_sparsity``, ``max_macs_ratio``), most accurate on validation first: the
+    product's ``best`` query over every candidate, not only the front; ``feasible`` as
+    there (None: both). Test accuracy plays no part."""
+    o = srch.outcome
+    return best(o.tracking_uri, o.experiment, top=None, feasible=feasible, front=False, **filters)
 
 
 def cpu_model() -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import math
 import multiprocessing as mp
 import shutil
 import sys
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pipeline import measure  # noqa: E402
-from pipeline.build import apply_plan  # noqa: E402
+from pipeline.bisection import smallest_passing  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.layers import prunable_weights  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
@@ -54,12 +55,15 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     Timer,
     bench_parser,
+    dense_reference,
     load_resnet20_cifar,
     loadavg,
     log,
     machine_info,
     make_evaluator,
     plan_accuracy,
+    plan_model,
+    ranked_candidates,
     resnet20_config,
     run_resnet20_search,
     write_json,
@@ -120,12 +124,7 @@ def main() -> None:
     assets = load_resnet20_cifar(shared, calib, val_size)
     ev = make_evaluator(assets, args.threads, _measure_cfg())
     s = assets.splits
-    dense = {
-        "val_accuracy": measure.accuracy(assets.base, s.val.x, s.val.y),
-        "test_accuracy": measure.accuracy(assets.base, s.test.x, s.test.y),
-        "macs": ev.dense_macs,
-        "weights": sum(w.numel() for w in prunable_weights(assets.base, True, True).values()),
-    }
+    dense = {**dense_reference(ev), "weights": sum(w.numel() for w in prunable_weights(assets.base, True, True).values())}
     result: dict[str, Any] = {
         "machine": machine_info(),
         "command": " ".join(["python benchmarks/peers.py", *sys.argv[1:]]),
@@ -142,7 +141,7 @@ def main() -> None:
                 "steps": args.finetune_steps,
                 "batch": FT_BATCH,
                 "lr": CandidateSpec.model_fields["finetune_lr"].default,
-                "schedule": "cosine, SGD momentum 0.9, wd 5e-4",
+                "schedule": "cosine, SGD momentum 0.9, wd 5e-4",  # as pipeline/train.py train_classifier (no constant there)
             },
             "spearman_steps": args.spearman_steps,
             "threads": args.threads,
@@ -246,11 +245,10 @@ def _finetune(spec_json: str, plan_bytes: bytes, steps: int) -> dict[str, float]
 
 def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: dict[str, float]) -> dict[str, Any]:
     """One real constrained prunesearch search (Ray started by the search, 2 actors) and
-    its best candidate on validation among those meeting ``constraint`` (``min_sparsity``
-    or ``max_macs_ratio``), rebuilt from its record."""
+    its best candidate on validation among the feasible ones meeting ``constraint`` (a
+    ``search.query.FILTERS`` bound: ``min_sparsity`` or ``max_macs_ratio``;
+    ``common.ranked_candidates``), rebuilt from its record."""
     a = b.args
-    ((bound, limit),) = constraint.items()
-    metric, sign = {"min_sparsity": ("sparsity", 1), "max_macs_ratio": ("macs_ratio", -1)}[bound]
     recon = {"images": a.recon_images, "ridge": a.recon_ridge, "layers": a.recon_layers}
     overrides = {
         "name": name,
@@ -265,7 +263,7 @@ def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: d
         "measure": _measure_cfg().model_dump(),
     }
     srch = run_resnet20_search(b.shared, overrides, replace=("space", "objective"))
-    rows = [r for r in srch.rows if sign * (r[metric] - limit) >= -1e-9]
+    rows = ranked_candidates(srch, feasible=True, **constraint)
     out: dict[str, Any] = {
         "label": "prunesearch best searched candidate",
         "candidates": a.candidates,
@@ -279,7 +277,7 @@ def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: d
     }
     if not rows:
         return {**out, "error": "no eligible candidate"}
-    best = max(rows, key=lambda r: (r["accuracy"], -r["trial"]))  # validation only
+    best = rows[0]  # validation only
     rb = rebuild(srch.outcome.tracking_uri, best["run_id"])  # the record reader; checks the recorded accuracy
     m = rb.metrics
     out.update(
@@ -290,7 +288,7 @@ def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: d
             "val_before_recal": m["accuracy_before_recal"],
             "val_accuracy": m["accuracy"],
             "test_accuracy": m["test_accuracy"],
-            "test_before_recal": plan_accuracy(b.ev, rb.plan, b.ev.splits.test),
+            "test_before_recal": plan_accuracy(b.ev, rb.plan, rb.spec, b.ev.splits.test),
             "recorded_val_accuracy": best["accuracy"],
             "recorded_test_accuracy": best.get("test_accuracy"),
             "sparsity": m["sparsity"],
@@ -342,10 +340,9 @@ def part_unstructured(b: Bench, sparsities) -> list[dict[str, Any]]:
         spec = CandidateSpec(method="magnitude", granularity="unstructured", target_sparsity=t, recal=b.recal)
         _, r = b.ev.rebuild(spec, PrunePlan(masks=masks))
         m = r.metrics
-        all_weights = prunable_weights(b.ev.base, True, True)
         tools["torch_l1"] = {
             "label": "torch global_unstructured L1 (no recalibration)",
-            "sparsity": measure.weight_sparsity(model, list(all_weights), sum(w.numel() for w in all_weights.values())),
+            "sparsity": measure.pruned_fraction(model, b.ev.base),  # over every conv/linear weight
             "val_accuracy": measure.accuracy(model, s.val.x, s.val.y),
             "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
             "wall_s": prune_s,
@@ -419,35 +416,39 @@ def _tp_ops_ratio(model: nn.Module, example: torch.Tensor, dense_ops: float) -> 
     return float(tp.utils.count_ops_and_params(model, example)[0]) / dense_ops
 
 
+TP_RATIO_TOL = 1e-4  # bisection tolerance on Torch-Pruning's pruning_ratio
+TP_RATIO_MAX = 0.95
+
+
 def tp_for_target(base, example, target: float, global_pruning: bool) -> dict[str, Any]:
-    """Smallest ``pruning_ratio`` whose pruned model has at most ``target`` of the dense
-    MACs by ``tp.utils.count_ops_and_params`` (bisection); the model and its timing."""
+    """Smallest ``pruning_ratio`` in (0, 0.95] whose pruned model has at most ``target`` of
+    the dense MACs by ``tp.utils.count_ops_and_params``, within ``TP_RATIO_TOL`` above it
+    (``bisection.smallest_passing``); the model and its timing."""
     import torch_pruning as tp
 
     dense_ops = float(tp.utils.count_ops_and_params(base, example)[0])
-    evals = 0
+    calls = 0
+
+    def meets(ratio: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return _tp_ops_ratio(_tp_prune(base, example, ratio, global_pruning), example, dense_ops) <= target
+
     t0 = time.perf_counter()
-    lo, hi = 0.0, 0.95
-    if _tp_ops_ratio(_tp_prune(base, example, hi, global_pruning), example, dense_ops) > target:
-        raise RuntimeError(f"Torch-Pruning cannot reach MACs ratio {target} with pruning_ratio {hi}")
-    while hi - lo > 1e-4:
-        mid = (lo + hi) / 2
-        evals += 1
-        if _tp_ops_ratio(_tp_prune(base, example, mid, global_pruning), example, dense_ops) <= target:
-            hi = mid
-        else:
-            lo = mid
+    ratio = smallest_passing(meets, 0.0, TP_RATIO_MAX, math.ceil(math.log2(TP_RATIO_MAX / TP_RATIO_TOL)))
+    if ratio is None:
+        raise RuntimeError(f"Torch-Pruning cannot reach MACs ratio {target} with pruning_ratio {TP_RATIO_MAX}")
     bisect_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    model = _tp_prune(base, example, hi, global_pruning)
+    model = _tp_prune(base, example, ratio, global_pruning)
     step_s = time.perf_counter() - t1
     return {
         "model": model,
-        "pruning_ratio": hi,
+        "pruning_ratio": ratio,
         "tp_macs_ratio": _tp_ops_ratio(model, example, dense_ops),
         "bisect_s": bisect_s,
         "step_s": step_s,
-        "bisect_evals": evals + 2,
+        "bisect_evals": calls + 1,  # with the final prune
     }
 
 
@@ -469,9 +470,9 @@ def recover_channels(base: nn.Module, pruned: nn.Module) -> dict[str, torch.Tens
     return kept
 
 
-def check_equivalent(base: nn.Module, tp_model: nn.Module, plan: PrunePlan, x: torch.Tensor) -> float:
+def check_equivalent(ev: Evaluator, tp_model: nn.Module, plan: PrunePlan, spec: CandidateSpec, x: torch.Tensor) -> float:
     """Max |logit difference| between Torch-Pruning's network and prunesearch's ``shrink`` of the same channels."""
-    ours = apply_plan(base, plan)
+    ours = plan_model(ev, plan, spec)
     sd_tp, sd_ours = tp_model.state_dict(), ours.state_dict()
     if set(sd_tp) != set(sd_ours) or any(sd_tp[k].shape != sd_ours[k].shape for k in sd_tp):
         raise RuntimeError("Torch-Pruning's network has other tensors or shapes than the same channels removed by prunesearch")
@@ -532,7 +533,7 @@ def part_structured(b: Bench, targets, pool) -> list[dict[str, Any]]:
                     continue
             model = r.pop("model")
             plan = PrunePlan(channels=recover_channels(base, model))
-            diff = check_equivalent(base, model, plan, s.val.x[:256])
+            diff = check_equivalent(b.ev, model, plan, spec, s.val.x[:256])
             _, rr = b.ev.rebuild(spec, plan)
             m = rr.metrics
             tools[key] = {
@@ -688,7 +689,7 @@ def part_latency(args, ev, result) -> dict[str, Any]:
     for i, point in enumerate(result["structured"]):
         for key, r in point["tools"].items():
             if "_plan" in r:
-                models[f"{i}:{key}"] = apply_plan(ev.base, PrunePlan.from_parquet(r["_plan"]))
+                models[f"{i}:{key}"] = plan_model(ev, r["_plan"], CandidateSpec.from_json(r["_spec"]))
     rounds = 1 if args.quick else 3
     shape = tuple(ev.splits.input_shape)
     samples: dict[str, dict[str, list[float]]] = {k: {"b1": [], "b256": []} for k in models}

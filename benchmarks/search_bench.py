@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import methods_report  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import measure  # noqa: E402
@@ -34,7 +35,7 @@ from pipeline.plan import apply_masks  # noqa: E402
 from pipeline.recalibrate import recalibrate  # noqa: E402
 from pipeline.select import global_masks  # noqa: E402
 from pipeline.spec import RecalSpec  # noqa: E402
-from search.query import best, pareto_front  # noqa: E402
+from search.query import pareto_front  # noqa: E402
 
 import common  # noqa: E402
 from search_report import markdown, target_status  # noqa: E402
@@ -221,11 +222,9 @@ SUMMARY = ("run_id", "method", "granularity", "scope", "knobs", "allocation", "a
 
 
 def _best(srch: common.SearchRun, feasible: bool | None = None, **filters: float) -> dict[str, Any] | None:
-    """The most accurate candidate on validation passing ``filters`` (the product's ``best``
-    query over every candidate, not only the front; ``feasible`` as there, default both);
-    test accuracy is reported only."""
-    o = srch.outcome
-    rows = best(o.tracking_uri, o.experiment, top=1, feasible=feasible, front=False, **filters)
+    """The first of ``common.ranked_candidates`` (the most accurate on validation), cut to
+    ``SUMMARY``; test accuracy is reported only."""
+    rows = common.ranked_candidates(srch, feasible, **filters)
     return {k: rows[0].get(k) for k in SUMMARY} if rows else None
 
 
@@ -326,19 +325,23 @@ def targeted(args, n: int, n_trained: int, only: list[str] | None = None) -> dic
 
 
 def best_single_method(path: Path) -> dict[str, Any]:
-    """Best test accuracy of any single method of the methods benchmark at 2x MACs and 90 %."""
+    """Best test accuracy of any single method of the methods benchmark at 2x MACs and 90 %.
+
+    The pick is ``methods_report.best_row`` (highest test accuracy among the reported rows at
+    the point), over the rows that also *achieved* the search's constraint (MACs ratio
+    <= 0.5, sparsity >= 90 %, 1e-3 slack): hyperflows rows sit in the column nearest their
+    achieved sparsity and may fall short of it, and the searched candidate it is compared
+    with must meet the constraint, so the single method must too."""
     rows = [r for r in json.loads(path.read_text()).get("rows", []) if r.get("state") == "ok" and r.get("test_accuracy") is not None]
-
-    def top(granularity: str, point: float, ok):
-        sel = [r for r in rows if r.get("granularity") == granularity and r.get("point") == point and ok(r)]
-        r = max(sel, key=lambda r: r["test_accuracy"], default=None)
-        return r and {k: r.get(k) for k in ("label", "method", "test_accuracy", "val_accuracy", "sparsity", "macs_ratio")}
-
-    return {
-        # hyperflows rows sit in the column nearest their achieved sparsity: only those at >= 90 % count
-        "at_2x_fewer_macs": top("channel", 2.0, lambda r: r["macs_ratio"] <= 0.5 + 1e-9),
-        "at_90pct_sparsity": top("unstructured", 0.9, lambda r: r["sparsity"] >= 0.9 - 1e-3),
+    met = {
+        "at_2x_fewer_macs": ("channel", 2.0, [r for r in rows if r["macs_ratio"] <= 0.5 + 1e-9]),
+        "at_90pct_sparsity": ("unstructured", 0.9, [r for r in rows if r["sparsity"] >= 0.9 - 1e-3]),
     }
+    out: dict[str, Any] = {}
+    for key, (granularity, point, ok) in met.items():
+        r = methods_report.best_row(ok, granularity, point)
+        out[key] = r and {k: r.get(k) for k in ("label", "method", "test_accuracy", "val_accuracy", "sparsity", "macs_ratio")}
+    return out
 
 
 if __name__ == "__main__":
