@@ -12,7 +12,6 @@ default config (digits) with a quickly trained base model and a random sampler.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import psutil
 # The repository first on sys.path, so the product packages import from a script run.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reporting import RESULTS_DIR, md_table, write_json, write_text  # noqa: E402
+from reporting import RESULTS_DIR, md_table, read_json, write_json, write_text  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     out_dir = args.out or (Path(tempfile.gettempdir()) / "prunesearch-load-quick" if args.quick else RESULTS_DIR)
     if args.render_only:
-        write_text(out_dir / "load.md", markdown(json.loads((out_dir / "load.json").read_text())))
+        write_text(out_dir / "load.md", markdown(read_json(out_dir / "load.json", "--render-only: --out")))
         return
     with tempfile.TemporaryDirectory(prefix="prunesearch-load-") as run_dir:
         result = measure(30 if args.quick else args.trials, args.actors, run_dir)

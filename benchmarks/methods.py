@@ -41,8 +41,6 @@ from typing import Any, Iterable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import methods_report  # noqa: E402
-
 from pipeline import measure, structure  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.layers import stage_of  # noqa: E402
@@ -53,7 +51,9 @@ from pipeline.recalibrate import recalibrate  # noqa: E402
 from pipeline.spec import CandidateResult, CandidateSpec, RecalSpec, ReconSpec  # noqa: E402
 
 import common  # noqa: E402
+import methods_report  # noqa: E402
 from common import Timer, log, pct  # noqa: E402
+from reporting import read_json  # noqa: E402
 
 # The targets (issue 11): test top-1, no fine-tuning. "reference" is the baseline the targets
 # were set against: the 2026-11-21 run (results/methods.json of commit d3b6a7b; the 2x OCS
@@ -630,7 +630,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _read_json(path: Path | None, flag: str) -> dict[str, Any] | None:
-    return None if path is None else methods_report.read_json(path, flag)
+    return None if path is None else read_json(path, flag)
 
 
 def _kept_rows(prev: dict[str, Any] | None, section: str) -> list[dict[str, Any]]:

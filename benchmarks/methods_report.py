@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reporting import RESULTS_DIR, md_table, pct, standard_error, write_json, write_text  # noqa: E402
+from reporting import RESULTS_DIR, md_table, pct, read_json, standard_error, write_json, write_text  # noqa: E402
 
 Row = dict[str, Any]
 
@@ -505,14 +505,6 @@ def main(argv: list[str] | None = None) -> None:
 def add_previous_arg(ap: argparse.ArgumentParser, where: str) -> None:
     """``--previous JSON``: an earlier methods.json whose figures the report compares with."""
     ap.add_argument("--previous", type=Path, default=None, metavar="JSON", help=f"an earlier methods.json: {where} and list the changes")
-
-
-def read_json(path: Path, flag: str) -> dict[str, Any]:
-    """The JSON object in ``path``; a clear exit naming ``flag`` when it cannot be read."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{flag} {path}: cannot read it as JSON ({e})") from None
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def standard_error(p: float | None, n: int) -> float | None:
     return None if p is None else math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
+def read_json(path: Path, flag: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a clear exit naming ``flag`` when it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{flag} {path}: cannot read it as JSON ({e})") from None
+
+
 def render_cli(name: str, markdown: Callable[[dict[str, Any]], str], description: str) -> None:
     """The command line of a report script: ``results/NAME.json`` (``--json``) rendered by
     ``markdown`` into ``NAME.md`` beside it (``--out``)."""
@@ -68,5 +76,5 @@ def render_cli(name: str, markdown: Callable[[dict[str, Any]], str], description
     ap.add_argument("--out", type=Path, default=None, help=f"the Markdown file (default: {name}.md beside the JSON)")
     args = ap.parse_args()
     out = args.out or args.json.with_name(f"{name}.md")
-    write_text(out, markdown(json.loads(args.json.read_text())))
+    write_text(out, markdown(read_json(args.json, "--json")))
     print(f"wrote {out}")

@@ -26,7 +26,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import methods_report  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline import measure  # noqa: E402
@@ -38,6 +37,8 @@ from pipeline.spec import RecalSpec  # noqa: E402
 from search.query import pareto_front  # noqa: E402
 
 import common  # noqa: E402
+import methods_report  # noqa: E402
+from reporting import read_json  # noqa: E402
 from search_report import markdown, target_status  # noqa: E402
 
 QUICK_VAL = 200  # validation images of a --quick run (the config's otherwise)
@@ -69,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prunesearch-bench-") as runs:  # every search's run folder
         args.runs_root = Path(runs)
         if args.only:
-            result = json.loads((out_dir / "search.json").read_text())
+            result = read_json(out_dir / "search.json", "--only: --out-dir")
             result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
             result.setdefault("rerun", []).append({"keys": args.only, "machine": common.machine_info()})
         else:
