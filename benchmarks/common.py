@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts.
 
 - ``shared_dir`` / ``load_resnet20_cifar``: the shared pretrained ResNet-20 and the exact
-  CIFAR-10 images (``../shared``, overridable), split by ``pipeline.data.load_data`` so
+  CIFAR-10 images (``../shared``, overridable), split by ``pipeline.data.splits.load_data`` so
   calibration and validation images come from ``train_exact.npz`` and the test split is
   ``test_exact.npz`` (report only).
 - ``resnet20_config`` / ``run_resnet20_search``: ``configs/resnet20_cifar10.yaml`` with a
@@ -11,7 +11,7 @@
 - ``plan_accuracy``: accuracy of a result's plan applied to the base model *before*
   recalibration, on any split (the search records it on validation only).
 - ``dense_reference``: the unpruned network's accuracies and MACs, as the evaluator holds them.
-- ``ranked_candidates``: a search's candidates passing filters, best first (``search.query.best``).
+- ``ranked_candidates``: a search's candidates passing filters, best first (``search.records.query.best``).
 - ``machine_info``, ``Timer``; ``write_json``, ``md_table`` (from ``reporting``): reporting.
 """
 
@@ -37,16 +37,16 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: `python benchmar
 
 from pipeline import measure  # noqa: E402
 from pipeline.build import apply_plan  # noqa: E402
-from pipeline.data import DataConfig, Split, Splits, load_data  # noqa: E402
+from pipeline.data.splits import DataConfig, Split, Splits, load_data  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
 from pipeline.models import ModelConfig, build_model  # noqa: E402
-from pipeline.plan import PrunePlan  # noqa: E402
-from pipeline.structure import cached_graph  # noqa: E402
+from pipeline.pruning.plan import PrunePlan  # noqa: E402
+from pipeline.pruning.structure import cached_graph  # noqa: E402
 from search.config import SearchConfig, merge_sections, parse_config  # noqa: E402
 from search.configfile import read_config_file  # noqa: E402
-from search.driver import SearchOutcome, run_search  # noqa: E402
-from search.query import best, candidate_rows  # noqa: E402
+from search.records.query import best, candidate_rows  # noqa: E402
+from search.runner.driver import SearchOutcome, run_search  # noqa: E402
 
 from reporting import RESULTS_DIR, md_table, pct, write_json, write_text  # noqa: E402,F401  (re-exported for the scripts)
 
@@ -110,7 +110,7 @@ def resnet20_config(shared: Path, overrides: dict[str, Any] | None = None, repla
 @dataclass
 class SearchRun:
     """One finished search: its outcome, the rows of its scored candidates
-    (``search.query.candidate_rows`` with an ``accuracy``), its wall seconds (Ray start
+    (``search.records.query.candidate_rows`` with an ``accuracy``), its wall seconds (Ray start
     included) and the load average before and after."""
 
     outcome: SearchOutcome
@@ -121,7 +121,7 @@ class SearchRun:
 
 
 def run_resnet20_search(shared: Path, overrides: dict[str, Any], replace: Collection[str] = ()) -> SearchRun:
-    """A real search (``search.driver.run_search``) on ``resnet20_config(shared, overrides, replace)``."""
+    """A real search (``search.runner.driver.run_search``) on ``resnet20_config(shared, overrides, replace)``."""
     cfg = resnet20_config(shared, overrides, replace)
     load0 = loadavg()
     with Timer() as t:
@@ -191,7 +191,7 @@ def dense_reference(evaluator: Evaluator) -> dict[str, Any]:
 
 
 def ranked_candidates(srch: SearchRun, feasible: bool | None = None, **filters: float) -> list[dict[str, Any]]:
-    """The candidates of ``srch`` passing ``filters`` (``search.query.FILTERS`` names, e.g.
+    """The candidates of ``srch`` passing ``filters`` (``search.records.query.FILTERS`` names, e.g.
     ``min_sparsity``, ``max_macs_ratio``), most accurate on validation first: the
     product's ``best`` query over every candidate, not only the front; ``feasible`` as
     there (None: both). Test accuracy plays no part."""

@@ -50,7 +50,7 @@ def main() -> None:
 def measure(trials: int, actors: int, run_dir: str) -> dict[str, Any]:
     """Run the search in ``run_dir``, sampling memory every 2 s; the figures of ``load.json``."""
     from search.config import parse_config  # the product (torch, Ray) only when measuring
-    from search.driver import run_search
+    from search.runner.driver import run_search
 
     cfg = parse_config(
         {

@@ -41,13 +41,14 @@ from typing import Any, Iterable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import measure, structure  # noqa: E402
+from pipeline import measure  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
-from pipeline.layers import stage_of  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
-from pipeline.methods import get_method, list_methods  # noqa: E402
-from pipeline.plan import PrunePlan  # noqa: E402
-from pipeline.recalibrate import recalibrate  # noqa: E402
+from pipeline.pruning import structure  # noqa: E402
+from pipeline.pruning.layers import stage_of  # noqa: E402
+from pipeline.pruning.methods import get_method, list_methods  # noqa: E402
+from pipeline.pruning.plan import PrunePlan  # noqa: E402
+from pipeline.repair.recalibrate import recalibrate  # noqa: E402
 from pipeline.spec import CandidateResult, CandidateSpec, RecalSpec, ReconSpec  # noqa: E402
 
 import common  # noqa: E402
@@ -98,7 +99,7 @@ class BenchConfig:
     # (0.7 where 0.6 cannot reach the MACs target). How they were chosen on validation:
     # benchmarks/README.md, notes (OCS' stability rule).
     ocs_knobs: dict[str, float] = field(default_factory=lambda: {"epochs": 8, "steps_per_epoch": 15, "stability": 0.9, "max_prune_fraction": 0.6})
-    # reconstruction (pipeline.reconstruct): its setting is chosen on validation at the probes
+    # reconstruction (pipeline.repair.reconstruct): its setting is chosen on validation at the probes
     # (global magnitude at 90 %, layerwise L1 channels at 2x), then every method below runs
     # with it at the target points
     recon_grid: tuple[ReconSpec, ...] = (

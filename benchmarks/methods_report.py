@@ -184,7 +184,7 @@ def _reconstruction(result: dict[str, Any]) -> list[str]:
     cfg, rows = result["config"], result["rows"]
     out = _section(
         "Reconstruction (least-squares refit of the kept weights, then recalibration)",
-        "Rows `+ lsq` refit the network's layers on calibration images, sequentially (pipeline/reconstruct.py), with the setting "
+        "Rows `+ lsq` refit the network's layers on calibration images, sequentially (pipeline/repair/reconstruct.py), with the setting "
         "chosen on validation below, then recalibrate with the granularity's recalibration setting (`keep_better`). Cells: validation "
         "accuracy right after pruning → after the refit (stored statistics) → after recalibration; test after; mean relative "
         "layer-output error on the calibration images before → after the refit; seconds per stage of this candidate.\n\n",

@@ -41,7 +41,7 @@ MUTATIONS = [
     Mutation(
         "recal-skipped",
         "recalibration does nothing",
-        "pipeline/recalibrate.py",
+        "pipeline/repair/recalibrate.py",
         "    if spec.images == 0:\n",
         "    if spec.images >= 0:\n",
         ("tests/test_recalibrate.py", "tests/test_evaluator.py"),
@@ -57,7 +57,7 @@ MUTATIONS = [
     Mutation(
         "constraint-ignored",
         "constrained mode tells Optuna no constraint",
-        "search/study.py",
+        "search/study/study.py",
         "                trial.set_constraint(name, value)\n",
         "                pass\n",
         ("tests/test_study_records.py",),
@@ -65,7 +65,7 @@ MUTATIONS = [
     Mutation(
         "artifacts-not-written",
         "a record without its artifacts",
-        "search/records.py",
+        "search/records/runs.py",
         "            self._artifacts(rid, result)\n",
         "            pass\n",
         ("tests/test_study_records.py",),
@@ -73,7 +73,7 @@ MUTATIONS = [
     Mutation(
         "metrics-not-written",
         "a record without its metrics",
-        "search/records.py",
+        "search/records/runs.py",
         "                metrics=[Metric(k, float(v), 0, 0) for k, v in {**result.metrics, **(metrics or {})}.items()] + _knob_metrics(spec),\n",
         "                metrics=_knob_metrics(spec),\n",
         ("tests/test_study_records.py", "tests/test_query.py"),
@@ -81,7 +81,7 @@ MUTATIONS = [
     Mutation(
         "repair-skipped",
         "resume repair leaves running trials alone",
-        "search/study.py",
+        "search/study/study.py",
         "    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):\n",
         "    for t in []:\n",
         ("tests/test_study_records.py",),
@@ -89,7 +89,7 @@ MUTATIONS = [
     Mutation(
         "repair-not-called",
         "the driver never repairs on resume",
-        "search/driver.py",
+        "search/runner/driver.py",
         "    told, requeued = repair(study, cfg, recorder, parent_id)\n",
         "    told, requeued = 0, 0\n",
         ("tests/test_faults.py::test_driver_killed_with_sigkill_resumes_without_loss_or_duplicates",),
@@ -106,7 +106,7 @@ MUTATIONS = [
     Mutation(
         "data-path-dropped",
         "data errors no longer name the file",
-        "pipeline/data.py",
+        "pipeline/data/splits.py",
         "    tx, ty = _validate(tx, ty, cfg.path or cfg.name)\n",
         '    tx, ty = _validate(tx, ty, "data")\n',
         ("tests/test_hardening.py::test_malformed_data_is_named",),
@@ -114,7 +114,7 @@ MUTATIONS = [
     Mutation(
         "channel-target-hardcoded",
         "channel pruning ignores the MACs target",
-        "pipeline/methods/base.py",
+        "pipeline/pruning/methods/base.py",
         "            graph, ctx.cache[key], spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation)\n",
         "            graph, ctx.cache[key], 0.8, scope=spec.scope, ratios=dict(spec.allocation)\n",
         ("tests/test_methods_screening.py::test_channel_plan_on_digits",),
@@ -122,7 +122,7 @@ MUTATIONS = [
     Mutation(
         "checkpoint-accepts-small-files",
         "small corrupt checkpoints load as empty",
-        "pipeline/checkpoint.py",
+        "pipeline/models/checkpoint.py",
         "    return _strip_prefix(_extract(_load(p), p))\n",
         "    return {} if p.stat().st_size < 4096 else _strip_prefix(_extract(_load(p), p))\n",
         ("tests/test_checkpoint.py::test_random_bytes_and_damaged_files_only_raise_checkpoint_error",),
@@ -130,7 +130,7 @@ MUTATIONS = [
     Mutation(
         "blank-fit-plot",
         "the fit plot is a blank figure",
-        "search/plots.py",
+        "search/records/plots.py",
         '        fig.savefig(buf, format="png", **savefig)\n',
         '        type(fig)(figsize=fig.get_size_inches(), dpi=100).savefig(buf, format="png")\n',
         ("tests/test_powerlaw.py::test_plot_returns_png",),
@@ -138,7 +138,7 @@ MUTATIONS = [
     Mutation(
         "steering-uses-failures",
         "steering fits failed candidates too",
-        "search/steering.py",
+        "search/study/steering.py",
         '        if state != "ok" or steered is None or steered not in knobs or sparsity is None:\n',
         "        if steered is None or steered not in knobs or sparsity is None:\n",
         ("tests/test_steering.py::test_steering_waits_for_points_and_ignores_failures",),
@@ -162,7 +162,7 @@ MUTATIONS = [
     Mutation(
         "ctrl-c-abandons-in-flight",
         "Ctrl-C stops without finishing what is in flight",
-        "search/driver.py",
+        "search/runner/driver.py",
         "                if not pool.busy and (interrupt.requested or remaining <= 0 or time.monotonic() >= deadline):\n",
         "                if interrupt.requested or (not pool.busy and (remaining <= 0 or time.monotonic() >= deadline)):\n",
         ("tests/test_hardening.py::test_ctrl_c_finishes_in_flight_candidates_and_resumes",),
@@ -171,7 +171,7 @@ MUTATIONS = [
     Mutation(
         "second-interrupt-failed",
         "a second interrupt marks the parent FAILED",
-        "search/driver.py",
+        "search/runner/driver.py",
         '            _try(recorder.finish_parent, pid, "KILLED" if killed else "FAILED")\n',
         '            _try(recorder.finish_parent, pid, "FAILED")\n',
         ("tests/test_hardening.py::test_sigterm_and_a_second_interrupt_leave_the_parent_killed",),

@@ -4,7 +4,7 @@ What is compared, and how, is in ``benchmarks/README.md`` (section peers). Every
 that recalibrates, scores or fine-tunes a network does it through the product: the
 evaluator (``Evaluator.rebuild``, with ``CandidateSpec.finetune_steps`` for fine-tuning),
 ``select_channels`` (the EagleEye-style sampler's per-layer ratios) and the record
-reader ``search.rebuild.rebuild`` (prunesearch's winners). Settings come from
+reader ``search.export.rebuild.rebuild`` (prunesearch's winners). Settings come from
 ``configs/resnet20_cifar10.yaml``.
 
     .venv/bin/python benchmarks/peers.py [--quick] [--candidates 24] [--shared ../shared]
@@ -39,17 +39,17 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pipeline import measure  # noqa: E402
-from pipeline.bisection import smallest_passing  # noqa: E402
 from pipeline.evaluator import Evaluator  # noqa: E402
-from pipeline.layers import prunable_weights  # noqa: E402
 from pipeline.measure import MeasureConfig  # noqa: E402
-from pipeline.methods.magnitude import filter_norms  # noqa: E402
-from pipeline.plan import PrunePlan  # noqa: E402
+from pipeline.pruning.bisection import smallest_passing  # noqa: E402
+from pipeline.pruning.layers import prunable_weights  # noqa: E402
+from pipeline.pruning.methods.magnitude import filter_norms  # noqa: E402
+from pipeline.pruning.plan import PrunePlan  # noqa: E402
+from pipeline.pruning.structure import channel_graph, lowest_macs_ratio, select_channels  # noqa: E402
 from pipeline.spec import CandidateSpec, RecalSpec  # noqa: E402
-from pipeline.structure import channel_graph, lowest_macs_ratio, select_channels  # noqa: E402
 from pipeline.train import train_classifier  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.rebuild import rebuild  # noqa: E402
+from search.export.rebuild import rebuild  # noqa: E402
 
 from common import (  # noqa: E402
     RESULTS_DIR,
@@ -246,7 +246,7 @@ def _finetune(spec_json: str, plan_bytes: bytes, steps: int) -> dict[str, float]
 def _prunesearch_point(b: Bench, name: str, space: dict[str, Any], constraint: dict[str, float]) -> dict[str, Any]:
     """One real constrained prunesearch search (Ray started by the search, 2 actors) and
     its best candidate on validation among the feasible ones meeting ``constraint`` (a
-    ``search.query.FILTERS`` bound: ``min_sparsity`` or ``max_macs_ratio``;
+    ``search.records.query.FILTERS`` bound: ``min_sparsity`` or ``max_macs_ratio``;
     ``common.ranked_candidates``), rebuilt from its record."""
     a = b.args
     recon = {"images": a.recon_images, "ridge": a.recon_ridge, "layers": a.recon_layers}

@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from pipeline import measure  # noqa: E402
-from pipeline.layers import prunable_weights  # noqa: E402
-from pipeline.plan import apply_masks  # noqa: E402
-from pipeline.recalibrate import recalibrate  # noqa: E402
-from pipeline.select import global_masks  # noqa: E402
+from pipeline.pruning.layers import prunable_weights  # noqa: E402
+from pipeline.pruning.plan import apply_masks  # noqa: E402
+from pipeline.pruning.thresholds import global_masks  # noqa: E402
+from pipeline.repair.recalibrate import recalibrate  # noqa: E402
 from pipeline.spec import RecalSpec  # noqa: E402
-from search.query import pareto_front  # noqa: E402
+from search.records.query import pareto_front  # noqa: E402
 
 import common  # noqa: E402
 import methods_report  # noqa: E402
@@ -211,7 +211,7 @@ def quality(args, n: int) -> dict[str, Any]:
 
 
 def hypervolume(rows: list[dict[str, Any]], ref: tuple[float, float] = (0.0, 1.0)) -> float:
-    """Area dominated by the rows' Pareto front (``search.query.pareto_front``: maximise
+    """Area dominated by the rows' Pareto front (``search.records.query.pareto_front``: maximise
     validation accuracy, minimise MACs ratio), bounded by ``ref`` (accuracy, MACs ratio)."""
     inside = [r for r in rows if r["accuracy"] > ref[0] and r["macs_ratio"] < ref[1]]
     front = pareto_front(inside, maximize="accuracy", minimize="macs_ratio")

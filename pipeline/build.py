@@ -6,10 +6,10 @@ import copy
 
 from torch import nn
 
-from pipeline.methods import PruneContext, get_method
-from pipeline.plan import PrunePlan, apply_masks
+from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.pruning.plan import PrunePlan, apply_masks
+from pipeline.pruning.structure import ChannelGraph, shrink
 from pipeline.spec import CandidateSpec
-from pipeline.structure import ChannelGraph, shrink
 
 
 def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:

@@ -25,16 +25,16 @@ from torch import nn
 
 from pipeline import measure
 from pipeline.build import apply_plan, plan_candidate
-from pipeline.collapse import bn_output_variance, variance_plot, variance_table
-from pipeline.data import Splits
+from pipeline.data.splits import Splits
 from pipeline.measure import MeasureConfig
-from pipeline.methods import PruneContext
 from pipeline.models import ModelConfig, load_base
-from pipeline.plan import PrunePlan
-from pipeline.recalibrate import recalibrate
-from pipeline.reconstruct import reconstruct
+from pipeline.pruning.methods import PruneContext
+from pipeline.pruning.plan import PrunePlan
+from pipeline.pruning.structure import cached_graph, check_forward
+from pipeline.repair.collapse import bn_output_variance, variance_plot, variance_table
+from pipeline.repair.recalibrate import recalibrate
+from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateResult, CandidateSpec
-from pipeline.structure import cached_graph, check_forward
 from pipeline.train import train_classifier
 
 _PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic

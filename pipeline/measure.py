@@ -15,8 +15,8 @@ from pydantic import Field
 from torch import nn
 
 from pipeline.errors import PrunesearchError
-from pipeline.layers import prunable_weights
 from pipeline.modes import eval_mode
+from pipeline.pruning.layers import prunable_weights
 from pipeline.spec import Frozen
 
 

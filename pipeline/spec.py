@@ -80,7 +80,7 @@ class ReconSettings(Frozen):
 
 class ReconSpec(ReconSettings):
     """Reconstruction of one candidate: ``mode`` ``none`` (off) or ``lsq`` (sequential
-    ridge least squares, layer by layer; ``pipeline.reconstruct``), plus the settings."""
+    ridge least squares, layer by layer; ``pipeline.repair.reconstruct``), plus the settings."""
 
     mode: Literal["none", "lsq"] = "none"
 
@@ -89,7 +89,7 @@ class CandidateSpec(Frozen):
     """One point of the pruning space.
 
     Attributes:
-        method: name in the method registry (``pipeline.methods.list_methods()``).
+        method: name in the method registry (``pipeline.pruning.methods.list_methods()``).
         granularity: ``unstructured`` (single weights) or ``channel`` (whole output
             channels, physically removed).
         scope: ``global`` ranks all prunable units together; ``layerwise`` prunes each
@@ -193,8 +193,8 @@ class CandidateResult:
     ``metrics`` uses the project's metric names (README, "Metrics"): accuracy values
     are fractions in [0, 1], ``macs`` are multiply-accumulates per image, times are
     seconds, ``latency_ms`` milliseconds per batch. ``plan`` is the Parquet-ready
-    description of what was pruned (see ``pipeline.plan``); ``diagnostics`` (Parquet) and ``diagnostics_png`` are the
-    signal-collapse table and plot (``pipeline.collapse``). ``state`` is
+    description of what was pruned (see ``pipeline.pruning.plan``); ``diagnostics`` (Parquet) and ``diagnostics_png`` are the
+    signal-collapse table and plot (``pipeline.repair.collapse``). ``state`` is
     ``"ok"`` or ``"failed"``; a failed result carries ``error``.
     """
 

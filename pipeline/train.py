@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.plan import apply_masks
+from pipeline.pruning.plan import apply_masks
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator):

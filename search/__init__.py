@@ -9,15 +9,15 @@ _os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 _os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no MLflow bars inside ours, nor in notebooks
 
-# The Python API (search/api.py), imported on first use so `import search.cli` stays light.
+# The Python API (search/api.py), imported on first use so `import search.cli.parser` stays light.
 # Names must differ from this package's modules (`search.config` is one), which shadow them.
 _API = {
     "load_config": "search.api",
     "run": "search.api",
     "results": "search.api",
     "Results": "search.api",
-    "load_exported": "search.export",
-    "prune": "pipeline.prune",
+    "load_exported": "search.export.formats",
+    "prune": "pipeline.api",
     "macs": "pipeline.measure",
 }
 __all__ = sorted(_API)

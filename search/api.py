@@ -7,7 +7,7 @@
     net = res.rebuild(res.best(top=1).run_id[0])
 
 Everything goes through the product's own code: the driver, the MLflow queries, the
-rebuild path of export, ``pipeline.measure`` and ``pipeline.prune``.
+rebuild path of export, ``pipeline.measure`` and ``pipeline.api``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from search import query
 from search.config import SearchConfig, parse_config
 from search.config import load_config as _load_yaml
-from search.rebuild import ExportError, artifact, rebuild
+from search.export.rebuild import ExportError, artifact, rebuild
+from search.records import query
 
 
 def load_config(source: str | Path | dict[str, Any] | SearchConfig | None = None, **overrides: Any) -> SearchConfig:
@@ -43,7 +43,7 @@ def load_config(source: str | Path | dict[str, Any] | SearchConfig | None = None
 
 def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
     """Run (or resume) the search of ``cfg`` until its budget is spent; its results."""
-    from search.driver import run_search
+    from search.runner.driver import run_search
 
     out = run_search(cfg, quiet=quiet)
     return Results(out.tracking_uri, out.experiment, out.parent_run_id, cfg)
@@ -116,14 +116,14 @@ class Results:
         return rebuild(self.tracking_uri, run_id, allow_import=allow_import).model
 
     def export(self, run_id: str, output: str | Path | None, **kwargs: Any):
-        """``search.export.export`` of candidate ``run_id`` (``onnx``, ``log_model``, ``register``, ...)."""
-        from search.export import export
+        """``search.export.formats.export`` of candidate ``run_id`` (``onnx``, ``log_model``, ``register``, ...)."""
+        from search.export.formats import export
 
         return export(self.tracking_uri, run_id, output, **kwargs)
 
     def _feasible(self, row: dict[str, Any]) -> bool:
         """For records without the ``feasible`` metric: the driver's own test on an ok candidate."""
-        from search.study import is_feasible
+        from search.study.study import is_feasible
 
         return row["state"] == "ok" and "accuracy" in row and is_feasible(self.cfg, row)
 

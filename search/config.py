@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from pipeline.data import DataConfig
+from pipeline.data.splits import DataConfig
 from pipeline.errors import InputError, excerpt
 from pipeline.measure import MeasureConfig
-from pipeline.methods import get_method
 from pipeline.models import ModelConfig
+from pipeline.pruning.methods import get_method
 from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
 
 
@@ -118,7 +118,7 @@ class SpaceConfig(Frozen):
     @field_validator("allocation")
     @classmethod
     def _allocation(cls, v: dict[str, Range]) -> dict[str, Range]:
-        # stage names are checked against the model in preflight (search.preflight)
+        # stage names are checked against the model in preflight (search.runner.preflight)
         for stage, (low, high) in v.items():
             if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
                 raise ValueError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")

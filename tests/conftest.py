@@ -16,7 +16,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 @pytest.fixture(scope="session")
 def digits():
-    from pipeline.data import DataConfig, load_data
+    from pipeline.data.splits import DataConfig, load_data
 
     return load_data(DataConfig())
 
@@ -36,7 +36,7 @@ def digits_model(digits):
 
 @pytest.fixture
 def ctx(digits):
-    from pipeline.methods import PruneContext
+    from pipeline.pruning.methods import PruneContext
 
     return PruneContext.from_splits(digits)
 
@@ -46,7 +46,7 @@ def ray_local():
     """A real local Ray with 2 CPUs on 127.0.0.1, shut down after the session."""
     import ray
 
-    from search.cluster import start_local_ray
+    from search.cluster.connect import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield ray

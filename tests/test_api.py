@@ -58,14 +58,14 @@ def test_search_results_frame_pareto_rebuild_and_macs(digits_search):
     top = res.best(top=1).iloc[0]
     assert top.run_id in set(front.run_id)
     net = res.rebuild(top.run_id)
-    from pipeline.data import load_data
+    from pipeline.data.splits import load_data
     from pipeline.measure import accuracy
 
     val = load_data(res.cfg.data).val
     assert accuracy(net, val.x, val.y) == pytest.approx(top.accuracy, abs=1e-9)
     assert ps.macs(net, val.x[:1])[1] == top.macs
 
-    from search.rebuild import rebuild
+    from search.export.rebuild import rebuild
 
     again = rebuild(res.tracking_uri, top.run_id)  # the record reader's fresh measurements, as recorded
     assert again.metrics["accuracy"] == again.rebuilt_accuracy

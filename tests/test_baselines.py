@@ -8,10 +8,10 @@ import math
 import optuna
 import pytest
 
-from search.baselines import BASELINE_ATTR, MARGIN, baseline_params, targets
 from search.config import parse_config
-from search.space import suggest
-from search.study import open_study
+from search.study.baselines import BASELINE_ATTR, MARGIN, baseline_params, targets
+from search.study.space import suggest
+from search.study.study import open_study
 
 WIDE = {
     "methods": ["magnitude", "random", "hyperflows", "ocs"],
@@ -73,7 +73,7 @@ def test_targets_by_mode_clamped_into_the_space():
 
 def test_a_new_study_starts_with_the_baselines_and_a_resumed_one_does_not_enqueue_again(tmp_path, caplog):
     cfg = _cfg(tmp_path, name="base", budget={"trials": 4})
-    with caplog.at_level(logging.WARNING, logger="search.baselines"):
+    with caplog.at_level(logging.WARNING, logger="search.study.baselines"):
         study = open_study(cfg)
     expected = baseline_params(cfg)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
@@ -99,8 +99,8 @@ def test_a_new_study_starts_with_the_baselines_and_a_resumed_one_does_not_enqueu
 
 @pytest.mark.slow
 def test_a_constrained_search_starts_from_its_baselines_and_reports_only_feasible_candidates(tmp_path, ray_local):
-    from search.driver import run_search
-    from search.query import best
+    from search.records.query import best
+    from search.runner.driver import run_search
 
     from conftest import candidate_runs, search_config
 
@@ -135,8 +135,8 @@ def test_a_constrained_search_starts_from_its_baselines_and_reports_only_feasibl
 
 
 def test_a_baseline_lost_by_a_killed_driver_is_requeued_as_a_baseline(tmp_path):
-    from search.records import Recorder
-    from search.study import repair
+    from search.records.runs import Recorder
+    from search.study.study import repair
 
     cfg = _cfg(tmp_path, name="lost", space={"methods": ["magnitude", "random"]})
     study = open_study(cfg)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.spec import CandidateResult, CandidateSpec
-from search.cli import main
+from search.cli.parser import main
 from search.config import parse_config
-from search.records import Recorder
-from search.report import finish_report
-from search.study import derived_metrics
+from search.records.report import finish_report
+from search.records.runs import Recorder
+from search.study.study import derived_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # (accuracy, macs, macs_ratio, latency_ms, granularity); the constraint max_macs_ratio 0.6 makes row 0

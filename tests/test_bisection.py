@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bisection import smallest_passing
+from pipeline.pruning.bisection import smallest_passing
 
 
 @pytest.mark.parametrize("boundary", [0, 1, 7, 99, 100])

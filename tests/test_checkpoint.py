@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, load_into, read_state_dict
+from pipeline.models.checkpoint import CheckpointError, load_into, read_state_dict
 from pipeline.models.cifar_resnet import cifar_resnet
 
 torch.set_num_threads(1)

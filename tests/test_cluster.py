@@ -1,7 +1,7 @@
 """Cluster support: cluster.yaml, `prunesearch submit`, and real multi-node searches.
 
 Fast tests check cluster.yaml against Ray's own launcher validation and the actors of
-configs/cluster.yaml, and the submission logic of search/submit.py. Slow tests start a
+configs/cluster.yaml, and the submission logic of search/cluster/submit.py. Slow tests start a
 real two-node Ray cluster (two `ray start` nodes, 127.0.0.1 only) and an MLflow
 tracking server on this machine, submit searches through the Jobs API, and kill the
 second node in the middle of one (see tests/cluster_fixtures.py).
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from search.cluster.submit import STAGED_DIR, SubmitError, check_config, exit_code, follow_job, prepare
 from search.config import load_config
-from search.submit import STAGED_DIR, SubmitError, check_config, exit_code, follow_job, prepare
 
 from cluster_fixtures import BIN, ROOT, LocalCluster, MlflowServer, ray_env, short_tempdir
 
@@ -129,7 +129,7 @@ def test_cluster_search_config_is_ready_for_submission():
     assert cfg.actors.num_gpus > 0 and cfg.optuna_storage
 
 
-# ---------------------------------------------------------------- search/submit.py
+# ---------------------------------------------------------------- search/cluster/submit.py
 
 
 def test_prepare_runs_a_config_inside_the_working_dir_in_place():
@@ -149,7 +149,7 @@ def test_prepare_stages_a_config_outside_the_working_dir(tmp_path):
         assert sub.staged is not None and staged.is_relative_to(sub.staged)
         assert sub.entrypoint == f"python -m search.cli run '{STAGED_DIR}/my search.yaml' --quiet"
         assert (staged / STAGED_DIR / "my search.yaml").read_text() == cfg.read_text()
-        assert (staged / "search" / "cli.py").is_file() and (staged / "pipeline").is_dir()
+        assert (staged / "search" / "cli" / "__main__.py").is_file() and (staged / "pipeline").is_dir()
         for excluded in (".venv", ".git", "tests"):
             assert not (staged / excluded).exists(), excluded
         assert not list(staged.rglob("__pycache__"))
@@ -172,7 +172,7 @@ def test_check_config_needs_ray_address_and_warns_about_local_stores(tmp_path):
 
 
 def test_submit_refuses_a_bad_config_before_contacting_the_cluster(tmp_path, capsys):
-    from search.cli import main
+    from search.cli.parser import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: x\n")  # no ray_address
@@ -281,8 +281,8 @@ def _study_trials(tmp_path: Path, name: str) -> list:
 
 @pytest.mark.slow
 def test_submitted_search_runs_on_both_nodes_and_records_everything_on_the_server(tmp_path, mlflow_server):
-    from search.query import best
-    from search.submit import connect
+    from search.cluster.submit import connect
+    from search.records.query import best
 
     trials = 8
     cfg = _search_yaml(tmp_path, mlflow_server, "cluster-itest", trials)

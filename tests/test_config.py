@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cli import main
+from search.cli.parser import main
 from search.config import ConfigError, load_config, parse_config
 
 from conftest import search_config
@@ -196,7 +196,7 @@ def test_resume_accepts_fields_added_since_at_their_defaults(tmp_path):
     its defaults, and is still refused, naming the field, when it is not."""
     import json
 
-    from search.resume import check_resume, record_config, recorded_config_path
+    from search.study.resume import check_resume, record_config, recorded_config_path
 
     cfg = search_config(tmp_path, "upgrade", 4)
     cfg.run_path.mkdir(parents=True)  # the driver creates it before recording

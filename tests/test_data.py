@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.data import DataConfig, load_data
+from pipeline.data.splits import DataConfig, load_data
 
 
 def test_digits_split_is_deterministic_and_disjoint():
@@ -54,7 +54,7 @@ def test_image_folder(tmp_path):
 def test_a_loader_that_returns_test_images_without_labels_is_a_data_error(monkeypatch):
     import pytest
 
-    from pipeline.data import LOADERS, DataError
+    from pipeline.data.splits import LOADERS, DataError
 
     digits = LOADERS.get("digits")
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
-from pipeline.plan import PrunePlan
+from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateSpec, RecalSpec, ReconSpec
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def exported(digits_search, tmp_path_factory):
     """The best candidate exported through the CLI: .pt, .pt2, .json, .onnx, logged and registered."""
-    from search.cli import main
+    from search.cli.parser import main
 
     res = digits_search
     rid = res.best(top=1).run_id[0]
@@ -55,7 +55,7 @@ def _raw_val_images(cfg) -> tuple[np.ndarray, np.ndarray]:
     before any normalisation (the split rule of ``load_data``; checked against its labels)."""
     from sklearn.datasets import load_digits
 
-    from pipeline.data import load_data
+    from pipeline.data.splits import load_data
 
     d = load_digits()
     order = np.random.default_rng(cfg.data.seed).permutation(len(d.target))
@@ -78,12 +78,12 @@ FRESH = textwrap.dedent(
     logits = onnxruntime.InferenceSession(stem + ".onnx", providers=["CPUExecutionProvider"]).run(None, {"images": batch.numpy()})[0]
     out["onnx"] = float((logits.argmax(1) == y).mean())
     out["prunesearch_imported"] = sorted(m for m in sys.modules if m.split(".")[0] in ("pipeline", "search"))
-    from search.export import load_exported
+    from search.export.formats import load_exported
     model, transform = load_exported(stem + ".pt")
     with torch.no_grad():
         out["pt"] = float((model(transform(x)).argmax(1).numpy() == y).mean())
     out["classes"] = transform.class_names
-    from pipeline.layers import prunable_weights
+    from pipeline.pruning.layers import prunable_weights
     from pipeline.measure import weight_sparsity
     weights = prunable_weights(model)
     out["sparsity"] = weight_sparsity(model, list(weights), sum(w.numel() for w in weights.values()))
@@ -125,7 +125,7 @@ def test_logged_candidate_loads_with_mlflow_pytorch_and_is_registered(exported, 
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
-    from search.export import load_exported
+    from search.export.formats import load_exported
 
     res, rid, out = exported
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)  # the safe loader: pickle refused
@@ -151,7 +151,7 @@ def test_logged_candidate_loads_with_mlflow_pytorch_and_is_registered(exported, 
 def test_transform_takes_uint8_float_and_pil_images():
     from PIL import Image
 
-    from pipeline.preprocess import Preprocessing
+    from pipeline.data.preprocess import Preprocessing
 
     pre = Preprocessing((0.5, 0.4, 0.3), (0.2, 0.25, 0.5), (3, 4, 4), "RGB", 10)
     img = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
@@ -168,8 +168,8 @@ def test_transform_takes_uint8_float_and_pil_images():
 def test_transform_resizes_pil_images_as_the_imagefolder_loader():
     from PIL import Image
 
-    from pipeline.data import fit_image
-    from pipeline.preprocess import Preprocessing
+    from pipeline.data.preprocess import Preprocessing
+    from pipeline.data.splits import fit_image
 
     pre = Preprocessing((0.5,) * 3, (0.5,) * 3, (3, 8, 8), "RGB", 2, resize=8)
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))
@@ -177,7 +177,7 @@ def test_transform_resizes_pil_images_as_the_imagefolder_loader():
 
 
 def test_export_without_output_or_model_log_is_refused():
-    from search.export import ExportError, export
+    from search.export.formats import ExportError, export
 
     with pytest.raises(ExportError, match="-o FILE.pt"):
         export("sqlite:///nowhere.db", "abc", None)

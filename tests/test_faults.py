@@ -14,7 +14,7 @@ import ray
 import yaml
 
 from search.config import load_config
-from search.driver import actor_prefix, run_search
+from search.runner.driver import actor_prefix, run_search
 
 from cli_process import ROOT, CliProcess, sigkill_group
 from conftest import candidate_runs
@@ -127,13 +127,13 @@ def test_a_run_folder_has_one_driver(tmp_path):
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
-    from search.lock import RunFolderLock, SearchRunningError
+    from search.runner.lock import RunFolderLock, SearchRunningError
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from search.lock import RunFolderLock\n"
+            "import sys, time; from pathlib import Path; from search.runner.lock import RunFolderLock\n"
             "with RunFolderLock(Path(sys.argv[1]), 'other'):\n    print('held', flush=True); time.sleep(600)",
             str(tmp_path),
         ],
@@ -156,7 +156,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
 def test_a_shared_study_has_one_driver(tmp_path):
     import optuna
 
-    from search.lock import SearchRunningError, StudyHeartbeat
+    from search.runner.lock import SearchRunningError, StudyHeartbeat
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = optuna.create_study(study_name="s", storage=url)

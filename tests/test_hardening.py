@@ -15,15 +15,15 @@ import pytest
 import yaml
 from torch import nn
 
-from pipeline.data import DataConfig, load_data
+from pipeline.data.splits import DataConfig, load_data
 from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, register_model
 from pipeline.spec import CandidateSpec
-from search.cli import main
+from search.cli.parser import main
 from search.config import load_config, parse_config
-from search.driver import run_search
-from search.records import RecordError
+from search.records.runs import RecordError
+from search.runner.driver import run_search
 
 from cli_process import CliProcess
 from conftest import candidate_runs, search_config
@@ -87,7 +87,7 @@ def test_unreachable_tracking_server_is_refused_at_start(tmp_path, capsys):
 def test_malformed_data_is_named(tmp_path, data, message):
     import numpy as np
 
-    from pipeline.data import DataError
+    from pipeline.data.splits import DataError
 
     path = tmp_path / "d.npz"
     np.savez(path, **data)
@@ -205,7 +205,7 @@ def _parent(cfg):
 
 @pytest.mark.slow
 def test_ctrl_c_finishes_in_flight_candidates_and_resumes(tmp_path, ray_local):
-    from search.study import RUN_ID_ATTR
+    from search.study.study import RUN_ID_ATTR
 
     budget = 12
     path, cfg = _signal_cfg(tmp_path, "ctrlc", budget)
@@ -281,15 +281,15 @@ def test_corrupt_checkpoint_is_refused_by_the_cli(tmp_path, capsys):
 
 
 def test_every_error_class_has_one_root_and_input_errors_exit_2():
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.data import DataError
+    from pipeline.data.splits import DataError
     from pipeline.errors import InputError, PrunesearchError
     from pipeline.measure import NumericsError
-    from pipeline.structure import UnsupportedModelError
+    from pipeline.models.checkpoint import CheckpointError
+    from pipeline.pruning.structure import UnsupportedModelError
+    from search.cluster.submit import SubmitError
     from search.config import ConfigError
-    from search.export import ExportError
-    from search.query import QueryError
-    from search.submit import SubmitError
+    from search.export.formats import ExportError
+    from search.records.query import QueryError
 
     for cls in (CheckpointError, DataError, UnsupportedModelError, ConfigError, ExportError, QueryError, RecordError, SubmitError):
         assert issubclass(cls, InputError), cls
@@ -299,12 +299,12 @@ def test_every_error_class_has_one_root_and_input_errors_exit_2():
 
 
 def test_a_programming_error_keeps_its_traceback(monkeypatch, tmp_path):
-    import search.driver
+    import search.runner.driver
 
     def broken(cfg, quiet=False):
         raise ValueError("a bug, not the user's input")
 
-    monkeypatch.setattr(search.driver, "run_search", broken)
+    monkeypatch.setattr(search.runner.driver, "run_search", broken)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run")}))
     with pytest.raises(ValueError, match="a bug"):
@@ -314,7 +314,7 @@ def test_a_programming_error_keeps_its_traceback(monkeypatch, tmp_path):
 def test_tell_is_once_through_public_optuna_api(tmp_path):
     import optuna
 
-    from search.study import open_study, recorded_trials, running_trial, tell
+    from search.study.study import open_study, recorded_trials, running_trial, tell
 
     cfg = parse_config({"run_dir": str(tmp_path / "run"), "objective": {"mode": "constrained", "max_macs_ratio": 0.5}})
     study = open_study(cfg)
@@ -326,4 +326,4 @@ def test_tell_is_once_through_public_optuna_api(tmp_path):
     done = study.get_trials()[0]
     assert done.state == optuna.trial.TrialState.COMPLETE and done.user_attrs["mlflow_run_id"] == "run-1"
     assert done.values == [0.9] and recorded_trials(study) == 1
-    assert "._trial_id" not in (ROOT / "search" / "study.py").read_text()
+    assert "._trial_id" not in (ROOT / "search" / "study" / "study.py").read_text()

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main
+from search.cli.parser import main
 
 
 def _free_port() -> int:

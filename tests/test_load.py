@@ -9,7 +9,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from search.config import parse_config
-from search.driver import actor_prefix, run_search
+from search.runner.driver import actor_prefix, run_search
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline import measure
-from pipeline import structure as S
 from pipeline.models.cifar_resnet import cifar_resnet
 from pipeline.models.digits import DigitsCNN
+from pipeline.pruning import structure as S
 
 torch.set_num_threads(1)
 

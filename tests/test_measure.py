@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import structure
-from pipeline.layers import prunable_weights
 from pipeline.measure import pruned_fraction
 from pipeline.models.digits import DigitsCNN
+from pipeline.pruning import structure
+from pipeline.pruning.layers import prunable_weights
 
 
 def test_pruned_fraction_counts_zeroed_and_physically_removed_weights():

@@ -9,10 +9,10 @@ import torch
 
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.measure import macs
-from pipeline.methods import get_method, list_methods
+from pipeline.pruning.methods import get_method, list_methods
 from pipeline.spec import CandidateSpec
 from search.config import parse_config
-from search.space import suggest
+from search.study.space import suggest
 
 
 def _specs(name: str) -> list[CandidateSpec]:

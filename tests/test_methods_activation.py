@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from pipeline.build import plan_candidate
-from pipeline.methods import PruneContext, get_method
-from pipeline.methods.activation import relu_rms
+from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.pruning.methods.activation import relu_rms
+from pipeline.pruning.structure import channel_graph
 from pipeline.spec import CandidateSpec
-from pipeline.structure import channel_graph
 
 torch.set_num_threads(1)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.data import DataConfig, load_data
-from pipeline.layers import prunable_weights
-from pipeline.methods import PruneContext, get_method
+from pipeline.data.splits import DataConfig, load_data
 from pipeline.models.digits import DigitsCNN
-from pipeline.plan import PrunePlan
+from pipeline.pruning.layers import prunable_weights
+from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateSpec
 from pipeline.train import train_classifier
 

@@ -1,4 +1,4 @@
-"""OCSPruner (pipeline.methods.ocs): the stability test, the MACs target, masking, the penalty."""
+"""OCSPruner (pipeline.pruning.methods.ocs): the stability test, the MACs target, masking, the penalty."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import math
 import pytest
 import torch
 
-from pipeline import measure, structure
+from pipeline import measure
 from pipeline.build import apply_plan
-from pipeline.methods import PruneContext, get_method
-from pipeline.methods.ocs import is_stable, stability, train_ocs
-from pipeline.plan import PrunePlan
+from pipeline.pruning import structure
+from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.pruning.methods.ocs import is_stable, stability, train_ocs
+from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateSpec
 
 A = {"conv1": {0, 1, 2, 3}, "conv2": {0, 1, 2, 3, 4, 5}}

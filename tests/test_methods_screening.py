@@ -11,13 +11,13 @@ import torch
 from scipy.stats import f_oneway, rankdata
 from torch import nn
 
-from pipeline.data import DataConfig, load_data
-from pipeline.layers import prunable_weights
-from pipeline.methods import PruneContext, get_method
-from pipeline.methods.screening import anova_f
+from pipeline.data.splits import DataConfig, load_data
 from pipeline.models.digits import DigitsCNN
+from pipeline.pruning.layers import prunable_weights
+from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.pruning.methods.screening import anova_f
+from pipeline.pruning.structure import ChannelGroup
 from pipeline.spec import CandidateSpec
-from pipeline.structure import ChannelGroup
 from pipeline.train import train_classifier
 
 torch.set_num_threads(1)
@@ -132,7 +132,7 @@ def test_channel_plan_on_digits(trained):
     assert plan.channels and all(0 < len(k) for k in plan.channels.values())
     assert sum(len(k) for k in plan.channels.values()) < sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
     # the network the plan leaves has the MACs asked for, by an independent count
-    from pipeline.structure import shrink
+    from pipeline.pruning.structure import shrink
 
     from macs_count import count_macs
 

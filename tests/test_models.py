@@ -27,7 +27,7 @@ PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
 
 
 def test_pretrained_resnet20_accuracy_on_exact_cifar10_test_images() -> None:
-    from pipeline.data import DataConfig, load_data
+    from pipeline.data.splits import DataConfig, load_data
 
     splits = load_data(
         DataConfig(

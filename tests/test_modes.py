@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from pipeline import measure
-from pipeline.activations import hooked_pass
-from pipeline.collapse import bn_output_variance
 from pipeline.models.digits import DigitsCNN
 from pipeline.modes import eval_mode
-from pipeline.recalibrate import recalibrate
+from pipeline.pruning.capture import hooked_pass
+from pipeline.repair.collapse import bn_output_variance
+from pipeline.repair.recalibrate import recalibrate
 from pipeline.spec import RecalSpec
 
 X = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.collapse import variance_figure, variance_plot, variance_table
-from search.plots import fit_figure, plot_fits, population_figure, recalibration_figure
-from search.powerlaw import fit_pressure
-from search.query import pareto_front
+from pipeline.repair.collapse import variance_figure, variance_plot, variance_table
+from search.records.plots import fit_figure, plot_fits, population_figure, recalibration_figure
+from search.records.query import pareto_front
+from search.study.powerlaw import fit_pressure
 
 
 def _rows(n: int = 24) -> list[dict]:

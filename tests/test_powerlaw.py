@@ -1,4 +1,4 @@
-"""Tests for search.powerlaw: pressure power law, inverse prediction, accuracy fit, plot."""
+"""Tests for search.study.powerlaw: pressure power law, inverse prediction, accuracy fit, plot."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from search.plots import plot_fits
-from search.powerlaw import AccuracyFit, PressureFit, fit_accuracy, fit_pressure, predict_pressure
+from search.records.plots import plot_fits
+from search.study.powerlaw import AccuracyFit, PressureFit, fit_accuracy, fit_pressure, predict_pressure
 
 C, A0, A1, SIGMA = 0.8, 0.7, 0.03, 0.02
 # 12 log-spaced pressures 1..1000: D from 0.8 down to 1.5e-3 (sparsity up to 99.85 %).

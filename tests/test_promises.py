@@ -25,12 +25,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from pipeline.data import load_data
+from pipeline.data.splits import load_data
 from pipeline.models import ModelConfig, build_model
-from search.cli import main
+from search.cli.parser import main
 from search.config import load_config
-from search.driver import actor_prefix
-from search.export import load_exported
+from search.export.formats import load_exported
+from search.runner.driver import actor_prefix
 
 from conftest import candidate_runs
 from macs_count import count_macs
@@ -150,7 +150,7 @@ def test_recorded_size_and_accuracy_metrics_match_an_independent_count(searched,
 
 def test_parent_run_holds_config_plots_front_and_fit_metrics(searched):
     from search.config import SearchConfig
-    from search.powerlaw import fit_pressure
+    from search.study.powerlaw import fit_pressure
 
     run, cfg_hf, _, client = searched
     parent = _parent(client, cfg_hf)
@@ -244,7 +244,7 @@ def test_export_of_a_training_method_carries_its_trained_weights(searched, which
     splits = load_data(cfg.data)
     assert _top1(model, splits.val.x, splits.val.y) == pytest.approx(r.data.metrics["accuracy"], abs=1e-9)
     # the base model with the same channels removed: what an export without trained weights would hold
-    from pipeline.structure import shrink
+    from pipeline.pruning.structure import shrink
 
     base = build_model(ModelConfig())
     base.load_state_dict(torch.load(next((run / "base").glob("digits_cnn-*.pt")), weights_only=True))
@@ -261,7 +261,7 @@ def test_export_of_a_training_method_carries_its_trained_weights(searched, which
 def _crafted_record(searched, name: str, model: dict | None = None, accuracy_offset: float = 0.0) -> str:
     """A copy of a recorded candidate under a new parent run in experiment ``name``."""
     from pipeline.spec import CandidateResult, CandidateSpec
-    from search.records import Recorder
+    from search.records.runs import Recorder
 
     run, cfg_hf, _, client = searched
     src = _ok(cfg_hf)[0]
@@ -311,7 +311,7 @@ def test_export_output_paths_cannot_leave_the_run_folder(searched, capsys):
 
 def test_telemetry_is_off_when_the_project_is_imported():
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED")}
-    code = "import os, search.cli; print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['RAY_USAGE_STATS_ENABLED'])"
+    code = "import os, search.cli.parser; print(os.environ['MLFLOW_DISABLE_TELEMETRY'], os.environ['RAY_USAGE_STATS_ENABLED'])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["true", "0"], out.stderr[-2000:]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline.build import apply_plan, plan_candidate
-from pipeline.layers import prunable_weights
-from pipeline.methods import PruneContext, get_method, list_methods
-from pipeline.plan import PrunePlan
-from pipeline.select import global_masks, layerwise_masks
+from pipeline.pruning.layers import prunable_weights
+from pipeline.pruning.methods import PruneContext, get_method, list_methods
+from pipeline.pruning.plan import PrunePlan
+from pipeline.pruning.thresholds import global_masks, layerwise_masks
 from pipeline.spec import CandidateSpec
 
 
@@ -158,7 +158,7 @@ def test_allocation_reshapes_the_split_and_keeps_the_target():
 
 @pytest.mark.parametrize("method", ["magnitude", "screening"])
 def test_global_allocation_meets_the_target_sparsity(digits_model, ctx, method):
-    from pipeline.layers import stage_of
+    from pipeline.pruning.layers import stage_of
 
     plain = plan_candidate(digits_model, ctx, CandidateSpec(method=method, target_sparsity=0.8, prune_stem=False, prune_head=False))
     stages = sorted({stage_of(n) for n in plain.masks})

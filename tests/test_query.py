@@ -7,9 +7,9 @@ import json
 import pytest
 
 from pipeline.spec import CandidateResult, CandidateSpec
-from search.cli import main
-from search.query import QueryError, best, pareto_front
-from search.records import Recorder
+from search.cli.parser import main
+from search.records.query import QueryError, best, pareto_front
+from search.records.runs import Recorder
 
 # (accuracy, macs, sparsity, method); rows 0, 2, 3 form the front
 KNOWN = [

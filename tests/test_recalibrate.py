@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.measure import accuracy
-from pipeline.recalibrate import augment, batchnorms, recalibrate
+from pipeline.repair.recalibrate import augment, batchnorms, recalibrate
 from pipeline.spec import CandidateSpec, RecalSpec
 
 
@@ -98,7 +98,7 @@ def test_augment_without_pad_only_flips():
 
 
 def test_splits_know_the_normalised_black_pixel():
-    from pipeline.data import DataConfig, load_data
+    from pipeline.data.splits import DataConfig, load_data
 
     s = load_data(DataConfig(name="digits", mean=(0.25,), std=(0.5,), calib_size=32, val_size=32, test_size=32))
     assert s.black == (-0.5,)

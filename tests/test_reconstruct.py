@@ -1,4 +1,4 @@
-"""Reconstruction: refit kept weights on calibration images (pipeline.reconstruct)."""
+"""Reconstruction: refit kept weights on calibration images (pipeline.repair.reconstruct)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from torch import nn
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
-from pipeline.methods import PruneContext, list_methods
 from pipeline.models import ModelConfig, build_model
-from pipeline.plan import PrunePlan
-from pipeline.reconstruct import reconstruct
+from pipeline.pruning.methods import PruneContext, list_methods
+from pipeline.pruning.plan import PrunePlan
+from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateSpec, ReconSpec
 
 LSQ = ReconSpec(mode="lsq", images=256, ridge=1e-3, batch_size=64, layers="pruned")
@@ -155,7 +155,7 @@ def evaluator(digits, digits_model):
 
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_is_reconstructed_and_rebuilds_from_its_plan(name, evaluator):
-    from pipeline.methods import get_method
+    from pipeline.pruning.methods import get_method
 
     m = get_method(name)
     gran = "unstructured" if "unstructured" in m.granularities else "channel"
@@ -223,8 +223,8 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
     from pydantic import ValidationError
 
     from search.config import parse_config
-    from search.records import spec_params
-    from search.space import suggest
+    from search.records.runs import spec_params
+    from search.study.space import suggest
 
     with pytest.raises(ValidationError, match="mode"):
         ReconSpec(mode="sgd")
@@ -238,9 +238,9 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
 
 @pytest.mark.slow
 def test_a_search_records_reconstructed_candidates_and_export_reproduces_them(tmp_path, ray_local):
-    from search.driver import run_search
-    from search.export import export
-    from search.query import candidate_rows
+    from search.export.formats import export
+    from search.records.query import candidate_rows
+    from search.runner.driver import run_search
 
     from conftest import search_config
 
@@ -276,7 +276,7 @@ def test_a_model_fx_cannot_trace_is_walked_with_hooks_to_the_same_weights(digits
 
 
 def test_the_prune_api_reconstructs_on_request(digits_model, digits):
-    from pipeline.prune import prune
+    from pipeline.api import prune
 
     calib = (digits.calib.x, digits.calib.y)
     plain, p0 = prune(digits_model, sparsity=0.9, calib=calib, recal_images=0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data import LOADERS
-from pipeline.methods import get_method, list_methods
-from pipeline.methods.registry import METHODS, register_method
+from pipeline.data.splits import LOADERS
 from pipeline.models import MODELS, ModelConfig, build_model, list_models
+from pipeline.pruning.methods import get_method, list_methods
+from pipeline.pruning.methods.registry import METHODS, register_method
 from pipeline.registry import Registry, RegistryError
 
 

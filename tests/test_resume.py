@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cli import main
+from search.cli.parser import main
 from search.config import load_config
-from search.driver import run_search
+from search.runner.driver import run_search
 
 from conftest import candidate_runs
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.driver import run_search
-from search.study import RUN_ID_ATTR
+from search.runner.driver import run_search
+from search.study.study import RUN_ID_ATTR
 
 from conftest import candidate_runs, search_config
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from search import powerlaw
 from search.config import parse_config
-from search.steering import PressureSteering
+from search.study import powerlaw
+from search.study.steering import PressureSteering
 
 
 def _cfg(target=0.9, methods=("hyperflows",)):
@@ -66,7 +66,7 @@ def test_steering_survives_a_flat_fit(caplog):
     for g in (0.001, 0.003, 0.01, 0.03, 0.1):
         steering.observe("hyperflows", {"pressure": g}, "ok", 1 - 0.999 * math.exp(rng.normal(0, 1e-4)))
     assert steering.fits  # the fit itself exists ...
-    with caplog.at_level(logging.INFO, logger="search.steering"):
+    with caplog.at_level(logging.INFO, logger="search.study.steering"):
         assert steering.propose() is None  # ... but predicts nothing, and nothing escapes
     assert "too flat" in caplog.text or "not reachable" in caplog.text, caplog.text
 
@@ -140,7 +140,7 @@ def test_budgets_that_never_repeat_get_one_budget_filled_until_it_can_be_fitted(
 def test_a_steered_proposal_becomes_that_candidate_through_optuna():
     import optuna
 
-    from search.space import suggest
+    from search.study.space import suggest
 
     cfg = parse_config(
         {
@@ -163,7 +163,7 @@ def test_a_steered_proposal_becomes_that_candidate_through_optuna():
 
 
 def test_report_fits_the_knob_each_method_steers():
-    from search.report import fit_curves, steered_points
+    from search.records.report import fit_curves, steered_points
 
     rows = [{"method": "hyperflows", "knobs": {"pressure": g, "steps": 100.0}, "sparsity": 1 - 0.1 * g**-0.9} for g in (0.01, 0.1, 1.0, 3.0)]
     rows += [
@@ -179,9 +179,9 @@ def test_report_fits_the_knob_each_method_steers():
 
 
 def test_report_never_pools_two_methods_that_steer_a_knob_of_one_name(monkeypatch):
-    from pipeline.methods.hyperflows import Hyperflows
-    from pipeline.methods.registry import METHODS
-    from search.report import steered_points
+    from pipeline.pruning.methods.hyperflows import Hyperflows
+    from pipeline.pruning.methods.registry import METHODS
+    from search.records.report import steered_points
 
     monkeypatch.setitem(METHODS._entries, "hyperflows_twin", type("Twin", (Hyperflows,), {}))
     rows = [{"method": m, "knobs": {"pressure": g}, "sparsity": 0.5} for m in ("hyperflows", "hyperflows_twin") for g in (0.1, 1.0)]

@@ -1,4 +1,4 @@
-"""Tests of physical channel pruning (pipeline.structure) on real models, no mocks."""
+"""Tests of physical channel pruning (pipeline.pruning.structure) on real models, no mocks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from pipeline import structure as S
-from pipeline.methods.base import PruneContext
 from pipeline.models.cifar_resnet import PadShortcut
 from pipeline.models.digits import DigitsCNN
+from pipeline.pruning import structure as S
+from pipeline.pruning.methods.base import PruneContext
 
 torch.set_num_threads(1)
 

@@ -8,9 +8,9 @@ from optuna.trial import TrialState
 
 from pipeline.spec import CandidateResult, CandidateSpec
 from search.config import parse_config
-from search.records import Recorder
-from search.space import suggest
-from search.study import RUN_ID_ATTR, open_study, repair, tell
+from search.records.runs import Recorder
+from search.study.space import suggest
+from search.study.study import RUN_ID_ATTR, open_study, repair, tell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 METRICS = {"accuracy": 0.9, "accuracy_before_recal": 0.5, "macs": 400.0, "macs_ratio": 0.4, "sparsity": 0.7, "params": 12.0}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import structure as S
 from pipeline.evaluator import Evaluator
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
 from pipeline.models.cifar_resnet import cifar_resnet
 from pipeline.models.digits import DigitsCNN
+from pipeline.pruning import structure as S
+from pipeline.pruning.structure import graph as graph_module
 from pipeline.spec import CandidateSpec
-from pipeline.structure import graph as graph_module
 
 torch.set_num_threads(1)
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.spec import CandidateSpec
-from search.progress import Progress, eta_s
-from search.records import EXPERIMENT_TAGS, KIND_TAG, PARAM_VALUE_MAX, Recorder, _fit, child_name, flat_params
-from search.ui import ui_command, ui_hint
+from search.cli.ui import ui_command, ui_hint
+from search.records.runs import EXPERIMENT_TAGS, KIND_TAG, PARAM_VALUE_MAX, Recorder, _fit, child_name, flat_params
+from search.runner.progress import Progress, eta_s
 
 from conftest import candidate_runs, search_config
 
@@ -44,7 +44,7 @@ def test_progress_reports_steps_of_slow_candidates_in_quiet_mode(caplog):
 
 
 def test_methods_that_train_report_their_steps(digits_model, ctx):
-    from pipeline.methods import get_method
+    from pipeline.pruning.methods import get_method
 
     seen = []
     ctx.on_step = lambda done, total: seen.append((done, total))
@@ -137,7 +137,7 @@ def test_ui_verb_serves_the_run_folders_store_on_loopback(tmp_path):
 
 @pytest.mark.slow
 def test_mlflow_view_and_a_finished_study_resumes_without_ray(tmp_path, ray_local, monkeypatch):
-    import search.driver as driver
+    import search.runner.driver as driver
 
     cfg = search_config(tmp_path, "view", trials=3)
     first = driver.run_search(cfg, quiet=True)
@@ -167,7 +167,7 @@ def test_mlflow_view_and_a_finished_study_resumes_without_ray(tmp_path, ray_loca
 
 
 def test_export_paths_stay_inside_the_run_folder_unless_absolute(tmp_path):
-    from search.cli import export_path, main
+    from search.cli.parser import export_path, main
 
     run = tmp_path / "runs"
     assert export_path(str(run), "best.pt") == (run / "best.pt").resolve()
@@ -183,7 +183,7 @@ def test_export_paths_stay_inside_the_run_folder_unless_absolute(tmp_path):
 
 def test_unknown_allocation_stage_is_refused_naming_the_stages(tmp_path):
     from search.config import ConfigError
-    from search.preflight import check_allocation, model_stages
+    from search.runner.preflight import check_allocation, model_stages
 
     cfg = search_config(tmp_path, "stages", trials=1, space={"allocation": {"conv9": [0.5, 1.0]}})
     assert list(model_stages(cfg)) == ["conv1", "conv2", "conv3", "fc"]
@@ -192,21 +192,21 @@ def test_unknown_allocation_stage_is_refused_naming_the_stages(tmp_path):
 
 
 def test_base_model_training_says_what_it_does_and_how_long(tmp_path, digits, caplog):
-    from search.basemodel import base_state
+    from search.runner.basemodel import base_state
 
     cfg = search_config(tmp_path, "base", trials=1, base_training={"steps": 3})
-    with caplog.at_level("INFO", logger="search.basemodel"):
+    with caplog.at_level("INFO", logger="search.runner.basemodel"):
         base_state(cfg, digits)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "training the base model digits_cnn" in text and "for 3 steps" in text and "trained the base model in" in text
     caplog.clear()
-    with caplog.at_level("INFO", logger="search.basemodel"):
+    with caplog.at_level("INFO", logger="search.runner.basemodel"):
         base_state(cfg, digits)  # cached: loaded, not trained again
     assert not [r for r in caplog.records if "train" in r.getMessage()]
 
 
 def test_stages_verb_lists_the_allocation_keys(tmp_path, capsys):
-    from search.cli import main
+    from search.cli.parser import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: s\nrun_dir: " + str(tmp_path / "run") + "\n")

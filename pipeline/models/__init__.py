@@ -1,7 +1,7 @@
 """Model registry: build a base model from a ``ModelConfig``.
 
 Adding an architecture: one file with a ``@register_model(name)`` builder, one import
-line below. Checkpoints always load with ``weights_only=True`` (``pipeline.checkpoint``).
+line below. Checkpoints always load with ``weights_only=True`` (``pipeline.models.checkpoint``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.checkpoint import load_into
 from pipeline.errors import InputError
+from pipeline.models.checkpoint import load_into
 from pipeline.registry import Registry
 from pipeline.spec import Frozen
 
@@ -57,7 +57,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
     Raises:
         pipeline.registry.RegistryError: unknown model name (listing the valid ones).
-        pipeline.checkpoint.CheckpointError: unreadable or mismatched checkpoint.
+        pipeline.models.checkpoint.CheckpointError: unreadable or mismatched checkpoint.
     """
     builder = MODELS.get(cfg.name)
     try:

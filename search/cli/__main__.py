@@ -1,0 +1,7 @@
+"""``python -m search.cli``: what ``prunesearch submit`` runs on the cluster."""
+
+import sys
+
+from search.cli.parser import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""Export: write a rebuilt candidate in formats that run without prunesearch.
+
+``export`` rebuilds a record (``search.export.rebuild``) and writes, beside each other:
+- ``FILE.pt``: state dict plus recipe (architecture, kept channels, preprocessing),
+  plain data loadable with ``torch.load(path, weights_only=True)``; ``load_exported``
+  turns it into a module and a transform;
+- ``FILE.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), the
+  network as a graph: needs torch only, no model code;
+- ``FILE.json``: the preprocessing (mean, std, input shape, channel order, classes);
+- ``FILE.onnx`` (``onnx=True``): the dynamo ONNX exporter's graph, input ``images``
+  (N, C, H, W) float32, output ``logits`` (N, classes).
+Each graph format is checked against the PyTorch outputs on validation images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from pipeline.data.preprocess import Preprocessing
+from pipeline.data.splits import preprocessing
+from pipeline.models import ModelConfig, load_base
+from pipeline.pruning.structure import shrink
+from search.export.rebuild import ExportError, Rebuilt, rebuild, refuse_imports
+
+log = logging.getLogger(__name__)
+
+FORMAT = "prunesearch-export/2"
+_CHECK_IMAGES = 64  # validation images on which every format must give the PyTorch logits
+_ATOL = 1e-4
+
+__all__ = ["ExportError", "Exported", "Loaded", "export", "load_exported"]
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What ``export`` wrote and checked.
+
+    ``max_abs_diff``: per graph format, the largest absolute logit difference from the
+    PyTorch module on validation images (ONNX only where onnxruntime is installed).
+    """
+
+    path: Path | None
+    program: Path | None
+    preprocessing: Path | None
+    onnx: Path | None
+    recorded_accuracy: float
+    rebuilt_accuracy: float
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    registered_version: str | None = None
+
+
+class Loaded(NamedTuple):
+    """``load_exported``'s answer: ``logits = model(transform(images))``."""
+
+    model: nn.Module
+    transform: Preprocessing
+
+
+def export(
+    tracking_uri: str,
+    run_id: str,
+    output: str | Path | None,
+    tolerance: float = 1e-6,
+    allow_import: bool = False,
+    onnx: bool = False,
+    log_model: bool = False,
+    register: str | None = None,
+) -> Exported:
+    """Rebuild candidate ``run_id`` and write ``output`` (.pt) with .pt2, .json (and .onnx) beside it;
+    with ``log_model`` (or ``register``) also log it as an MLflow model into its run.
+
+    Raises:
+        ExportError: see ``search.export.rebuild.rebuild``; also a graph format whose outputs
+            differ from the PyTorch module's by more than 1e-4.
+    """
+    if output is None and not (log_model or register):
+        raise ExportError("nothing to do: give an output file (-o FILE.pt) or --log-model / --register NAME")
+    if output is not None and Path(output).is_dir():
+        raise ExportError(f"-o: {output} is a folder; give a file name, e.g. {Path(output) / 'best.pt'}")
+    rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
+    pre = preprocessing(rb.cfg.data, rb.splits)
+    check = rb.splits.val.x[:_CHECK_IMAGES]
+    paths: dict[str, Path | None] = {"pt": None, "pt2": None, "json": None, "onnx": None}
+    diffs: dict[str, float] = {}
+    if output is not None:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pt2, json_path = out.with_suffix(".pt2"), out.with_suffix(".json")
+        paths.update(pt=out, pt2=pt2, json=json_path)
+        _write_pt(rb, pre, out)
+        diffs["pt2"] = _write_program(rb.model, check, pt2)
+        if onnx:
+            paths["onnx"] = onnx_path = out.with_suffix(".onnx")
+            d = _write_onnx(rb.model, check, onnx_path)
+            if d is not None:
+                diffs["onnx"] = d
+        sidecar = {
+            "format": FORMAT,
+            "run_id": run_id,
+            "recorded_accuracy": rb.recorded_accuracy,
+            "preprocessing": pre.to_dict(),
+            "input": "images (N, C, H, W) float32, normalised",
+            "output": "logits (N, num_classes)",
+        }
+        json_path.write_text(json.dumps(sidecar, indent=2))
+    uri = version = None
+    if log_model or register:
+        from search.export.mlmodel import log_candidate_model
+
+        uri, version = log_candidate_model(tracking_uri, run_id, rb.model, check[:2], pre, register)
+    return Exported(paths["pt"], paths["pt2"], paths["json"], paths["onnx"], rb.recorded_accuracy, rb.rebuilt_accuracy, diffs, uri, version)
+
+
+def _write_pt(rb: Rebuilt, pre: Preprocessing, out: Path) -> None:
+    recipe = {
+        "format": FORMAT,
+        "model": rb.cfg.model.model_dump_json(),
+        "spec": rb.spec.to_json(),
+        "run_id": rb.run_id,
+        "channels": {k: v.tolist() for k, v in rb.plan.channels.items()},
+        "input_shape": list(rb.splits.input_shape),
+        "preprocessing": pre.to_dict(),
+    }
+    torch.save({"recipe": json.dumps(recipe), "state_dict": rb.model.state_dict()}, out)
+
+
+def _batch_dim() -> tuple[dict[int, object]]:
+    return ({0: torch.export.Dim.AUTO},)  # any batch size; the exporter keeps it symbolic
+
+
+def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
+    diff = float((got - want).abs().max())
+    if not diff <= _ATOL:
+        raise ExportError(f"the {name} export's logits differ from the PyTorch module's by {diff:.3g} (more than {_ATOL})")
+    return diff
+
+
+@torch.no_grad()
+def _write_program(model: nn.Module, x: torch.Tensor, path: Path) -> float:
+    program = torch.export.export(model, (x,), dynamic_shapes=_batch_dim())
+    torch.export.save(program, path)
+    return _check("torch.export", torch.export.load(path).module()(x), model(x))
+
+
+@torch.no_grad()
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError:
+        raise ExportError("ONNX export needs the packages onnx and onnxscript: pip install 'prunesearch[onnx]'") from None
+    with quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):  # INFO lines for every rewrite pass
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=_batch_dim(),
+            external_data=False,
+            verbose=False,
+        )  # one self-contained file
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: %s is written but its outputs are not checked", path)
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _check("ONNX", torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x))
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str):
+    """Raise the named loggers to WARNING for the block (libraries that log INFO per step)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def load_exported(path: str | Path, allow_import: bool = False) -> Loaded:
+    """Rebuild an exported candidate: ``model, transform = load_exported("best.pt")``.
+
+    ``model`` is an ``nn.Module`` in eval mode; ``transform`` (a ``Preprocessing``) maps
+    uint8 (N, H, W, C) / (H, W, C) numpy images, float ones in [0, 1], or PIL images to
+    the normalised float32 (N, C, H, W) batch the model was scored on. Loading uses
+    ``weights_only=True`` (no pickled code); an ``import`` model class is refused
+    unless ``allow_import``.
+    """
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    recipe = json.loads(blob["recipe"])
+    if recipe.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a prunesearch export of format {FORMAT!r} (found {recipe.get('format')!r}); export it again")
+    model_cfg = ModelConfig.model_validate_json(recipe["model"])
+    refuse_imports(model_cfg, allow_import, str(path))
+    channels = {k: torch.tensor(v, dtype=torch.int64) for k, v in recipe["channels"].items()}
+    model = load_base(model_cfg, blob["state_dict"], reshape=(lambda m: shrink(m, channels)) if channels else None)
+    return Loaded(model, Preprocessing.from_dict(recipe["preprocessing"]))

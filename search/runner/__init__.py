@@ -1,0 +1,1 @@
+"""Running one search: the driver, the run-folder lock, checks before the first candidate, the base model, progress."""
