@@ -1,24 +1,22 @@
 """Prune an in-memory network without a search: one method, one target, one call.
 
 ``prune(model, method="magnitude", sparsity=0.8, calib=(x, y))`` runs the same code
-path as a search candidate (``pipeline.build``): the method's plan, channels removed,
-masks applied, (the kept weights refit, with ``reconstruct=True``,) BatchNorm
-statistics recalibrated on the calibration images.
+path as a search candidate (``pipeline.build.build_candidate``): the method's plan,
+channels removed, masks applied, (the kept weights refit, with ``reconstruct=True``,)
+BatchNorm statistics recalibrated on the calibration images.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from pipeline.build import apply_plan, plan_candidate
-from pipeline.pruning.methods import PruneContext, get_method
+from pipeline.build import BuildContext, build_candidate
+from pipeline.modes import eval_mode
+from pipeline.pruning.methods import get_method
 from pipeline.pruning.plan import PrunePlan
-from pipeline.repair.recalibrate import recalibrate
-from pipeline.repair.reconstruct import reconstruct as run_reconstruction
 from pipeline.spec import CandidateSpec, Granularity, RecalSpec, ReconSpec, Scope
 
 Data = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
@@ -86,26 +84,21 @@ def prune(
         reconstruct=ReconSpec(mode="lsq" if reconstruct else "none", images=min(ReconSpec().images, len(cx))),
         seed=seed,
     )
-    model = model.eval()
-    with torch.no_grad():
-        num_classes = int(model(cx[:1]).shape[1])
-    if cy is None:
-        if impl.needs_labels or impl.trains:
-            raise ValueError(f"method {method!r} needs labels: pass calib=(images, labels)")
-        cy = torch.zeros(len(cx), dtype=torch.int64)
-        ty = cy if ty is None else ty
-    if ty is None:  # train images without labels (the calibration images have some)
-        if impl.trains:
-            raise ValueError(f"method {method!r} trains: pass train=(images, labels)")
-        ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
-    ctx = PruneContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
-    plan = plan_candidate(model, ctx, spec)
-    pruned = apply_plan(model, plan)
-    if spec.reconstruct.mode == "lsq":
-        refit, _ = run_reconstruction(model, pruned, cx[: spec.reconstruct.images], spec.reconstruct, plan)
-        plan = dataclasses.replace(plan, refit=refit)
-    recalibrate(pruned, cx, spec.recal, seed=seed)
-    return pruned.eval(), plan
+    with eval_mode(model):  # the caller's train/eval flags are restored after
+        with torch.no_grad():
+            num_classes = int(model(cx[:1]).shape[1])
+        if cy is None:
+            if impl.needs_labels or impl.trains:
+                raise ValueError(f"method {method!r} needs labels: pass calib=(images, labels)")
+            cy = torch.zeros(len(cx), dtype=torch.int64)
+            ty = cy if ty is None else ty
+        if ty is None:  # train images without labels (the calibration images have some)
+            if impl.trains:
+                raise ValueError(f"method {method!r} trains: pass train=(images, labels)")
+            ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
+        ctx = BuildContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
+        built = build_candidate(model, ctx, spec)
+    return built.model.eval(), built.plan
 
 
 def _split(data: Data) -> tuple[torch.Tensor, torch.Tensor | None]:

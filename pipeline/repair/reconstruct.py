@@ -81,14 +81,16 @@ def reconstruct(
     Args:
         dense: the dense base model (not modified); module names as in ``pruned``.
         pruned: the network ``plan`` produced (``pipeline.build.apply_plan``).
-        images: calibration images (N, C, H, W), normalised; all are used.
-        spec: ridge, batch size, which layers.
+        images: calibration images (N, C, H, W), normalised; the first ``spec.images``
+            are used (the stage takes its own count: callers pass all they have).
+        spec: image count, ridge, batch size, which layers.
         plan: what was pruned (masks stay masks, kept channels stay kept).
 
     Returns:
         The refit state-dict entries (``NAME.weight``, ``NAME.bias``) of ``pruned``, and
         the report.
     """
+    images = images[: spec.images]
     flags = {m: m.training for m in (*dense.modules(), *pruned.modules())}
     dense.eval(), pruned.eval()  # BN uses stored statistics; recalibration follows after
     try:
