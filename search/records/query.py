@@ -9,6 +9,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
+from search.study.encoding import row_settings
 
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
 FLAGS: dict[str, dict[float | None, str]] = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
@@ -71,18 +72,17 @@ def has_run(tracking_uri: str, run_id: str) -> bool:
 
 def _row(run: Any) -> dict[str, Any]:
     p, t = run.data.params, run.data.tags
+    settings = row_settings(p)
+    knobs, allocation = settings.pop("knobs"), settings.pop("allocation")
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "trial": int(t.get("trial_number", -1)),
         "state": t.get("state", ""),
-        "method": p.get("method", ""),
-        "granularity": p.get("granularity", ""),
-        "scope": p.get("scope", ""),
-        "reconstruct": p.get("reconstruct", "none"),
+        **settings,
         "node": t.get("node", ""),
         "error": t.get("error", ""),
-        "knobs": {k.removeprefix("knob."): float(v) for k, v in p.items() if k.startswith("knob.")},
-        "allocation": {k.removeprefix("alloc."): float(v) for k, v in p.items() if k.startswith("alloc.")},
+        "knobs": knobs,  # after node and error, as tables always showed them
+        "allocation": allocation,
         "baseline": t.get("baseline") == "1",
     }
     row.update(run.data.metrics)
