@@ -1,7 +1,7 @@
 """The evaluator: one long-lived worker that prunes, reconstructs, recalibrates and measures candidates.
 
-``Evaluator`` is a plain class (unit-testable without Ray); ``evaluator_actor`` wraps it
-as a Ray actor. Contract:
+``Evaluator`` is a plain class (unit-testable without Ray); ``search.cluster.pool``
+wraps it as a Ray actor (the only place that does). Contract:
 - The base model, the data and per-method importance scores are loaded once per
   evaluator and shared by all its candidates; each candidate gets a fresh pruned copy,
   so two candidates never affect each other.
@@ -183,21 +183,3 @@ def _ray_node_id() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # outside Ray there is no node; the host name says where it ran
         return ""
-
-
-def evaluator_actor(
-    num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3, cls: type = Evaluator
-):
-    """``cls`` (an ``Evaluator``) as a Ray actor class with the given resource request.
-
-    A restarted actor re-runs ``__init__`` (reloading the model and data from the
-    object store); in-flight calls are not retried by Ray: the driver resubmits them.
-    Candidates run one at a time; ``status`` is answered from its own concurrency group
-    (call it with ``.options(concurrency_group="status")``) while one runs.
-    """
-    import ray
-
-    # type-ignored: ray's overloads of remote() leave out concurrency_groups, an actor option
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(  # type: ignore[call-overload]
-        cls
-    )

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from search.config import SearchConfig, parse_config
+from search.config import SearchConfig, local_store_uri, parse_config
 from search.config import load_config as _load_yaml
 from search.export.rebuild import ExportError, artifact, rebuild
 from search.records import query
@@ -51,7 +51,7 @@ def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
 
 def results(experiment: str, run_dir: str | Path = "runs", tracking_uri: str | None = None) -> "Results":
     """The results of an earlier search of ``experiment`` (its latest parent run) in ``run_dir``'s store."""
-    uri = tracking_uri or f"sqlite:///{Path(run_dir).expanduser().resolve() / 'mlflow.db'}"
+    uri = tracking_uri or local_store_uri(run_dir)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     parents = (

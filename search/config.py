@@ -15,18 +15,41 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.data.splits import DataConfig
-from pipeline.errors import InputError, excerpt
+from pipeline.errors import excerpt
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
 from pipeline.pruning.methods import get_method
 from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
-
-
-class ConfigError(InputError):
-    """The configuration is invalid; the message names the field."""
-
+from search.configfile import ConfigError, read_config_file
 
 Range = tuple[float, float]
+STORE_FILE = "mlflow.db"  # the run folder's default MLflow store
+
+
+def local_store(run_dir: str | Path) -> Path:
+    """The SQLite MLflow store of the run folder ``run_dir`` (the default tracking store)."""
+    return Path(run_dir).expanduser().resolve() / STORE_FILE
+
+
+def local_store_uri(run_dir: str | Path) -> str:
+    """The tracking URI of ``local_store(run_dir)``."""
+    return f"sqlite:///{local_store(run_dir)}"
+
+
+def inside_folder(root: Path, path: str | Path, what: str) -> Path:
+    """``path`` resolved: a relative one inside ``root`` (the run folder; refused when it
+    escapes it), an absolute one as given (taken as deliberate). ``what`` names it in the
+    message (a field, a flag)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    full = (root / p).resolve()
+    if not full.is_relative_to(root):
+        raise ConfigError(
+            f"{what} {str(path)!r} escapes the run folder {root}: a relative path stays inside the run folder; "
+            "give an absolute path to write elsewhere on purpose"
+        )
+    return full
 
 
 def _seed() -> Any:
@@ -279,17 +302,11 @@ class SearchConfig(Frozen):
 
     def resolved_tracking_uri(self) -> str:
         """The MLflow tracking URI: as configured, else a SQLite file in the run folder."""
-        return self.tracking_uri or f"sqlite:///{self.run_path / 'mlflow.db'}"
+        return self.tracking_uri or local_store_uri(self.run_path)
 
     def inside_run_dir(self, relative: str) -> Path:
-        """A path inside the run folder; refuses relative paths that escape it."""
-        p = Path(relative)
-        if p.is_absolute():
-            return p
-        full = (self.run_path / p).resolve()
-        if not full.is_relative_to(self.run_path):
-            raise ConfigError(f"path {relative!r} escapes the run folder {self.run_path}; give an absolute path to write elsewhere on purpose")
-        return full
+        """A path inside the run folder (``inside_folder``)."""
+        return inside_folder(self.run_path, relative, "path")
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -328,6 +345,4 @@ def merge_sections(base: dict, over: dict) -> dict:
 
 def load_config(path: str | Path, overrides: dict | None = None, check_paths: bool = True) -> SearchConfig:
     """Read (bounded, see ``search.configfile``) and validate a YAML config file."""
-    from search.configfile import read_config_file  # it raises ConfigError: imported here against the cycle
-
     return parse_config(read_config_file(path), overrides, check_paths)

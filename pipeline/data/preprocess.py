@@ -84,10 +84,16 @@ class Preprocessing:
     def _fit(self, pic: Any) -> Any:
         pic = pic.convert(self.channel_order if self.channel_order in ("RGB", "L") else "RGB")
         if self.resize is not None:
-            from pipeline.data.splits import fit_image
-
             return fit_image(pic, self.resize)
         return pic
+
+
+def fit_image(img: Any, size: int) -> Any:
+    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``size`` x ``size``
+    (what ``imagefolder`` does to every image, and what an export's transform repeats)."""
+    from torchvision.transforms import functional as F
+
+    return F.center_crop(F.resize(img, size), size)
 
 
 def _is_pil(x: Any) -> bool:
