@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.build import BuildContext, build_candidate
+from pipeline.errors import InputError
 from pipeline.modes import eval_mode
 from pipeline.pruning.methods import get_method
 from pipeline.pruning.plan import PrunePlan
@@ -65,9 +66,9 @@ def prune(
     """
     impl = get_method(method)
     if (sparsity is None) == (macs_ratio is None) and impl.target != "outcome":
-        raise ValueError("give exactly one target: sparsity= (weights removed) or macs_ratio= (MACs kept)")
+        raise InputError("give exactly one target: sparsity= (weights removed) or macs_ratio= (MACs kept)")
     if calib is None:
-        raise ValueError("calib=(images, labels) is needed: images (N, C, H, W) normalised as the model expects")
+        raise InputError("calib=(images, labels) is needed: images (N, C, H, W) normalised as the model expects")
     cx, cy = _split(calib)
     tx, ty = _split(train) if train is not None else (cx, cy)
     spec = CandidateSpec(
@@ -89,12 +90,12 @@ def prune(
             num_classes = int(model(cx[:1]).shape[1])
         if cy is None:
             if impl.needs_labels or impl.trains:
-                raise ValueError(f"method {method!r} needs labels: pass calib=(images, labels)")
+                raise InputError(f"method {method!r} needs labels: pass calib=(images, labels)")
             cy = torch.zeros(len(cx), dtype=torch.int64)
             ty = cy if ty is None else ty
         if ty is None:  # train images without labels (the calibration images have some)
             if impl.trains:
-                raise ValueError(f"method {method!r} trains: pass train=(images, labels)")
+                raise InputError(f"method {method!r} trains: pass train=(images, labels)")
             ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
         ctx = BuildContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
         built = build_candidate(model, ctx, spec)

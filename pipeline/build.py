@@ -27,7 +27,7 @@ from torch import nn
 from pipeline import measure
 from pipeline.errors import InputError
 from pipeline.pruning.methods import PruneContext, get_method
-from pipeline.pruning.plan import PrunePlan, apply_masks
+from pipeline.pruning.plan import PlanError, PrunePlan, apply_masks
 from pipeline.pruning.structure import ChannelGraph, cached_graph, check_forward, shrink
 from pipeline.repair.recalibrate import recalibrate
 from pipeline.repair.reconstruct import reconstruct
@@ -190,7 +190,7 @@ def apply_plan(base: nn.Module, plan: PrunePlan, graph: ChannelGraph | None = No
         state = base.state_dict()
         unknown = set(plan.weights) - set(state)
         if unknown:
-            raise KeyError(f"plan carries weights for {sorted(unknown)[:5]}, which the model does not have")
+            raise PlanError(f"plan carries weights for {sorted(unknown)[:5]}, which the model does not have")
         base.load_state_dict({k: plan.weights.get(k, v).to(v.device, v.dtype) for k, v in state.items()})
     if plan.channels:
         model = shrink(base, plan.channels, graph=graph)
@@ -209,5 +209,5 @@ def load_refit(model: nn.Module, refit: dict) -> None:
     for k, v in refit.items():
         if k not in state or tuple(state[k].shape) != tuple(v.shape):
             got = tuple(state[k].shape) if k in state else "nothing"
-            raise KeyError(f"plan refits {k!r} with shape {tuple(v.shape)}, the pruned model has {got}")
+            raise PlanError(f"plan refits {k!r} with shape {tuple(v.shape)}, the pruned model has {got}")
         state[k].copy_(v.to(state[k].device, state[k].dtype))

@@ -61,10 +61,10 @@ def _check_range(v: Range, what: str, high_inclusive: bool) -> Range:
     """A (low, high) range inside (0, 1), or (0, 1] when ``high_inclusive``."""
     top_ok = v[1] <= 1 if high_inclusive else v[1] < 1
     if v[0] > v[1]:
-        raise ValueError(f"{what} range [{v[0]}, {v[1]}] is reversed; write [{v[1]}, {v[0]}]")
+        raise ConfigError(f"{what} range [{v[0]}, {v[1]}] is reversed; write [{v[1]}, {v[0]}]")
     if not (0 < v[0] <= v[1] and top_ok):
         bound = "<= 1" if high_inclusive else "< 1"
-        raise ValueError(f"{what} range must satisfy 0 < low <= high {bound}")
+        raise ConfigError(f"{what} range must satisfy 0 < low <= high {bound}")
     return v
 
 
@@ -124,18 +124,18 @@ class SpaceConfig(Frozen):
             try:
                 method = get_method(method_name)
             except ValueError as e:
-                raise ValueError(f"{excerpt(method_name, 60)}: {e}") from None
+                raise ConfigError(f"{excerpt(method_name, 60)}: {e}") from None
             for name, (low, high) in ranges.items():
                 knob = method.knobs.get(name)
                 if knob is None:
                     close = difflib.get_close_matches(name, list(method.knobs), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise ValueError(
+                    raise ConfigError(
                         f"{method_name}.{name[:60]}: method {method_name!r} has no such knob; its knobs are {sorted(method.knobs)}{hint}"
                     )
                 problem = knob.range_problem(low, high)
                 if problem:
-                    raise ValueError(f"{method_name}.{name}: {problem}")
+                    raise ConfigError(f"{method_name}.{name}: {problem}")
         return v
 
     @field_validator("allocation")
@@ -144,7 +144,7 @@ class SpaceConfig(Frozen):
         # stage names are checked against the model in preflight (search.runner.preflight)
         for stage, (low, high) in v.items():
             if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
-                raise ValueError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")
+                raise ConfigError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")
         return v
 
     @model_validator(mode="after")
@@ -152,7 +152,7 @@ class SpaceConfig(Frozen):
         for name in self.methods:
             supported = get_method(name).granularities
             if not set(supported) & set(self.granularity):
-                raise ValueError(
+                raise ConfigError(
                     f"space.granularity: method {name!r} supports {list(supported)}, none of {self.granularity}; add one or drop the method"
                 )
         return self
@@ -173,7 +173,7 @@ class ObjectiveConfig(Frozen):
     @model_validator(mode="after")
     def _constraint(self) -> "ObjectiveConfig":
         if self.mode == "constrained" and self.max_macs_ratio is None and self.min_sparsity is None:
-            raise ValueError("constrained mode needs max_macs_ratio or min_sparsity")
+            raise ConfigError("constrained mode needs max_macs_ratio or min_sparsity")
         return self
 
 
@@ -256,7 +256,7 @@ class SearchConfig(Frozen):
         try:
             make_url(v)
         except ArgumentError:
-            raise ValueError(
+            raise ConfigError(
                 f"{excerpt(v)} is not a database URL; use e.g. sqlite:////abs/path/optuna.db or postgresql://host/db, or leave it unset for a journal file in run_dir"
             ) from None
         return v
@@ -266,17 +266,17 @@ class SearchConfig(Frozen):
         from pipeline.models import list_models
 
         if self.model.name not in list_models():
-            raise ValueError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
+            raise ConfigError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
         check_paths = (info.context or {}).get("check_paths", True)
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():
-                raise ValueError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
+                raise ConfigError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
         calib_users = {"recalibration": self.recalibration.images}
         if "lsq" in self.space.reconstruct:
             calib_users["reconstruction"] = self.reconstruction.images
         for section, images in calib_users.items():
             if images > self.data.calib_size:
-                raise ValueError(
+                raise ConfigError(
                     f"{section}.images: {images} calibration images requested but "
                     f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
                 )
@@ -287,7 +287,7 @@ class SearchConfig(Frozen):
     def _run_dir(cls, v: str) -> str:
         p = Path(v).expanduser().resolve()
         if p == Path(p.anchor) or p == Path.home().resolve():
-            raise ValueError(
+            raise ConfigError(
                 f"{v!r} is {'the file system root' if p == Path(p.anchor) else 'your home folder'}; give the search a folder of its own, e.g. runs"
             )
         return v

@@ -58,9 +58,9 @@ class DataConfig(Frozen):
     @classmethod
     def _finite(cls, v: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
-            raise ValueError("values must be finite numbers")
+            raise InputError("values must be finite numbers")
         if v is not None and info.field_name == "std" and not all(x > 0 for x in v):
-            raise ValueError("values must be > 0 (pixels are divided by them)")
+            raise InputError("values must be > 0 (pixels are divided by them)")
         return v
 
 

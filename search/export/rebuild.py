@@ -29,7 +29,7 @@ from search.records.runs import PARENT_TAG
 from search.runner.basemodel import base_state
 
 
-class ExportError(InputError, RuntimeError):
+class ExportError(InputError):
     """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
 

@@ -40,7 +40,7 @@ PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's limit on params per log_batch
 
 
-class RecordError(InputError, RuntimeError):
+class RecordError(InputError):
     """The tracking store cannot be reached or written."""
 
 
