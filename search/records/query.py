@@ -153,7 +153,7 @@ def best(
         if value is None:
             continue
         field, op = FILTERS[name]
-        text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(float(value))
+        text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(_bound(name, value))
         clauses.append(f"{field} {op} {text}")
     rows = [r for r in candidate_rows(tracking_uri, experiment, filters=" and ".join(clauses)) if "accuracy" in r and "macs" in r]
     if feasible is not None:
@@ -166,6 +166,17 @@ def best(
     sign = -1.0 if descending else 1.0
     ordered = sorted(chosen, key=lambda r: (metric not in r, sign * r.get(metric, 0.0), r["macs"], r["trial"]))
     return ordered if top is None else ordered[:top]
+
+
+def _bound(name: str, value: Any) -> float:
+    """A numeric filter's value: a finite number (None, not NaN, leaves a filter open)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name}={value!r}: a number is expected") from None
+    if not math.isfinite(number):
+        raise QueryError(f"{name}={value!r}: a finite number is expected (None leaves the filter open)")
+    return number
 
 
 #: metrics where more is better: sorted descending unless told otherwise

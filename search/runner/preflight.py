@@ -8,7 +8,7 @@ from pipeline.build import apply_plan, plan_candidate
 from pipeline.data.splits import DataError, Splits
 from pipeline.measure import NumericsError, accuracy, macs
 from pipeline.models import build_model, load_base
-from pipeline.pruning.layers import prunable_weights, stage_of
+from pipeline.pruning.layers import stages
 from pipeline.pruning.methods import PruneContext, get_method
 from pipeline.spec import CandidateSpec
 from search.config import ConfigError, SearchConfig
@@ -98,11 +98,7 @@ def most_pruned_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, t
 def model_stages(cfg: SearchConfig) -> dict[str, list[str]]:
     """Stage name -> its prunable layers (``space.prune_stem`` / ``prune_head`` honoured):
     the keys ``space.allocation`` accepts. Builds the architecture only (no checkpoint)."""
-    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
-    out: dict[str, list[str]] = {}
-    for name in prunable_weights(model, cfg.space.prune_stem, cfg.space.prune_head):
-        out.setdefault(stage_of(name), []).append(name.removesuffix(".weight"))
-    return out
+    return stages(build_model(cfg.model.model_copy(update={"checkpoint": None})), cfg.space.prune_stem, cfg.space.prune_head)
 
 
 def check_allocation(cfg: SearchConfig) -> None:
