@@ -1,6 +1,6 @@
 """Reconstruction: refit a pruned network's kept weights so each layer reproduces the dense one.
 
-Layer by layer in execution order (sequential reconstruction, methods.md section 8):
+Layer by layer in execution order (sequential reconstruction, docs/methods.md section 8):
 the inputs of layer k come from the pruned network whose layers before k are already
 refit, the targets from the dense network on the same calibration images; each layer
 solves ridge least squares on its im2col inputs (``pipeline.repair.lsq``). The target is the

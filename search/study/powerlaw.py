@@ -1,7 +1,7 @@
 """Curve fits the search uses: Hyperflows density vs pressure, accuracy vs density
 (their figure: ``search.records.plots.fit_figure``).
 
-Pressure (methods.md section 4): final density D (fraction of prunable weights
+Pressure (docs/methods.md section 4): final density D (fraction of prunable weights
 kept, in (0, 1)) at fixed pressure gamma (dimensionless, > 0) follows
 ``D = c * gamma ** -(a0 + a1 * ln gamma)``, fitted as a quadratic in ln gamma by
 least squares on ln D. Multiplicative run-to-run noise is additive in ln D, so

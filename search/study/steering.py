@@ -1,7 +1,7 @@
 """Power-law steering: place a steered knob (hyperflows' pressure) where the target lies.
 
 Density after pressure-driven pruning follows D(gamma) = c * gamma^-(a0 + a1 ln gamma)
-(methods.md, 4). Once a few candidates are measured, the fit is inverted for the target
+(docs/methods.md, 4). Once a few candidates are measured, the fit is inverted for the target
 density and every ``every``-th new trial is enqueued at a pressure drawn log-uniformly
 from the prediction interval; the others stay with the sampler, so the search keeps
 exploring. Fits are refreshed as candidates arrive.

@@ -1,4 +1,4 @@
-"""OCSPruner: one-cycle structured pruning, stability-driven (methods.md, 5).
+"""OCSPruner: one-cycle structured pruning, stability-driven (docs/methods.md, 5).
 
 A deep copy of the trained base model trains for ``epochs`` x ``steps_per_epoch`` SGD
 steps. After every epoch the channel groups are scored and the subnetwork for the MACs

@@ -1,4 +1,4 @@
-"""Screening: class-wise ANOVA F statistics decide what to keep (methods.md, 3).
+"""Screening: class-wise ANOVA F statistics decide what to keep (docs/methods.md, 3).
 
 A unit matters if its activation separates the classes of a labelled calibration set.
 Units are a layer's input channels / features (unstructured: every weight inherits the
