@@ -28,12 +28,27 @@ def _cases(digits, digits_model):
         "1-channel images, 3-channel model": (dict(model=rgb, sparsity=0.5, calib=(x, y)), r"calib images: 1 channels .* first conv takes 3"),
         "float labels": (dict(model=digits_model, method="screening", sparsity=0.5, calib=(x, y.float())), r"calib labels: integer class indices"),
         "labels beyond the classes": (dict(model=digits_model, sparsity=0.5, calib=(x, y + 10)), r"calib labels: class indices must be in \[0, 10\)"),
-        "unknown stage": (dict(model=digits_model, sparsity=0.5, calib=(x, y), allocation={"layer9": 0.5}), r"'layer9' is no stage .* its stages are conv1, conv2, conv3, fc"),
-        "negative multiplier": (dict(model=digits_model, sparsity=0.5, calib=(x, y), allocation={"conv2": -0.5}), r"allocation\['conv2'\]=-0\.5: a multiplier >= 0"),
+        "unknown stage": (
+            dict(model=digits_model, sparsity=0.5, calib=(x, y), allocation={"layer9": 0.5}),
+            r"'layer9' is no stage .* its stages are conv1, conv2, conv3, fc",
+        ),
+        "negative multiplier": (
+            dict(model=digits_model, sparsity=0.5, calib=(x, y), allocation={"conv2": -0.5}),
+            r"allocation\['conv2'\]=-0\.5: a multiplier >= 0",
+        ),
         "NaN images": (dict(model=digits_model, sparsity=0.5, calib=(nan_x, y)), rf"calib images: {len(x)} of {len(x)} images hold NaN or infinite"),
-        "one infinite pixel": (dict(model=digits_model, sparsity=0.5, calib=(inf_x, y), reconstruct=True), r"calib images: 1 of \d+ images hold NaN or infinite"),
-        "no prunable layers": (dict(model=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), sparsity=0.5, calib=(x, y)), r"model: Sequential has no Conv2d or Linear"),
-        "meta-device model": (dict(model=copy.deepcopy(digits_model).to("meta"), sparsity=0.5, calib=(x, y)), r"model: its tensors are on the meta device"),
+        "one infinite pixel": (
+            dict(model=digits_model, sparsity=0.5, calib=(inf_x, y), reconstruct=True),
+            r"calib images: 1 of \d+ images hold NaN or infinite",
+        ),
+        "no prunable layers": (
+            dict(model=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), sparsity=0.5, calib=(x, y)),
+            r"model: Sequential has no Conv2d or Linear",
+        ),
+        "meta-device model": (
+            dict(model=copy.deepcopy(digits_model).to("meta"), sparsity=0.5, calib=(x, y)),
+            r"model: its tensors are on the meta device",
+        ),
         "method not a name": (dict(model=digits_model, method=123, sparsity=0.5, calib=(x, y)), r"method=123: give a method's name, one of \["),
         "negative recal_images": (dict(model=digits_model, sparsity=0.5, calib=(x, y), recal_images=-1), r"recal_images: "),
     }
