@@ -61,20 +61,11 @@ class BuildContext(PruneContext):
 
     @classmethod
     def from_splits(cls, splits: "Splits", eval_batch: int = 512) -> "BuildContext":
-        """The context of a data set: calibration, training and validation splits as given,
-        the first validation image as example input."""
-        return cls(
-            calib_x=splits.calib.x,
-            calib_y=splits.calib.y,
-            train_x=splits.train.x,
-            train_y=splits.train.y,
-            example_input=splits.val.x[:1],
-            num_classes=splits.num_classes,
-            val_x=splits.val.x,
-            val_y=splits.val.y,
-            black=splits.black,
-            eval_batch=eval_batch,
-        )
+        """``PruneContext.from_splits`` plus the validation split, its black pixel and
+        ``eval_batch``."""
+        method_part = PruneContext.from_splits(splits)
+        shared = {f.name: getattr(method_part, f.name) for f in dataclasses.fields(PruneContext)}
+        return cls(**shared, val_x=splits.val.x, val_y=splits.val.y, black=splits.black, eval_batch=eval_batch)
 
     def val_accuracy(self, model: nn.Module) -> float | None:
         """Top-1 of ``model`` on the validation images (a fraction), or None without them."""
