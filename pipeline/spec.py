@@ -79,9 +79,10 @@ class ReconSettings(Frozen):
     batch_size: int = Field(64, ge=1)
     layers: Literal["pruned", "all"] = "all"
 
-    def with_mode(self, mode: Literal["none", "lsq"]) -> "ReconSpec":
-        """These settings as one candidate's reconstruction (``mode`` ``none`` or ``lsq``)."""
-        return ReconSpec(mode=mode, **{k: getattr(self, k) for k in ReconSettings.model_fields})
+    def with_mode(self, mode: str) -> "ReconSpec":
+        """These settings as one candidate's reconstruction; ``mode`` (``none`` or ``lsq``)
+        is validated as a ``ReconSpec`` field."""
+        return ReconSpec.model_validate({"mode": mode, **{k: getattr(self, k) for k in ReconSettings.model_fields}})
 
 
 class ReconSpec(ReconSettings):
