@@ -17,6 +17,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
+
 _SCHEMA = pa.schema(
     [
         ("kind", pa.string()),  # "mask", "channels" (kept output channels), "weight" (trained tensor) or "refit"
@@ -26,6 +28,13 @@ _SCHEMA = pa.schema(
     ]
 )
 _DIAGNOSTICS = b"prunesearch.diagnostics"  # Parquet metadata key of PrunePlan.diagnostics (JSON)
+
+
+class PlanError(InputError, KeyError):
+    """A plan that does not fit the model (names or shapes it lacks): a tampered or
+    foreign record. Still a ``KeyError`` for older callers; its message is not quoted."""
+
+    __str__ = Exception.__str__
 
 
 @dataclass
@@ -97,7 +106,7 @@ class PrunePlan:
                 bits = np.unpackbits(np.frombuffer(row["data"], dtype=np.uint8))[:n]
                 plan.masks[row["name"]] = torch.from_numpy(bits.astype(bool)).reshape(shape)
             else:
-                raise ValueError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels', 'weight' or 'refit'")
+                raise InputError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels', 'weight' or 'refit'")
         return plan
 
 
@@ -114,8 +123,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
         if name not in params:
-            raise KeyError(f"plan masks parameter {name!r}, which the model does not have")
+            raise PlanError(f"plan masks parameter {name!r}, which the model does not have")
         p = params[name]
         if tuple(p.shape) != tuple(mask.shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}")
+            raise InputError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}")
         p.mul_(mask.to(p.device, p.dtype))

@@ -3,7 +3,7 @@
 The record holds plain data only: the search config (``config.json`` on the parent
 run), the candidate spec (``spec.json``) and its plan (``plan.parquet``). Rebuilding
 creates the base model from its checkpoint (or the run folder's cached base model),
-applies the plan through ``Evaluator.rebuild`` (the code path the search used),
+applies the plan through ``Evaluator.rebuild`` (``pipeline.build.build_candidate``, the code path the search used),
 recalibrates, and checks that the accuracy reproduces the recorded one. No code
 stored in a record is ever executed or unpickled.
 """
@@ -29,7 +29,7 @@ from search.records.runs import PARENT_TAG
 from search.runner.basemodel import base_state
 
 
-class ExportError(InputError, RuntimeError):
+class ExportError(InputError):
     """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
 

@@ -25,7 +25,7 @@ from pipeline.errors import InputError
 from search.cluster.connect import check_ray_address, connect_ray, default_actor_count, stop_local_ray
 from search.cluster.pool import EvaluatorPool
 from search.config import SearchConfig
-from search.export.mlmodel import log_front_models
+from search.export.front import log_front_models
 from search.records.query import candidate_rows
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
