@@ -14,6 +14,7 @@ as a Ray actor. Contract:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import platform
 import time
@@ -50,6 +51,8 @@ class Evaluator:
         measure_cfg: what and how to measure.
         threads: torch intra-op threads of this evaluator (1 per actor on shared CPUs).
         device: ``cpu``, ``cuda`` or ``auto``.
+        keep_refit: whether results carry reconstruction's refit weights in their plan
+            (``records.refit_weights: replay`` records none: a rebuild replays the fit).
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Evaluator:
         measure_cfg: MeasureConfig,
         threads: int = 1,
         device: str = "auto",
+        keep_refit: bool = True,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -68,6 +72,8 @@ class Evaluator:
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
+        self.keep_refit = keep_refit
+        self._calib_sha: str | None = None
         self.ctx = PruneContext.from_splits(splits)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
         self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
@@ -111,10 +117,18 @@ class Evaluator:
 
         The same code path as ``evaluate``, with the plan given instead of computed:
         returns the recalibrated network and its fresh measurements. Reconstruction is
-        not re-run: its weights are in ``plan.refit``. Raises on failure.
+        not re-run when its weights are in ``plan.refit``; a plan recorded without them
+        (``records.refit_weights``) replays the fit on the calibration images. Raises on failure.
         """
         result, model = self._evaluate(spec, plan)
         return model, result
+
+    def calibration_fingerprint(self) -> str:
+        """SHA-256 of the calibration images (their float32 bytes as the stages see them):
+        a replayed fit is only the recorded one on the same images."""
+        if self._calib_sha is None:
+            self._calib_sha = hashlib.sha256(self.ctx.calib_x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return self._calib_sha
 
     def _info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.node().items()}
@@ -140,7 +154,6 @@ class Evaluator:
     def _pruned(self, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]) -> tuple[nn.Module, PrunePlan]:
         """The pruned (and, for a new plan, reconstructed) network of ``spec`` and its plan."""
         t0 = time.perf_counter()
-        planning = plan is None
         if plan is None:
             plan = plan_candidate(self.base, self.ctx, spec)
         graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
@@ -149,7 +162,7 @@ class Evaluator:
             check_forward(model, self.ctx.example_input, (1, self.ctx.num_classes))
         m["prune_s"] = time.perf_counter() - t0
         m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
-        if planning and spec.reconstruct.mode == "lsq":  # a rebuild finds the refit weights in the plan
+        if spec.reconstruct.mode == "lsq" and not plan.refit:  # a rebuild finds them in the plan, or replays the fit
             plan = self._reconstruct(model, plan, spec, m)
         return model, plan
 
@@ -202,13 +215,15 @@ class Evaluator:
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
+        if spec.reconstruct.mode == "lsq":
+            info["calib_sha256"] = self.calibration_fingerprint()
         table = variance_table(self._dense_var, var_before, var_after)
         result = CandidateResult(
             spec=spec,
             state="ok",
             metrics=m,
             info=info,
-            plan=plan.to_parquet(),
+            plan=(plan if self.keep_refit else dataclasses.replace(plan, refit={})).to_parquet(),
             diagnostics=table,
             diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
         )

@@ -4,6 +4,7 @@ The record holds plain data only: the search config (``config.json`` on the pare
 run), the candidate spec (``spec.json``) and its plan (``plan.parquet``). Rebuilding
 creates the base model from its checkpoint (or the run folder's cached base model),
 applies the plan through ``Evaluator.rebuild`` (the code path the search used),
+replays reconstruction when the record keeps no refit weights (``records.refit_weights``),
 recalibrates, and checks that the accuracy reproduces the recorded one. No code
 stored in a record is ever executed or unpickled.
 """
@@ -77,14 +78,22 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
     refuse_imports(cfg.model, allow_import, f"run {run_id}")
     splits = load_data(cfg.data)
+    tags = run.data.tags
+    replay = spec.reconstruct.mode == "lsq" and not plan.refit  # recorded without its refit weights
     evaluator = Evaluator(
         cfg.model,
         base_state(cfg, splits),
         splits,
         cfg.measure.model_copy(update={"latency_repeats": 1}),
-        threads=torch.get_num_threads(),
+        # a replayed fit sums in the order the search's actor did: its thread count
+        threads=int(tags.get("info.threads", 1)) if replay else torch.get_num_threads(),
         device="cpu",
     )
+    if replay and tags.get("info.calib_sha256") != evaluator.calibration_fingerprint():
+        raise ExportError(
+            f"run {run_id} was recorded without its refit weights (records.refit_weights) and its calibration images "
+            "are not the ones the data now gives (fingerprint differs): the data changed since the search, so the fit cannot be replayed"
+        )
     model, result = evaluator.rebuild(spec, plan)
     recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
     if abs(recorded - rebuilt) > tolerance:
