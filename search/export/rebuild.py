@@ -38,7 +38,8 @@ class ExportError(InputError, RuntimeError):
 class Rebuilt:
     """A recorded candidate rebuilt: the network (eval mode, CPU), what it came from, and
     its fresh measurements (``metrics``: the evaluator's, as the search records them;
-    ``accuracy`` equals ``rebuilt_accuracy``)."""
+    ``accuracy`` equals ``rebuilt_accuracy``). ``plan`` holds the refit weights, replayed
+    when the record kept none."""
 
     model: nn.Module
     run_id: str
@@ -95,6 +96,8 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
             "are not the ones the data now gives (fingerprint differs): the data changed since the search, so the fit cannot be replayed"
         )
     model, result = evaluator.rebuild(spec, plan)
+    if replay:
+        plan = PrunePlan.from_parquet(result.plan)  # with the refit weights the replay fitted
     recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
     if abs(recorded - rebuilt) > tolerance:
         raise ExportError(f"rebuilt accuracy {rebuilt:.6f} differs from the recorded {recorded:.6f}; the base model or data changed since the search")
