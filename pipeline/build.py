@@ -3,7 +3,7 @@
 ``build_candidate`` runs the stages in their one order::
 
     plan (the method, or a recorded plan) -> apply (copy, cut channels, mask)
-      -> reconstruct (refit kept weights; only for a new plan: a recorded plan carries them)
+      -> reconstruct (refit kept weights; a recorded plan carries them, or is replayed without them)
       -> recalibrate BatchNorm (keep-better against the stored statistics)
       -> fine-tune
 
@@ -99,7 +99,6 @@ def build_candidate(
         raise InputError("recal.keep_better needs validation images to compare against; this context has none")
     m: dict[str, float] = {}
     t0 = time.perf_counter()
-    planning = plan is None
     if plan is None:
         plan = plan_candidate(base, ctx, spec)
     graph = cached_graph(base, ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
@@ -108,7 +107,7 @@ def build_candidate(
         check_forward(model, ctx.example_input, (1, ctx.num_classes))
     m["prune_s"] = time.perf_counter() - t0
     m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
-    if planning and spec.reconstruct.mode == "lsq":  # a rebuild finds the refit weights in the plan
+    if spec.reconstruct.mode == "lsq" and not plan.refit:  # a recorded plan carries them, or (records.refit_weights) replays the fit
         plan = _reconstruct(base, model, plan, ctx, spec, m)
 
     t0 = time.perf_counter()

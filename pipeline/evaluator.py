@@ -13,6 +13,8 @@ wraps it as a Ray actor (the only place that does). Contract:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import platform
 import time
@@ -54,6 +56,7 @@ class Evaluator:
         measure_cfg: MeasureConfig,
         threads: int = 1,
         device: str = "auto",
+        keep_refit: bool = True,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -62,6 +65,8 @@ class Evaluator:
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
+        self.keep_refit = keep_refit
+        self._calib_sha: str | None = None
         self.ctx = BuildContext.from_splits(splits, measure_cfg.eval_batch)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
         self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
@@ -110,10 +115,18 @@ class Evaluator:
 
         The same code path as ``evaluate``, with the plan given instead of computed:
         returns the recalibrated network and its fresh measurements. Reconstruction is
-        not re-run: its weights are in ``plan.refit``. Raises on failure.
+        not re-run when its weights are in ``plan.refit``; a plan recorded without them
+        (``records.refit_weights``) replays the fit on the calibration images. Raises on failure.
         """
         result, model = self._evaluate(spec, plan)
         return model, result
+
+    def calibration_fingerprint(self) -> str:
+        """SHA-256 of the calibration images (their float32 bytes as the stages see them):
+        a replayed fit is only the recorded one on the same images."""
+        if self._calib_sha is None:
+            self._calib_sha = hashlib.sha256(self.ctx.calib_x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return self._calib_sha
 
     def _info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.node().items()}
@@ -147,13 +160,15 @@ class Evaluator:
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
+        if spec.reconstruct.mode == "lsq":
+            info["calib_sha256"] = self.calibration_fingerprint()
         table = variance_table(self._dense_var, variance["before_recal"], variance["after_recal"])
         result = CandidateResult(
             spec=spec,
             state="ok",
             metrics=m,
             info=info,
-            plan=plan.to_parquet(),
+            plan=(plan if self.keep_refit else dataclasses.replace(plan, refit={})).to_parquet(),
             diagnostics=table,
             diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
         )

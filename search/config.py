@@ -192,6 +192,19 @@ class BudgetConfig(Frozen):
     wall_time_s: float | None = Field(None, gt=0)
 
 
+class RecordsConfig(Frozen):
+    """What a candidate's record keeps besides its metrics, masks and kept channels.
+
+    ``refit_weights``: reconstruction's refit weights (float32, the largest artifact by
+    far) stored for ``all`` candidates (a rebuild loads them), for the ``front`` only
+    (candidates on the Pareto front of feasible candidates when recorded, a superset of
+    the final front), or for none (``replay``); a record without them is rebuilt by
+    replaying the fit on the recorded calibration images (checked by fingerprint).
+    """
+
+    refit_weights: Literal["all", "front", "replay"] = "all"
+
+
 class ActorsConfig(Frozen):
     """Evaluator actors and what each requests from Ray.
 
@@ -242,6 +255,7 @@ class SearchConfig(Frozen):
     ray_address: str | None = None
     tracking_uri: str | None = None
     optuna_storage: str | None = None
+    records: RecordsConfig = Field(default_factory=RecordsConfig)  # how much of each candidate its record keeps
     log_models: bool = False  # at the end, log the Pareto front's networks as MLflow models (runs:/RUN/model)
     seed: int = _seed()
 

@@ -28,6 +28,11 @@ _SCHEMA = pa.schema(
     ]
 )
 _DIAGNOSTICS = b"prunesearch.diagnostics"  # Parquet metadata key of PrunePlan.diagnostics (JSON)
+# Float rows are stored as byte planes (all first bytes, then all second bytes, ...): the
+# exponent bytes of a layer's weights are alike, so zstd shrinks them well (ResNet-20's
+# conv weights: 0.85 of float32 with planes, 0.93 without). Plans without the key are plain.
+_FLOATS = b"prunesearch.floats"
+_PLANES = b"byte-planes"
 
 
 class PlanError(InputError, KeyError):
@@ -74,17 +79,15 @@ class PrunePlan:
             arr = idx.to(torch.int64).cpu().numpy()
             _append(rows, "channels", name, [arr.size], arr.tobytes())
         for name, w in sorted(self.weights.items()):
-            arr = w.detach().to(torch.float32).cpu().numpy()
-            _append(rows, "weight", name, list(arr.shape), arr.tobytes())
+            _append(rows, "weight", name, list(w.shape), _float_planes(w))
         for name, w in sorted(self.refit.items()):
-            arr = w.detach().to(torch.float32).cpu().numpy()
-            _append(rows, "refit", name, list(arr.shape), arr.tobytes())
+            _append(rows, "refit", name, list(w.shape), _float_planes(w))
         for name, mask in sorted(self.masks.items()):
             bits = np.packbits(mask.cpu().numpy().astype(bool).ravel())
             _append(rows, "mask", name, list(mask.shape), bits.tobytes())
         buf = io.BytesIO()
-        schema = _SCHEMA.with_metadata({_DIAGNOSTICS: json.dumps(self.diagnostics)}) if self.diagnostics else _SCHEMA
-        pq.write_table(pa.table(rows, schema=schema), buf)
+        meta = {_FLOATS: _PLANES, **({_DIAGNOSTICS: json.dumps(self.diagnostics).encode()} if self.diagnostics else {})}
+        pq.write_table(pa.table(rows, schema=_SCHEMA.with_metadata(meta)), buf, compression="zstd")
         return buf.getvalue()
 
     @classmethod
@@ -99,7 +102,7 @@ class PrunePlan:
                 arr = np.frombuffer(row["data"], dtype=np.int64).copy()
                 plan.channels[row["name"]] = torch.from_numpy(arr)
             elif row["kind"] in ("weight", "refit"):
-                arr = np.frombuffer(row["data"], dtype=np.float32).copy().reshape(shape)
+                arr = _floats(row["data"], meta.get(_FLOATS) == _PLANES).reshape(shape)
                 (plan.weights if row["kind"] == "weight" else plan.refit)[row["name"]] = torch.from_numpy(arr)
             elif row["kind"] == "mask":
                 n = int(np.prod(shape))
@@ -108,6 +111,20 @@ class PrunePlan:
             else:
                 raise InputError(f"plan row has unknown kind {row['kind']!r}; expected 'mask', 'channels', 'weight' or 'refit'")
         return plan
+
+
+def _float_planes(w: torch.Tensor) -> bytes:
+    """float32 bytes of ``w`` as byte planes (see ``_FLOATS``)."""
+    arr = np.ascontiguousarray(w.detach().to(torch.float32).cpu().numpy()).ravel()
+    return arr.view(np.uint8).reshape(-1, 4).T.tobytes()
+
+
+def _floats(data: bytes, planes: bool) -> np.ndarray:
+    """The flat float32 array stored in ``data`` (byte planes, or plain for older plans)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if planes:
+        raw = raw.reshape(4, -1).T
+    return np.ascontiguousarray(raw).view(np.float32).ravel().copy()
 
 
 def _append(rows: dict[str, list], kind: str, name: str, shape: list[int], data: bytes) -> None:
