@@ -160,9 +160,8 @@ class Evaluator:
         stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
         recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
         m["accuracy"] = self._val_accuracy(model) if recalibrated else m["accuracy_before_recal"]
-        if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:
-            model.load_state_dict(stored)  # the stored statistics scored higher: keep them
-            m["accuracy"] = m["accuracy_before_recal"]
+        if recalibrated and stored is not None and not keep_better(model, stored, m["accuracy_before_recal"], m["accuracy"]):
+            m["accuracy"] = m["accuracy_before_recal"]  # the stored statistics scored higher: kept
             recalibrated = False
         m["recal_applied"] = float(recalibrated)
 
@@ -199,7 +198,7 @@ class Evaluator:
         m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
         if self.cfg.test_accuracy:
             m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
-        m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
+        m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats, self.cfg.latency_budget_s)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
         table = variance_table(self._dense_var, var_before, var_after)
@@ -217,12 +216,20 @@ class Evaluator:
     def _reconstruct(self, model: nn.Module, plan: PrunePlan, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
         """Refit ``model`` in place; the plan returned carries the refit weights."""
         m["accuracy_before_recon"] = self._val_accuracy(model)
+        stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.reconstruct.keep_better else None
         t0 = time.perf_counter()
         refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan)
         m["recon_s"] = time.perf_counter() - t0
         m["recon_layers"] = float(len(report.layers))
+        m["recon_underdetermined"] = float(len(report.underdetermined))
         m["recon_error_before"] = report.mean(report.error_before)
         m["recon_error"] = report.mean(report.error_after)
+        if stored is not None:
+            m["accuracy_after_recon"] = self._val_accuracy(model)
+            if not keep_better(model, stored, m["accuracy_before_recon"], m["accuracy_after_recon"]):
+                m["recon_applied"] = 0.0  # the unrefit weights scored higher: the plan carries no refit
+                return plan
+        m["recon_applied"] = 1.0
         return dataclasses.replace(plan, refit=refit)
 
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
@@ -235,6 +242,16 @@ class Evaluator:
             "base_macs": float(self.dense_macs),
             "params": float(measure.nonzero_params(model)),
         }
+
+
+def keep_better(model: nn.Module, stored: dict[str, torch.Tensor], before: float, after: float) -> bool:
+    """The keep-better rule of recalibration and reconstruction: when ``after`` (validation
+    accuracy of ``model`` as changed) is below ``before`` (its accuracy with the ``stored``
+    state dict), load ``stored`` back. Returns whether the change was kept."""
+    if after < before:
+        model.load_state_dict(stored)
+        return False
+    return True
 
 
 def _ray_node_id() -> str:

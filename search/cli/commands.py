@@ -27,15 +27,20 @@ def _hinted(args: argparse.Namespace, query_fn, *a, **kw):
 
 
 def _uri(args: argparse.Namespace) -> str:
+    from search.records.store import check_store
+
     if args.tracking_uri:
         if args.tracking_uri.startswith(("http://", "https://")):
             from search.records.runs import check_server
 
             check_server(args.tracking_uri)  # seconds, not MLflow's minutes of retries
+        if args.tracking_uri.startswith("sqlite:///"):
+            check_store(Path(args.tracking_uri.removeprefix("sqlite:///")))
         return args.tracking_uri
     db = Path(args.run_dir).expanduser().resolve() / "mlflow.db"
     if not db.exists():
         raise InputError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
+    check_store(db)  # read-only: MLflow would create tables in an empty file, or migrate a partial one
     return f"sqlite:///{db}"
 
 

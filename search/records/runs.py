@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
 from pipeline.spec import CandidateResult, CandidateSpec
+from search.records.store import is_disk_full
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations");
@@ -131,7 +132,8 @@ class Recorder:
             self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
         except Exception as e:
             self._discard(rid)  # an incomplete record is no record: resume evaluates the candidate again
-            raise RecordError(f"could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {str(e)[:300]})") from e
+            full = "disk full: " if is_disk_full(e) else ""
+            raise RecordError(f"{full}could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {str(e)[:300]})") from e
         return rid
 
     def _discard(self, run_id: str | None) -> None:

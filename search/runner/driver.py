@@ -30,7 +30,8 @@ from search.records.query import candidate_rows
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
 from search.runner.basemodel import base_state
-from search.runner.lock import RunFolderLock, StudyHeartbeat
+from search.records.store import create_store
+from search.runner.lock import RunFolderLock, StudyHeartbeat, refuse_symlink
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
 from search.study.resume import check_resume, record_config
@@ -76,9 +77,12 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
 def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> SearchOutcome:
     check_resume(cfg)
     check_ray_address(cfg)
-    artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
-    recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)  # fail fast if unreachable
-    finished = _resume_finished(cfg, recorder)
+    db = None if cfg.tracking_uri else cfg.run_path / "mlflow.db"
+    if db is not None:
+        refuse_symlink(db, "the MLflow store")
+    # a store that exists is opened now (fail fast); a new one is created only once the config passed preflight
+    recorder = _recorder(cfg) if db is None or db.exists() else None
+    finished = _resume_finished(cfg, recorder) if recorder is not None else None
     if finished is not None:
         return finished
     splits = load_data(cfg.data)
@@ -88,6 +92,8 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     state = base_state(cfg, splits)
     check_base_model(cfg, splits, state)
     check_constraint(cfg, splits, state)
+    if recorder is None:
+        recorder = _recorder(cfg)
     record_config(cfg)
     previous = _term_is_interrupt()  # SIGTERM (timeout, a stopped job) ends the search as Ctrl-C does
     parent: list[str] = []  # the parent run's id as soon as it exists, for the handlers below
@@ -112,6 +118,14 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     if cfg.log_models and not interrupted:
         log_front_models(recorder.uri, cfg.experiment, parent_id)
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+
+
+def _recorder(cfg: SearchConfig) -> Recorder:
+    """The search's recorder; a local store is created (atomically) or checked first."""
+    if cfg.tracking_uri:
+        return Recorder(cfg.tracking_uri, cfg.experiment)  # fails fast when unreachable
+    create_store(cfg.run_path / "mlflow.db")
+    return Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=cfg.inside_run_dir("artifacts").as_uri())
 
 
 def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, state, splits, quiet: bool) -> tuple[int, int, bool, float]:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 #: dotted field prefixes a resume may change: budget, resources, how latency is sampled,
 #: and where the folder and cluster are (a copied run folder has another run_dir)
-SAFE = ("budget", "actors", "measure.latency_repeats", "measure.collapse_plot", "ray_address", "run_dir", "log_models")
+SAFE = ("budget", "actors", "measure.latency_repeats", "measure.latency_budget_s", "measure.collapse_plot", "ray_address", "run_dir", "log_models")
 
 
 def recorded_config_path(cfg: SearchConfig) -> Path:
