@@ -161,13 +161,27 @@ def export_path(run_dir: str, output: str | None) -> Path | None:
 
 def export(args: argparse.Namespace) -> int:
     """``prunesearch export RUN_ID``: rebuild a recorded candidate, verify it, write or log it."""
+    from search.export.formats import check_model_name, check_output
     from search.export.formats import export as rebuild
     from search.records.query import QueryError, has_run
 
     output = export_path(args.run_dir, args.output)  # refused before the store is read
+    if args.register is not None:
+        check_model_name(args.register)
+    if output is not None:
+        check_output(output, args.onnx, args.force)
     if not has_run(_uri(args), args.run_id):
         raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
-    out = rebuild(_uri(args), args.run_id, output, allow_import=args.allow_import, onnx=args.onnx, log_model=args.log_model, register=args.register)
+    out = rebuild(
+        _uri(args),
+        args.run_id,
+        output,
+        allow_import=args.allow_import,
+        onnx=args.onnx,
+        log_model=args.log_model,
+        register=args.register,
+        force=args.force,
+    )
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     if out.path:
         checked = ", ".join(f"{k} max |logit diff| {v:.1e}" for k, v in out.max_abs_diff.items())

@@ -26,7 +26,7 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     """
     if cfg.model.checkpoint:
         return build_model(cfg.model).state_dict()
-    cache = cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
+    cache = cache_path(cfg)
     if cache.exists():
         return load_base(cfg.model, cached_state(cache)).state_dict()
     if cfg.base_training.steps == 0:
@@ -49,6 +49,11 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     torch.save(model.state_dict(), tmp)
     tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
     return model.state_dict()
+
+
+def cache_path(cfg: SearchConfig) -> Path:
+    """Where the base model trained for ``cfg`` (no ``model.checkpoint``) is cached."""
+    return cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
 
 
 def cached_state(cache: Path) -> dict[str, torch.Tensor]:

@@ -22,19 +22,19 @@ from optuna.trial import TrialState
 
 from pipeline.data.splits import load_data
 from pipeline.errors import InputError
-from search.cluster.connect import check_ray_address, connect_ray, default_actor_count, stop_local_ray
+from search.cluster.connect import actor_count, check_ray_address, connect_ray, stop_local_ray
 from search.cluster.pool import EvaluatorPool
 from search.config import SearchConfig
 from search.export.mlmodel import log_front_models
 from search.records.query import candidate_rows
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
-from search.runner.basemodel import base_state
 from search.records.store import create_store
+from search.runner.basemodel import base_state
 from search.runner.lock import RunFolderLock, StudyHeartbeat, refuse_symlink
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
-from search.study.resume import check_resume, record_config
+from search.study.resume import check_resume, inputs_json, record_config
 from search.study.space import suggest
 from search.study.steering import PressureSteering
 from search.study.study import derived_metrics, open_study, recorded_trials, repair, tell, trial_tags
@@ -132,7 +132,8 @@ def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, stat
     """Start the actors and run the loop; returns (evaluated, failed, interrupted, loop seconds)."""
     started_ray = connect_ray(cfg)
     _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
-    count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
+    # a cluster may add nodes; the local Ray (started here or by the caller) holds what it has
+    count = actor_count(cfg, ray.cluster_resources(), can_grow=bool(cfg.ray_address or os.environ.get("RAY_ADDRESS")))
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
@@ -206,6 +207,7 @@ def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextl
         parent_id = recorder.start_parent(None, cfg.name, params, opened)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
+        recorder.log_parent_artifact(parent_id, "inputs.json", inputs_json(cfg).encode())  # what the candidates were scored on
         study.set_user_attr("parent_run_id", parent_id)
     else:
         recorder.start_parent(parent_id, cfg.name, {})
