@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if not getattr(args, "verbose", False) else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "ray", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its error log (a traceback) repeats what RecordError says
     try:
         code = args.func(args) or 0
         sys.stdout.flush()  # a reader that left (`| head`) shows here, inside the handler below, not at exit

@@ -133,7 +133,8 @@ class Recorder:
         except Exception as e:
             self._discard(rid)  # an incomplete record is no record: resume evaluates the candidate again
             full = "disk full: " if is_disk_full(e) else ""
-            raise RecordError(f"{full}could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {str(e)[:300]})") from e
+            first = str(e).splitlines()[0][:300] if str(e) else ""  # not the SQL statement and its parameters
+            raise RecordError(f"{full}could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {first})") from e
         return rid
 
     def _discard(self, run_id: str | None) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 from pipeline.errors import InputError
@@ -111,13 +112,13 @@ def create_store(db: Path) -> None:
         aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
         log.warning("the MLflow store %s %s; it holds no run: moved aside to %s and created again", db, problem, aside.name)
         db.replace(aside)
-    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         _migrate(tmp)
         os.replace(tmp, db)  # atomic: a reader sees no store or a complete one
     except Exception as e:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
         if is_disk_full(e):
             raise InputError(f"disk full: cannot create the MLflow store {db} (no space left on device); free space in {db.parent}") from None
         raise
@@ -126,8 +127,13 @@ def create_store(db: Path) -> None:
 def _migrate(path: Path) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    store = SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "artifacts"))
-    store.engine.dispose()  # close the file before it is renamed
+    uri = f"sqlite:///{path}"
+    try:
+        SqlAlchemyStore(uri, str(path.parent / "artifacts"))
+    finally:  # close the file before it is renamed (or removed); MLflow caches one engine per URI
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
 
 
 def _half_created(db: Path) -> bool:
