@@ -5,6 +5,7 @@ configs create no MLflow store. Each is refused before Ray starts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -210,23 +211,29 @@ def test_a_half_created_store_is_repaired_and_one_with_runs_is_not(tmp_path):
         create_store(db)  # it holds a run: never moved aside
 
 
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str):
+    """A real small disk: a tmpfs of ``size`` mounted on ``folder`` for the block."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail(f"this test mounts a {size} tmpfs to fill the disk for real: it needs root and the `mount` command")
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def test_a_full_disk_leaves_no_half_created_store_and_says_disk_full(tmp_path):
     from search.records.store import create_store, store_problem
 
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a 64 KiB tmpfs to fill the disk for real: it needs root and the `mount` command")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=True)
-    try:
+    with _tmpfs(tmp_path / "small", "64k") as folder:
         with pytest.raises(InputError, match="disk full: cannot create the MLflow store"):
             create_store(folder / "mlflow.db")
         assert list(folder.iterdir()) == []  # neither the store nor its temporary file
         subprocess.run(["mount", "-o", "remount,size=8m", str(folder)], check=True)  # space freed
         create_store(folder / "mlflow.db")
         assert store_problem(folder / "mlflow.db") == ""
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_disk_that_fills_mid_search_is_one_line_saying_disk_full(tmp_path, capsys):
@@ -235,12 +242,7 @@ def test_a_disk_that_fills_mid_search_is_one_line_saying_disk_full(tmp_path, cap
     from search.records.runs import Recorder, RecordError
     from search.records.store import create_store
 
-    folder = tmp_path / "small"
-    folder.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.fail("this test mounts a 2 MiB tmpfs to fill the disk for real: it needs root and the `mount` command")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
-    try:
+    with _tmpfs(tmp_path / "small", "2m") as folder:
         create_store(folder / "mlflow.db")
         rec = Recorder(f"sqlite:///{folder / 'mlflow.db'}", "full", artifact_location=(folder / "artifacts").as_uri())
         parent = rec.start_parent(None, "full", {})
@@ -250,7 +252,19 @@ def test_a_disk_that_fills_mid_search_is_one_line_saying_disk_full(tmp_path, cap
             for trial in range(200):
                 rec.record(parent, trial, result)
         assert str(e.value).startswith("disk full: could not record trial") and "\n" not in str(e.value)
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
     main(["best", "--run-dir", str(tmp_path)])  # the command quiets MLflow's own error log (a traceback) of what it reports
     assert logging.getLogger("mlflow.store.db.utils").level == logging.CRITICAL
+
+
+def test_a_copied_run_folder_keeps_its_fingerprints(tmp_path):
+    from search.study.resume import check_resume, record_config
+
+    cfg = parse_config({"run_dir": str(tmp_path / "run")})
+    (tmp_path / "run" / "base").mkdir(parents=True)
+    (tmp_path / "run" / "base" / "digits_cnn-digits-s0.pt").write_bytes(b"weights")  # the cached base model
+    record_config(cfg)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    check_resume(cfg.model_copy(update={"run_dir": str(tmp_path / "copy")}))  # the cache is the copy's own
+    (tmp_path / "copy" / "base" / "digits_cnn-digits-s0.pt").write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match="base model cache: base/digits_cnn-digits-s0.pt changed size"):
+        check_resume(cfg.model_copy(update={"run_dir": str(tmp_path / "copy")}))

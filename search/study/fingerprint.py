@@ -67,9 +67,10 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return out
 
 
-def fingerprints(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """``{field: {"path": ..., **fingerprint}}`` of ``files``."""
-    return {k: {"path": str(p), **fingerprint(p)} for k, p in files.items()}
+def fingerprints(files: dict[str, Path], root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{field: {"path": ..., **fingerprint}}`` of ``files``; paths inside ``root`` (the run
+    folder) relative to it, so a copied or moved run folder keeps its fingerprints."""
+    return {k: {"path": str(p.relative_to(root) if root and p.is_relative_to(root) else p), **fingerprint(p)} for k, p in files.items()}
 
 
 def changes(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[str]:

@@ -64,7 +64,7 @@ def current_inputs(cfg: SearchConfig) -> dict[str, dict[str, Any]]:
     """Fingerprints of ``cfg``'s input files now (``search.study.fingerprint``)."""
     from search.runner.basemodel import cache_path
 
-    return fingerprints(input_files(cfg, None if cfg.model.checkpoint else cache_path(cfg)))
+    return fingerprints(input_files(cfg, None if cfg.model.checkpoint else cache_path(cfg)), cfg.run_path)
 
 
 def _check_inputs(cfg: SearchConfig) -> None:
