@@ -198,6 +198,7 @@ def test_a_broken_store_is_refused_read_only_by_read_verbs(store, tmp_path, caps
     assert _sha(db) == before  # opened read-only: no tables created, nothing migrated
 
 
+@pytest.mark.slow
 def test_an_empty_store_is_refused_by_the_command_without_a_traceback(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"")
     p = subprocess.run(
