@@ -136,15 +136,38 @@ def _put(m: dict[str, float], key: str, value: float | None) -> None:
         m[key] = value
 
 
+def keep_better(model: nn.Module, stored: dict[str, torch.Tensor], before: float, after: float) -> bool:
+    """The keep-better rule of recalibration and reconstruction: when ``after`` (validation
+    accuracy of ``model`` as changed) is below ``before`` (its accuracy with the ``stored``
+    state dict), load ``stored`` back. Returns whether the change was kept."""
+    if after < before:
+        model.load_state_dict(stored)
+        return False
+    return True
+
+
 def _reconstruct(base: nn.Module, model: nn.Module, plan: PrunePlan, ctx: BuildContext, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
-    """Refit ``model`` in place; the plan returned carries the refit weights."""
+    """Refit ``model`` in place; the plan returned carries the refit weights, or none when
+    ``reconstruct.keep_better`` kept the unrefit weights (they scored higher on validation,
+    both before recalibration; metric ``recon_applied``)."""
     _put(m, "accuracy_before_recon", ctx.val_accuracy(model))
+    compare = spec.reconstruct.keep_better and "accuracy_before_recon" in m
+    stored = {k: v.clone() for k, v in model.state_dict().items()} if compare else None
     t0 = time.perf_counter()
     refit, report = reconstruct(base, model, ctx.calib_x, spec.reconstruct, plan)
     m["recon_s"] = time.perf_counter() - t0
     m["recon_layers"] = float(len(report.layers))
+    m["recon_underdetermined"] = float(len(report.underdetermined))
     m["recon_error_before"] = report.mean(report.error_before)
     m["recon_error"] = report.mean(report.error_after)
+    if stored is not None:
+        after = ctx.val_accuracy(model)
+        assert after is not None  # compare: validation images exist
+        m["accuracy_after_recon"] = after
+        if not keep_better(model, stored, m["accuracy_before_recon"], after):
+            m["recon_applied"] = 0.0  # a rebuild replays the fit and comes to the same choice
+            return plan
+    m["recon_applied"] = 1.0
     return dataclasses.replace(plan, refit=refit)
 
 
@@ -155,9 +178,8 @@ def _recalibrate(model: nn.Module, ctx: BuildContext, spec: CandidateSpec, m: di
     stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
     recalibrated = recalibrate(model, ctx.calib_x, spec.recal, seed=spec.seed, black=ctx.black)
     _put(m, "accuracy", ctx.val_accuracy(model) if recalibrated else m.get("accuracy_before_recal"))
-    if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:
-        model.load_state_dict(stored)  # the stored statistics scored higher: keep them
-        m["accuracy"] = m["accuracy_before_recal"]
+    if recalibrated and stored is not None and not keep_better(model, stored, m["accuracy_before_recal"], m["accuracy"]):
+        m["accuracy"] = m["accuracy_before_recal"]  # the stored statistics scored higher: kept
         recalibrated = False
     m["recal_applied"] = float(recalibrated)
 

@@ -157,7 +157,9 @@ class Evaluator:
         m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
         if self.cfg.test_accuracy:
             m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
-        m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
+        m["latency_ms"] = measure.latency_ms(
+            model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats, self.cfg.latency_budget_s
+        )
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
         if spec.reconstruct.mode == "lsq":

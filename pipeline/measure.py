@@ -7,6 +7,7 @@ pass of ``latency_batch`` images on the evaluator's device with its torch thread
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -26,7 +27,11 @@ class MeasureConfig(Frozen):
     Attributes:
         eval_batch: images per forward pass when scoring accuracy.
         latency_batch: images per timed forward pass.
-        latency_repeats: timed repetitions (the median is reported), after 3 warm-ups.
+        latency_repeats: timed repetitions (the median is reported), after 3 warm-ups;
+            at most 10000, and the timing stops after
+            ``latency_budget_s`` seconds whatever the count (a large model on a slow
+            device still finishes its candidate).
+        latency_budget_s: wall seconds the timed repetitions of one candidate may take.
         test_accuracy: also score the test split (``test_accuracy``; report only,
             never used for selection).
         collapse_plot: draw each candidate's signal-collapse PNG in the actor
@@ -35,7 +40,8 @@ class MeasureConfig(Frozen):
 
     eval_batch: int = Field(512, ge=1)
     latency_batch: int = Field(1, ge=1)
-    latency_repeats: int = Field(20, ge=1)
+    latency_repeats: int = Field(20, ge=1, le=10_000)
+    latency_budget_s: float = Field(10.0, gt=0, le=600)
     test_accuracy: bool = True
     collapse_plot: bool = True
 
@@ -113,12 +119,15 @@ def pruned_fraction(model: nn.Module, base: nn.Module, prune_stem: bool = True, 
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    """Median milliseconds of one eval forward pass of a (batch, *input_shape) input."""
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int, budget_s: float | None = None) -> float:
+    """Median milliseconds of one eval forward pass of a (batch, *input_shape) input, over
+    ``repeats`` timed passes after 3 warm-ups; with ``budget_s``, over those that fit in
+    that many wall seconds (at least one)."""
     model.eval()
     device = next(model.parameters()).device
     x = torch.randn(batch, *input_shape, device=device)
-    times = []
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s if budget_s is not None else math.inf
     for i in range(repeats + 3):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -128,4 +137,6 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repea
             torch.cuda.synchronize()
         if i >= 3:
             times.append((time.perf_counter() - t0) * 1e3)
+            if time.perf_counter() >= deadline:
+                break
     return statistics.median(times)

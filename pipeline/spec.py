@@ -55,6 +55,9 @@ class RecalSpec(Frozen):
     keep_better: bool = False
 
 
+MAX_RIDGE = 10.0  # relative ridge: 10 times the inputs' mean energy is already mostly shrinkage
+
+
 class ReconSettings(Frozen):
     """How reconstruction refits kept weights (the config's ``reconstruction:`` section).
 
@@ -63,7 +66,8 @@ class ReconSettings(Frozen):
             first ``images`` of the calibration split, not augmented).
         ridge: regularisation, relative: each layer solves (X^T X + lambda I) W = X^T Y
             with lambda = ``ridge`` times the mean diagonal of X^T X, so one value
-            suits every layer whatever its input scale.
+            suits every layer whatever its input scale; at most ``MAX_RIDGE`` (beyond
+            it the fit shrinks every weight towards zero).
         batch_size: images per forward pass while accumulating X^T X and X^T Y.
         layers: ``all`` (default) refits every conv and linear layer to the dense
             network's output, so layers pruning left alone (a dense classifier, a
@@ -72,12 +76,16 @@ class ReconSettings(Frozen):
             consumers whose input channels were removed). On the shared ResNet-20
             ``all`` scored 75.0 % validation against 58.9 % at 90 % sparsity, 84.7
             against 80.8 % at 2x fewer MACs (benchmarks/results/methods.md).
+        keep_better: after the refit, compare with the unrefit weights on the
+            validation split (before recalibration) and keep whichever scores higher;
+            the metric ``recon_applied`` (1 or 0) records which was kept.
     """
 
     images: int = Field(256, ge=1)
-    ridge: float = Field(1e-3, ge=0)
+    ridge: float = Field(1e-3, ge=0, le=MAX_RIDGE)
     batch_size: int = Field(64, ge=1)
     layers: Literal["pruned", "all"] = "all"
+    keep_better: bool = True
 
     def with_mode(self, mode: str) -> "ReconSpec":
         """These settings as one candidate's reconstruction; ``mode`` (``none`` or ``lsq``)

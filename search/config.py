@@ -101,7 +101,7 @@ class SpaceConfig(Frozen):
     prune_stem: bool = True
     prune_head: bool = True
     target_sparsity: float | None = Field(None, gt=0, lt=1)
-    reconstruct: list[Literal["none", "lsq"]] = ["none"]
+    reconstruct: list[Literal["none", "lsq"]] = Field(["none"], min_length=1)
 
     @field_validator("sparsity", "macs_ratio")
     @classmethod

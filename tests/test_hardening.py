@@ -154,7 +154,7 @@ def test_disk_full_for_artifacts_stops_cleanly_and_resumes(tmp_path, ray_local, 
         path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
         assert main(["run", str(path), "--quiet"]) == 2  # the command, in this process (its Ray is already up)
         err = capsys.readouterr().err
-        assert "error: could not record trial" in err and "No space left on device" in err and "Traceback" not in err
+        assert "error: disk full: could not record trial" in err and "No space left on device" in err and "Traceback" not in err
         client, runs = candidate_runs(cfg)
         assert 0 < len(runs) < budget and all(r.info.status == "FINISHED" for r in runs)
         for r in runs:  # what was recorded is complete

@@ -38,6 +38,7 @@ class LayerFit:
         self.xtx: torch.Tensor | None = None  # (G, d, d) float64
         self.xty: torch.Tensor | None = None  # (G, d, o) float64
         self.yy = 0.0  # sum of squared targets
+        self.samples = 0  # rows of X accumulated: images times output positions
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -50,6 +51,12 @@ class LayerFit:
         b = torch.bmm(u, t.transpose(1, 2)).double()
         self.xtx, self.xty = (a, b) if self.xtx is None or self.xty is None else (self.xtx + a, self.xty + b)
         self.yy += float(t.double().square().sum())
+        self.samples += u.shape[-1]
+
+    @property
+    def inputs(self) -> int:
+        """Unknowns per output row (d: inputs per group times kernel area, plus a bias)."""
+        return 0 if self.xtx is None else int(self.xtx.shape[-1])
 
     def current(self) -> torch.Tensor:
         """The layer's weights now, as (G, o, d) float64 rows."""

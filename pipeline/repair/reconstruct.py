@@ -31,6 +31,7 @@ How the networks are run, and the cost per candidate:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -41,6 +42,7 @@ from pipeline.pruning.plan import PrunePlan
 from pipeline.repair.lsq import LayerFit
 from pipeline.spec import ReconSpec
 
+log = logging.getLogger(__name__)
 _LAYERS = (nn.Conv2d, nn.Linear)
 _Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)  # a pruned layer and its dense twin have one type
 
@@ -56,6 +58,9 @@ class ReconReport:
             ||Y - X W||^2 / ||Y||^2 on the calibration images, before and after its
             refit (inputs already from the refit layers before it).
         walk: ``graph`` (torch.fx walk, each layer run once) or ``hooks``.
+        underdetermined: refit layer name -> (samples, inputs) where the calibration
+            images gave fewer rows of X than the layer has inputs per output: the fit
+            then rests on the ridge alone (more ``images`` fix it).
     """
 
     layers: list[str] = field(default_factory=list)
@@ -63,6 +68,7 @@ class ReconReport:
     error_before: list[float] = field(default_factory=list)
     error_after: list[float] = field(default_factory=list)
     walk: str = ""
+    underdetermined: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def mean(self, which: list[float]) -> float:
         return float(sum(which) / len(which)) if which else 0.0
@@ -114,6 +120,15 @@ def reconstruct(
 
 
 def _refit(fit: LayerFit, name: str, spec: ReconSpec, plan: PrunePlan, report: ReconReport) -> None:
+    if fit.samples < fit.inputs:
+        report.underdetermined[name] = (fit.samples, fit.inputs)
+        log.warning(
+            "reconstruction of %s: %d calibration samples for %d inputs per output (underdetermined; "
+            "the fit rests on the ridge alone): raise reconstruction.images",
+            name,
+            fit.samples,
+            fit.inputs,
+        )
     w0 = fit.current()
     w = fit.solve(spec.ridge, plan.masks.get(f"{name}.weight"))
     report.layers.append(name)

@@ -27,17 +27,22 @@ def _hinted(args: argparse.Namespace, query_fn, *a, **kw):
 
 
 def _uri(args: argparse.Namespace) -> str:
+    from search.records.store import check_store
+
     if args.tracking_uri:
         if args.tracking_uri.startswith(("http://", "https://")):
             from search.records.runs import check_server
 
             check_server(args.tracking_uri)  # seconds, not MLflow's minutes of retries
+        if args.tracking_uri.startswith("sqlite:///"):
+            check_store(Path(args.tracking_uri.removeprefix("sqlite:///")))
         return args.tracking_uri
     from search.config import local_store
 
     db = local_store(args.run_dir)
     if not db.exists():
         raise InputError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
+    check_store(db)  # read-only: MLflow would create tables in an empty file, or migrate a partial one
     return f"sqlite:///{db}"
 
 
@@ -153,13 +158,27 @@ def export_path(run_dir: str, output: str | None) -> Path | None:
 
 def export(args: argparse.Namespace) -> int:
     """``prunesearch export RUN_ID``: rebuild a recorded candidate, verify it, write or log it."""
+    from search.export.formats import check_model_name, check_output
     from search.export.formats import export as rebuild
     from search.records.query import QueryError, has_run
 
     output = export_path(args.run_dir, args.output)  # refused before the store is read
+    if args.register is not None:
+        check_model_name(args.register)
+    if output is not None:
+        check_output(output, args.onnx, args.force)
     if not has_run(_uri(args), args.run_id):
         raise QueryError(f"no candidate run {args.run_id!r} {_store_hint(args)}")
-    out = rebuild(_uri(args), args.run_id, output, allow_import=args.allow_import, onnx=args.onnx, log_model=args.log_model, register=args.register)
+    out = rebuild(
+        _uri(args),
+        args.run_id,
+        output,
+        allow_import=args.allow_import,
+        onnx=args.onnx,
+        log_model=args.log_model,
+        register=args.register,
+        force=args.force,
+    )
     print(f"rebuilt {args.run_id}: accuracy {out.rebuilt_accuracy:.4f} (recorded {out.recorded_accuracy:.4f})")
     if out.path:
         checked = ", ".join(f"{k} max |logit diff| {v:.1e}" for k, v in out.max_abs_diff.items())

@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if not getattr(args, "verbose", False) else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "ray", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its error log (a traceback) repeats what RecordError says
     try:
         code = args.func(args) or 0
         sys.stdout.flush()  # a reader that left (`| head`) shows here, inside the handler below, not at exit
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         help="output .pt file, relative to the run folder (absolute: anywhere); .pt2 (torch.export), .json (preprocessing) and .onnx go beside it",
     )
+    e.add_argument("--force", action="store_true", help="replace output files that exist (default: refuse, naming them)")
     e.add_argument("--onnx", action="store_true", help="also write FILE.onnx (needs: pip install 'prunesearch[onnx]')")
     e.add_argument("--log-model", action="store_true", help="log the rebuilt network as MLflow model runs:/RUN_ID/model (pt2 format)")
     e.add_argument("--register", metavar="NAME", help="log it and register it as a new version of MLflow model NAME")

@@ -29,6 +29,40 @@ def default_actor_count(cfg: SearchConfig, resources: dict[str, float]) -> int:
     return max(1, int(min(fits)))
 
 
+def placeable_actors(cfg: SearchConfig, resources: dict[str, float]) -> tuple[int, str]:
+    """How many actors of ``cfg.actors``'s request ``resources`` (Ray's totals) hold at once,
+    and what limits them (``"2 CPU at actors.num_cpus 1"``)."""
+    a = cfg.actors
+    asks = {"CPU": a.num_cpus, **({"GPU": a.num_gpus} if a.num_gpus else {}), **a.resources}
+    fits = {k: int(resources.get(k, 0) // v) for k, v in asks.items() if v > 0}
+    key = min(fits, key=lambda k: fits[k])
+    field = {"CPU": "actors.num_cpus", "GPU": "actors.num_gpus"}.get(key, f"actors.resources.{key}")
+    return fits[key], f"{resources.get(key, 0):g} {key} at {field} {asks[key]:g} each"
+
+
+def actor_count(cfg: SearchConfig, resources: dict[str, float], can_grow: bool) -> int:
+    """The number of actors to start: ``actors.count`` (default: what the cluster holds now).
+
+    A count larger than the cluster holds is clamped, saying so, on a Ray that cannot
+    grow (the local one); on a cluster that may add nodes it is kept, with a warning.
+
+    Raises:
+        InputError: not even one actor fits a Ray that cannot grow.
+    """
+    if cfg.actors.count is None:
+        return default_actor_count(cfg, resources)
+    fits, why = placeable_actors(cfg, resources)
+    if cfg.actors.count <= fits:
+        return cfg.actors.count
+    if can_grow:
+        log.warning("actors.count %d: the cluster holds %d actors now (%s); the rest start when nodes join", cfg.actors.count, fits, why)
+        return cfg.actors.count
+    if fits == 0:
+        raise InputError(f"actors: no actor fits this machine's Ray ({why}); lower the request or set ray_address to a cluster that has it")
+    log.warning("actors.count %d is more than this machine's Ray holds (%s): clamped to %d actors", cfg.actors.count, why, fits)
+    return fits
+
+
 def connect_ray(cfg: SearchConfig) -> bool:
     """Start a local Ray bound to 127.0.0.1, or join ``ray_address``. True if started here."""
     if ray.is_initialized():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +26,7 @@ from torch import nn
 
 from pipeline.data.preprocess import Preprocessing
 from pipeline.data.splits import preprocessing
+from pipeline.errors import excerpt
 from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.structure import shrink
 from search.export.mlmodel import log_candidate_model, quiet_loggers
@@ -74,18 +76,22 @@ def export(
     onnx: bool = False,
     log_model: bool = False,
     register: str | None = None,
+    force: bool = False,
 ) -> Exported:
     """Rebuild candidate ``run_id`` and write ``output`` (.pt) with .pt2, .json (and .onnx) beside it;
     with ``log_model`` (or ``register``) also log it as an MLflow model into its run.
 
     Raises:
         ExportError: see ``search.export.rebuild.rebuild``; also a graph format whose outputs
-            differ from the PyTorch module's by more than 1e-4.
+            differ from the PyTorch module's by more than 1e-4; before any work, files that
+            exist (unless ``force``), an output folder that is a file, a bad ``register`` name.
     """
     if output is None and not (log_model or register):
         raise ExportError("nothing to do: give an output file (-o FILE.pt) or --log-model / --register NAME")
-    if output is not None and Path(output).is_dir():
-        raise ExportError(f"-o: {output} is a folder; give a file name, e.g. {Path(output) / 'best.pt'}")
+    if register is not None:
+        check_model_name(register)
+    if output is not None:
+        check_output(Path(output), onnx, force)
     rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
     pre = preprocessing(rb.cfg.data, rb.splits)
     check = rb.splits.val.x[:_CHECK_IMAGES]
@@ -116,6 +122,37 @@ def export(
     if log_model or register:
         uri, version = log_candidate_model(tracking_uri, run_id, rb.model, check[:2], pre, register)
     return Exported(paths["pt"], paths["pt2"], paths["json"], paths["onnx"], rb.recorded_accuracy, rb.rebuilt_accuracy, diffs, uri, version)
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\- ]{0,199}")
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a registered-model name MLflow would refuse or that reads as a path."""
+    if not _MODEL_NAME.fullmatch(name) or name.strip() != name:
+        raise ExportError(
+            f"--register {excerpt(name, 60)}: a model name is 1 to 200 letters, digits, '_', '-', '.' and inner spaces, "
+            "not starting with '.' or '-' (no '/' or ':'); e.g. --register digits-best"
+        )
+
+
+def output_files(out: Path, onnx: bool) -> list[Path]:
+    """The files ``export`` writes for ``-o out``: .pt, .pt2, .json (and .onnx)."""
+    return [out, out.with_suffix(".pt2"), out.with_suffix(".json"), *([out.with_suffix(".onnx")] if onnx else [])]
+
+
+def check_output(out: Path, onnx: bool, force: bool) -> None:
+    """Refuse, before any work, an output that cannot be written or would replace files."""
+    if out.is_dir():
+        raise ExportError(f"-o: {out} is a folder; give a file name, e.g. {out / 'best.pt'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"-o {out}: {parent} is a file, not a folder (Not a directory); choose another output path")
+            break
+    taken = [str(p) for p in output_files(out, onnx) if p.exists() or p.is_symlink()]
+    if taken and not force:
+        raise ExportError(f"-o {out}: would overwrite {', '.join(taken)}; pass --force to replace them, or choose another name")
 
 
 def _write_pt(rb: Rebuilt, pre: Preprocessing, out: Path) -> None:

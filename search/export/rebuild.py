@@ -26,6 +26,7 @@ from pipeline.models import ModelConfig
 from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateSpec
 from search.config import SearchConfig
+from search.export import validate
 from search.records.runs import PARENT_TAG
 from search.runner.basemodel import base_state
 
@@ -73,11 +74,14 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         )
     if run.data.tags.get("state") != "ok":
         raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
-    with tempfile.TemporaryDirectory() as d:
-        cfg = SearchConfig.model_validate_json(artifact(client, run.data.tags[PARENT_TAG], "config.json", d))
-        spec = CandidateSpec.from_json(artifact(client, run_id, "spec.json", d).decode())
-        plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
-    refuse_imports(cfg.model, allow_import, f"run {run_id}")
+    parent = run.data.tags.get(PARENT_TAG)
+    if parent is None:
+        raise ExportError(f"run {run_id} has no parent search run (tag {PARENT_TAG}); was it recorded by prunesearch?")
+    with tempfile.TemporaryDirectory() as d:  # each piece checked before use: one line per problem (search.export.validate)
+        cfg = validate.read_config(artifact(client, parent, "config.json", d), f"config.json of search run {parent}")
+        spec = validate.read_spec(artifact(client, run_id, "spec.json", d), f"spec.json of run {run_id}", run.data.params.get("spec"))
+        refuse_imports(cfg.model, allow_import, f"run {run_id}")
+        plan = validate.read_plan(artifact(client, run_id, "plan.parquet", d), f"plan.parquet of run {run_id}", cfg.model)
     splits = load_data(cfg.data)
     tags = run.data.tags
     replay = spec.reconstruct.mode == "lsq" and not plan.refit  # recorded without its refit weights

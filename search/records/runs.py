@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
 from pipeline.spec import CandidateResult, CandidateSpec
+from search.records.store import is_disk_full
 from search.study.encoding import spec_params, target_metrics
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -133,7 +134,9 @@ class Recorder:
             self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
         except Exception as e:
             self._discard(rid)  # an incomplete record is no record: resume evaluates the candidate again
-            raise RecordError(f"could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {str(e)[:300]})") from e
+            full = "disk full: " if is_disk_full(e) else ""
+            first = str(e).splitlines()[0][:300] if str(e) else ""  # not the SQL statement and its parameters
+            raise RecordError(f"{full}could not record trial {trial_number} in {self.uri} ({type(e).__name__}: {first})") from e
         return rid
 
     def _discard(self, run_id: str | None) -> None:

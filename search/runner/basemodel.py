@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 
 from pipeline.data.splits import Splits
 from pipeline.models import build_model, load_base
+from pipeline.models.checkpoint import CheckpointError, read_state_dict
 from pipeline.train import train_classifier
 from search.config import ConfigError, SearchConfig
 
@@ -24,9 +26,9 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     """
     if cfg.model.checkpoint:
         return build_model(cfg.model).state_dict()
-    cache = cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
+    cache = cache_path(cfg)
     if cache.exists():
-        return load_base(cfg.model, torch.load(cache, map_location="cpu", weights_only=True)).state_dict()
+        return load_base(cfg.model, cached_state(cache)).state_dict()
     if cfg.base_training.steps == 0:
         raise ConfigError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     steps = cfg.base_training.steps
@@ -47,6 +49,23 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     torch.save(model.state_dict(), tmp)
     tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
     return model.state_dict()
+
+
+def cache_path(cfg: SearchConfig) -> Path:
+    """Where the base model trained for ``cfg`` (no ``model.checkpoint``) is cached."""
+    return cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
+
+
+def cached_state(cache: Path) -> dict[str, torch.Tensor]:
+    """The cached base model's tensors, read as every checkpoint is (``weights_only=True``);
+    a ``CheckpointError`` naming the cache for a file that is not plain tensors."""
+    try:
+        return read_state_dict(cache)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"the cached base model {cache} is not a plain state dict: {e}. It is the search's own cache: "
+            "delete it to train the base model again, or set model.checkpoint"
+        ) from None
 
 
 class _StepLog:

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from pipeline.data.splits import load_data
 from pipeline.errors import InputError
-from search.cluster.connect import check_ray_address, connect_ray, default_actor_count, stop_local_ray
+from search.cluster.connect import actor_count, check_ray_address, connect_ray, stop_local_ray
 from search.cluster.pool import EvaluatorPool
 from search.config import SearchConfig
 from search.export.front import log_front_models
@@ -30,11 +30,12 @@ from search.records.query import candidate_rows
 from search.records.refit import RefitPolicy
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
+from search.records.store import create_store
 from search.runner.basemodel import base_state
-from search.runner.lock import RunFolderLock, StudyHeartbeat
+from search.runner.lock import RunFolderLock, StudyHeartbeat, refuse_symlink
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
-from search.study.resume import check_resume, record_config
+from search.study.resume import check_resume, inputs_json, record_config
 from search.study.space import suggest
 from search.study.steering import PressureSteering
 from search.study.study import derived_metrics, open_study, recorded_trials, repair, tell, trial_tags
@@ -77,9 +78,12 @@ def run_search(cfg: SearchConfig, quiet: bool = False) -> SearchOutcome:
 def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> SearchOutcome:
     check_resume(cfg)
     check_ray_address(cfg)
-    artifacts = None if cfg.tracking_uri else cfg.inside_run_dir("artifacts").as_uri()
-    recorder = Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=artifacts)  # fail fast if unreachable
-    finished = _resume_finished(cfg, recorder)
+    db = None if cfg.tracking_uri else cfg.run_path / "mlflow.db"
+    if db is not None:
+        refuse_symlink(db, "the MLflow store")
+    # a store that exists is opened now (fail fast); a new one is created only once the config passed preflight
+    recorder = _recorder(cfg) if db is None or db.exists() else None
+    finished = _resume_finished(cfg, recorder) if recorder is not None else None
     if finished is not None:
         return finished
     splits = load_data(cfg.data)
@@ -89,6 +93,8 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     state = base_state(cfg, splits)
     check_base_model(cfg, splits, state)
     check_constraint(cfg, splits, state)
+    if recorder is None:
+        recorder = _recorder(cfg)
     record_config(cfg)
     previous = _term_is_interrupt()  # SIGTERM (timeout, a stopped job) ends the search as Ctrl-C does
     parent: list[str] = []  # the parent run's id as soon as it exists, for the handlers below
@@ -115,11 +121,20 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
 
 
+def _recorder(cfg: SearchConfig) -> Recorder:
+    """The search's recorder; a local store is created (atomically) or checked first."""
+    if cfg.tracking_uri:
+        return Recorder(cfg.tracking_uri, cfg.experiment)  # fails fast when unreachable
+    create_store(cfg.run_path / "mlflow.db")
+    return Recorder(cfg.resolved_tracking_uri(), cfg.experiment, artifact_location=cfg.inside_run_dir("artifacts").as_uri())
+
+
 def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, state, splits, quiet: bool) -> tuple[int, int, bool, float]:
     """Start the actors and run the loop; returns (evaluated, failed, interrupted, loop seconds)."""
     started_ray = connect_ray(cfg)
     _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
-    count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
+    # a cluster may add nodes; the local Ray (started here or by the caller) holds what it has
+    count = actor_count(cfg, ray.cluster_resources(), can_grow=bool(cfg.ray_address or os.environ.get("RAY_ADDRESS")))
     keep_refit = cfg.records.refit_weights != "replay"  # replay: the actors send none
     init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device, keep_refit)
     a = cfg.actors
@@ -194,6 +209,7 @@ def _open_study_and_parent(cfg: SearchConfig, recorder: Recorder, held: contextl
         parent_id = recorder.start_parent(None, cfg.name, params, opened)
         # the exact config, as data: export rebuilds candidates from it
         recorder.log_parent_artifact(parent_id, "config.json", cfg.model_dump_json(indent=2).encode())
+        recorder.log_parent_artifact(parent_id, "inputs.json", inputs_json(cfg).encode())  # what the candidates were scored on
         study.set_user_attr("parent_run_id", parent_id)
     else:
         recorder.start_parent(parent_id, cfg.name, {})

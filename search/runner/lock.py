@@ -14,6 +14,7 @@ driver writes ``driver_heartbeat`` into the study's user attributes every
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -51,7 +52,14 @@ class RunFolderLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "RunFolderLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_symlink(self.path, "the run folder's lock file")
+        try:  # O_NOFOLLOW: a link planted after the check is refused too, never written through
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            refuse_symlink(self.path, "the run folder's lock file")
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,6 +83,16 @@ class RunFolderLock:
             os.ftruncate(self._fd, 0)  # nobody holds it: a later reader finds no stale owner
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def refuse_symlink(path: Path, what: str) -> None:
+    """An ``InputError`` when ``path`` is a symbolic link: prunesearch never writes its own
+    files (lock, store) through one, which would overwrite whatever it points to."""
+    if path.is_symlink():
+        raise InputError(
+            f"{what} {path} is a symbolic link (to {os.readlink(path)}); prunesearch does not write through links. "
+            "Remove the link (rm it), or use another run_dir"
+        )
 
 
 def _read_holder(fd: int) -> dict:

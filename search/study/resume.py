@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from search.config import ConfigError, SearchConfig
+from search.study.fingerprint import changes, fingerprints, input_files
 
 log = logging.getLogger(__name__)
 
 #: dotted field prefixes a resume may change: budget, resources, how latency is sampled,
 #: and where the folder and cluster are (a copied run folder has another run_dir)
-SAFE = ("budget", "actors", "measure.latency_repeats", "measure.collapse_plot", "ray_address", "run_dir", "log_models")
+SAFE = ("budget", "actors", "measure.latency_repeats", "measure.latency_budget_s", "measure.collapse_plot", "ray_address", "run_dir", "log_models")
 
 
 def recorded_config_path(cfg: SearchConfig) -> Path:
@@ -52,14 +53,50 @@ def check_resume(cfg: SearchConfig) -> None:
         )
     for k in changed:
         log.info("resume: %s changed from %s to %s", k, _show(recorded.get(k, _MISSING)), _show(current.get(k, _MISSING)))
+    _check_inputs(cfg)
+
+
+def recorded_inputs_path(cfg: SearchConfig) -> Path:
+    return cfg.inside_run_dir(f"search-{cfg.name}.inputs.json")
+
+
+def current_inputs(cfg: SearchConfig) -> dict[str, dict[str, Any]]:
+    """Fingerprints of ``cfg``'s input files now (``search.study.fingerprint``)."""
+    from search.runner.basemodel import cache_path
+
+    return fingerprints(input_files(cfg, None if cfg.model.checkpoint else cache_path(cfg)), cfg.run_path)
+
+
+def _check_inputs(cfg: SearchConfig) -> None:
+    path = recorded_inputs_path(cfg)
+    if not path.exists():  # recorded by a version without fingerprints: recorded from now on
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); restore it, or delete it to accept the current input files as the recorded ones") from None
+    lines = changes(recorded, current_inputs(cfg))
+    if lines:
+        raise ConfigError(
+            f"search {cfg.name!r} in {cfg.run_path} was scored on other input files; its recorded candidates would be mixed "
+            "with results on the new ones:\n  "
+            + "\n  ".join(lines)
+            + "\nput the original files back, or start a new search (another name or run_dir)"
+        )
 
 
 def record_config(cfg: SearchConfig) -> None:
-    """Store ``cfg`` as the search's recorded config (after preflight passed), atomically."""
-    path = recorded_config_path(cfg)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(cfg.model_dump_json(indent=2))
-    tmp.replace(path)
+    """Store ``cfg`` as the search's recorded config, and its input files' fingerprints
+    (after preflight passed, so the base model is cached), atomically."""
+    for path, text in ((recorded_config_path(cfg), cfg.model_dump_json(indent=2)), (recorded_inputs_path(cfg), inputs_json(cfg))):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def inputs_json(cfg: SearchConfig) -> str:
+    """The input fingerprints as JSON (the run folder's record, and the parent run's ``inputs.json``)."""
+    return json.dumps(current_inputs(cfg), indent=2)
 
 
 _MISSING = object()
