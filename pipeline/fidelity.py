@@ -138,7 +138,9 @@ def run_rung(ev: "Evaluator", spec: CandidateSpec, rung: Rung, cache: RungCache)
         kept = {k: v for k, v in held.metrics.items() if k not in result.metrics or k == "prune_s"}
         metrics = {**result.metrics, **kept, "fidelity": float(rung.index), "val_images": float(len(ev.splits.val.y))}
         metrics["rung_s"] = time.perf_counter() - t0
-        return CandidateResult(spec, "ok", metrics, {**result.info, "rung_cache": "hit" if hit else "miss"}, result.plan, result.diagnostics, result.diagnostics_png)
+        return CandidateResult(
+            spec, "ok", metrics, {**result.info, "rung_cache": "hit" if hit else "miss"}, result.plan, result.diagnostics, result.diagnostics_png
+        )
     if held.after is None or held.recal != s.recal:
         t1 = time.perf_counter()
         held.after = copy.deepcopy(held.before)

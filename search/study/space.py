@@ -10,7 +10,7 @@ one distribution across the study.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.pruning.methods import Knob, get_method
 from pipeline.spec import CandidateSpec, ReconSpec
@@ -46,6 +46,8 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     if method.allocates and space.allocation and trial.suggest_categorical("allocate", [True, False]):
         allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
     reconstruct = ReconSpec(mode=_categorical(trial, "reconstruct", space.reconstruct), **cfg.reconstruction.model_dump())
+    if reconstruct.mode == "lsq":
+        reconstruct = ReconSpec(mode="lsq", **{**cfg.reconstruction.model_dump(), **_recon_settings(trial, space)})
     return CandidateSpec(
         method=method_name,
         granularity=gran,
@@ -62,6 +64,21 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         finetune_lr=cfg.finetune_lr,
         seed=cfg.seed + trial.number,
     )
+
+
+def _recon_settings(trial: "optuna.Trial", space: "SpaceConfig") -> dict[str, Any]:
+    """The searched reconstruction settings (``space.recon``) of an ``lsq`` trial."""
+    r = space.recon
+    out: dict[str, Any] = {}
+    if len(r.images) > 1:
+        out["images"] = trial.suggest_categorical("recon.images", r.images)
+    elif r.images:
+        out["images"] = r.images[0]
+    if r.ridge is not None:
+        out["ridge"] = trial.suggest_float("recon.ridge", *r.ridge, log=True) if r.ridge[0] < r.ridge[1] else r.ridge[0]
+    if r.layers:
+        out["layers"] = _categorical(trial, "recon.layers", r.layers)
+    return out
 
 
 def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
