@@ -264,7 +264,7 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                     steering.observe_result(result)
                     evaluated += 1
                     failed += result.state != "ok"
-                    progress.update(result)
+                    progress.update(result, stopped=state == PRUNED)
                 if pool.busy and time.monotonic() - last_status >= STATUS_EVERY_S:
                     progress.update_running(pool.running())
                     last_status = time.monotonic()
