@@ -24,7 +24,8 @@ from conftest import candidate_runs, search_config
 # digits: 256 calibration and 300 validation images by default
 RUNGS = [{"recal_images": 32, "recon_images": 0, "val_images": 100}, {"recal_images": 32, "recon_images": 64, "val_images": 200}]
 CONSTRAINED = {"mode": "constrained", "min_sparsity": 0.85}
-SPACE = {"sparsity": [0.85, 0.98],  # sparse enough that digits candidates differ on 100 images "reconstruct": ["none", "lsq"], "recon": {"images": [64, 128]}}
+# sparse enough that digits candidates differ on 100 images
+SPACE = {"sparsity": [0.85, 0.98], "reconstruct": ["none", "lsq"], "recon": {"images": [64, 128]}}
 
 
 def _cfg(tmp_path, trials, fidelity=None, **over):
