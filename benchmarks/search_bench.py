@@ -68,6 +68,7 @@ def main() -> None:
         help="run only the multi-fidelity comparison (search_fidelity.py) and merge it into the existing search.json",
     )
     ap.add_argument("--fidelity-trials", type=int, default=16, help="TPE trials after the baselines in the full-fidelity search")
+    ap.add_argument("--fidelity-targets", nargs="+", choices=["u90", "s25"], default=None, help="targets of the fidelity comparison (default both)")
     ap.add_argument("--fidelity-methods", nargs="+", default=["magnitude", "screening"], help="methods of the fidelity comparison's space")
     args = ap.parse_args()
     n_tp = 4 if args.quick else 24
@@ -80,8 +81,12 @@ def main() -> None:
         if args.fidelity_only:
             path = out_dir / "search.json"
             result = read_json(path, "--fidelity-only: --out-dir") if path.exists() else {"machine": common.machine_info()}
-            result["fidelity"] = _fidelity(args)
-            result["fidelity"]["machine"] = common.machine_info()
+            machine = common.machine_info()
+
+            def save(partial: dict[str, Any]) -> None:
+                common.write_json(path, {**result, "fidelity": {**partial, "machine": machine}})
+
+            result["fidelity"] = {**_fidelity(args, save), "machine": machine}
             common.write_json(path, result)
             print(json.dumps(result["fidelity"], indent=2))
             return
@@ -115,9 +120,10 @@ def _data(args) -> dict[str, Any]:
     return {"data": {"val_size": QUICK_VAL}} if args.quick else {}
 
 
-def _fidelity(args) -> dict[str, Any]:
+def _fidelity(args, save=None) -> dict[str, Any]:
     trials = 2 if args.quick else args.fidelity_trials
-    return search_fidelity.fidelity(lambda o: _search(args, o), lambda o: _config(args, o), trials, args.fidelity_methods)
+    run, cfg = (lambda o: _search(args, o)), (lambda o: _config(args, o))
+    return search_fidelity.fidelity(run, cfg, trials, args.fidelity_methods, args.fidelity_targets, save)
 
 
 def _config(args, overrides: dict[str, Any]):

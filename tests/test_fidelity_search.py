@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 import ray
@@ -10,6 +12,7 @@ from optuna.trial import TrialState
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
 from pipeline.spec import CandidateResult, CandidateSpec
+from search.cli.parser import main as cli_main
 from search.cluster.pool import EvaluatorPool
 from search.config import ConfigError
 from search.records import query
@@ -119,7 +122,7 @@ def _drain(pool, n: int) -> dict[int, CandidateResult]:
 
 
 @pytest.mark.slow
-def test_a_multi_fidelity_search_records_pruned_candidates_once_and_best_shows_full_ones(tmp_path, ray_local):
+def test_a_multi_fidelity_search_records_pruned_candidates_once_and_best_shows_full_ones(tmp_path, ray_local, capsys):
     cfg = _cfg(tmp_path, 10, fidelity={"enabled": True, "rungs": RUNGS})
     out = run_search(cfg, quiet=True)
     assert out.recorded_total == 10 and out.failed == 0
@@ -139,6 +142,9 @@ def test_a_multi_fidelity_search_records_pruned_candidates_once_and_best_shows_f
     assert {r["run_id"] for r in shown} == {r.info.run_id for r in full}
     every = query.best(uri, cfg.name, top=None, front=False, feasible=None, fidelity="any")
     assert {r["run_id"] for r in every} == {r.info.run_id for r in runs}
+    for flag, expected in (("full", full), ("any", runs)):  # the CLI's `best --fidelity`
+        assert cli_main(["best", "--tracking-uri", uri, "--all", "--feasibility", "any", "--fidelity", flag, "--format", "json"]) == 0
+        assert {r["run_id"] for r in json.loads(capsys.readouterr().out)} == {r.info.run_id for r in expected}
     parent = client.get_run(out.parent_run_id)
     assert parent.data.metrics["candidates_pruned"] == len(pruned) and parent.data.metrics["candidates"] == len(full)
     assert "rung0_vs_full.png" in {a.path for a in client.list_artifacts(out.parent_run_id)}
