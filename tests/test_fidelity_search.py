@@ -15,6 +15,7 @@ from pipeline.spec import CandidateResult, CandidateSpec
 from search.cli.parser import main as cli_main
 from search.cluster.pool import EvaluatorPool
 from search.config import ConfigError
+from search.export.rebuild import ExportError, rebuild
 from search.records import query
 from search.records.runs import Recorder
 from search.runner.driver import run_search
@@ -145,6 +146,8 @@ def test_a_multi_fidelity_search_records_pruned_candidates_once_and_best_shows_f
     for flag, expected in (("full", full), ("any", runs)):  # the CLI's `best --fidelity`
         assert cli_main(["best", "--tracking-uri", uri, "--all", "--feasibility", "any", "--fidelity", flag, "--format", "json"]) == 0
         assert {r["run_id"] for r in json.loads(capsys.readouterr().out)} == {r.info.run_id for r in expected}
+    with pytest.raises(ExportError, match="stopped by the trial pruner at fidelity rung"):
+        rebuild(uri, pruned[0].info.run_id)
     parent = client.get_run(out.parent_run_id)
     assert parent.data.metrics["candidates_pruned"] == len(pruned) and parent.data.metrics["candidates"] == len(full)
     assert "rung0_vs_full.png" in {a.path for a in client.list_artifacts(out.parent_run_id)}
