@@ -38,6 +38,7 @@ from search.records.query import pareto_front  # noqa: E402
 
 import common  # noqa: E402
 import methods_report  # noqa: E402
+import search_fidelity  # noqa: E402
 from reporting import read_json  # noqa: E402
 from search_report import markdown, target_status  # noqa: E402
 
@@ -61,6 +62,14 @@ def main() -> None:
         default=None,
         help="re-run only these targeted searches and merge them into the existing search.json",
     )
+    ap.add_argument(
+        "--fidelity-only",
+        action="store_true",
+        help="run only the multi-fidelity comparison (search_fidelity.py) and merge it into the existing search.json",
+    )
+    ap.add_argument("--fidelity-trials", type=int, default=16, help="TPE trials after the baselines in the full-fidelity search")
+    ap.add_argument("--fidelity-targets", nargs="+", choices=["u90", "s25"], default=None, help="targets of the fidelity comparison (default both)")
+    ap.add_argument("--fidelity-methods", nargs="+", default=["magnitude", "screening"], help="methods of the fidelity comparison's space")
     args = ap.parse_args()
     n_tp = 4 if args.quick else 24
     n_q = 6 if args.quick else args.candidates
@@ -69,6 +78,18 @@ def main() -> None:
     out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "prunesearch-bench-quick" if args.quick else common.RESULTS_DIR)
     with tempfile.TemporaryDirectory(prefix="prunesearch-bench-") as runs:  # every search's run folder
         args.runs_root = Path(runs)
+        if args.fidelity_only:
+            path = out_dir / "search.json"
+            result = read_json(path, "--fidelity-only: --out-dir") if path.exists() else {"machine": common.machine_info()}
+            machine = common.machine_info()
+
+            def save(partial: dict[str, Any]) -> None:
+                common.write_json(path, {**result, "fidelity": {**partial, "machine": machine}})
+
+            result["fidelity"] = {**_fidelity(args, save), "machine": machine}
+            common.write_json(path, result)
+            print(json.dumps(result["fidelity"], indent=2))
+            return
         if args.only:
             result = read_json(out_dir / "search.json", "--only: --out-dir")
             result["targeted"].update(targeted(args, n_t, n_tt, only=args.only))
@@ -81,6 +102,7 @@ def main() -> None:
             result["throughput"] = throughput(args, assets, sparsities)
             result["quality"] = quality(args, n_q)
             result["targeted"] = targeted(args, n_t, n_tt)
+            result["fidelity"] = _fidelity(args)
     best90 = [result["targeted"][k]["best"] for k in ("at_90pct_sparsity", "at_90pct_sparsity_hyperflows") if result["targeted"][k]["best"]]
     # the user's answer at 90 %: the better of the two searches, chosen on validation
     result["targeted"]["at_90pct_sparsity_any"] = {"best": max(best90, key=lambda b: b["accuracy"], default=None)}
@@ -96,6 +118,18 @@ def main() -> None:
 
 def _data(args) -> dict[str, Any]:
     return {"data": {"val_size": QUICK_VAL}} if args.quick else {}
+
+
+def _fidelity(args, save=None) -> dict[str, Any]:
+    trials = 2 if args.quick else args.fidelity_trials
+    run, cfg = (lambda o: _search(args, o)), (lambda o: _config(args, o))
+    return search_fidelity.fidelity(run, cfg, trials, args.fidelity_methods, args.fidelity_targets, save)
+
+
+def _config(args, overrides: dict[str, Any]):
+    """The config ``_search`` runs (validated, nothing run)."""
+    run = {"name": "bench", "run_dir": str(args.runs_root / "probe"), **_data(args)}
+    return common.resnet20_config(args.shared, {**run, **overrides}, replace=[k for k in ("space", "objective") if k in overrides])
 
 
 def _search(args, overrides: dict[str, Any]) -> common.SearchRun:

@@ -98,17 +98,9 @@ def build_candidate(
     if spec.recal.keep_better and ctx.val_x is None:
         raise InputError("recal.keep_better needs validation images to compare against; this context has none")
     m: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if plan is None:
-        plan = plan_candidate(base, ctx, spec)
-    graph = cached_graph(base, ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
-    model = apply_plan(base, plan, graph)  # the graph the method used: no re-trace per candidate
-    if plan.channels:
-        check_forward(model, ctx.example_input, (1, ctx.num_classes))
-    m["prune_s"] = time.perf_counter() - t0
-    m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
+    model, plan = prune_stage(base, ctx, spec, plan, m)
     if spec.reconstruct.mode == "lsq" and not plan.refit:  # a recorded plan carries them, or (records.refit_weights) replays the fit
-        plan = _reconstruct(base, model, plan, ctx, spec, m)
+        plan = reconstruct_stage(base, model, plan, ctx, spec, m)
 
     t0 = time.perf_counter()
     _put(m, "accuracy_before_recal", ctx.val_accuracy(model))
@@ -131,6 +123,21 @@ def build_candidate(
     return Candidate(model, plan, m)
 
 
+def prune_stage(base: nn.Module, ctx: PruneContext, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]) -> tuple[nn.Module, PrunePlan]:
+    """The pruned network of ``spec`` (the method asked for a plan unless ``plan`` is given)
+    and its plan; sets ``m["prune_s"]`` and the method's scalar diagnostics."""
+    t0 = time.perf_counter()
+    if plan is None:
+        plan = plan_candidate(base, ctx, spec)
+    graph = cached_graph(base, ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
+    model = apply_plan(base, plan, graph)  # the graph the method used: no re-trace per candidate
+    if plan.channels:
+        check_forward(model, ctx.example_input, (1, ctx.num_classes))
+    m["prune_s"] = time.perf_counter() - t0
+    m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
+    return model, plan
+
+
 def _put(m: dict[str, float], key: str, value: float | None) -> None:
     if value is not None:
         m[key] = value
@@ -146,7 +153,7 @@ def keep_better(model: nn.Module, stored: dict[str, torch.Tensor], before: float
     return True
 
 
-def _reconstruct(base: nn.Module, model: nn.Module, plan: PrunePlan, ctx: BuildContext, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
+def reconstruct_stage(base: nn.Module, model: nn.Module, plan: PrunePlan, ctx: BuildContext, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
     """Refit ``model`` in place; the plan returned carries the refit weights, or none when
     ``reconstruct.keep_better`` kept the unrefit weights (they scored higher on validation,
     both before recalibration; metric ``recon_applied``)."""

@@ -27,6 +27,7 @@ from torch import nn
 from pipeline import measure
 from pipeline.build import BuildContext, build_candidate
 from pipeline.data.splits import Splits
+from pipeline.fidelity import Rung, RungCache, run_rung
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.plan import PrunePlan
@@ -74,6 +75,7 @@ class Evaluator:
         self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
         self._probe = splits.calib.x[:_PROBE_IMAGES]
         self._dense_var = bn_output_variance(self.base, self._probe)
+        self._rungs = RungCache()  # candidates' work between fidelity rungs (``pipeline.fidelity``)
 
     def node(self) -> dict[str, Any]:
         """Where this evaluator runs: Ray node id (when in Ray), host, process id, device, torch threads."""
@@ -90,11 +92,13 @@ class Evaluator:
         if self._running is not None:
             self._running = {**self._running, "step": done, "total": total}
 
-    def evaluate(self, spec: CandidateSpec) -> CandidateResult:
-        """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate."""
+    def evaluate(self, spec: CandidateSpec, rung: Rung | None = None) -> CandidateResult:
+        """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate; at a
+        fidelity ``rung`` (``pipeline.fidelity.run_rung``), with that rung's settings,
+        reusing the work of the candidate's lower rungs done here."""
         self._running = {"spec": spec, "t0": time.monotonic(), "step": 0, "total": 0}
         try:
-            return self._evaluate(spec)[0]
+            return self._evaluate(spec)[0] if rung is None else run_rung(self, spec, rung, self._rungs)
         except Exception as e:  # a candidate's failure is a result, not a crash of the actor
             return CandidateResult(
                 spec=spec,

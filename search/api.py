@@ -117,7 +117,9 @@ class Results:
         """``query.best`` over this experiment, as a DataFrame: its filters (``query.FILTERS``:
         ``max_macs``, ``max_macs_ratio``, ``max_latency_ms``, ``min_accuracy``, ``method``,
         ``granularity``, ``min_sparsity``, ``max_sparsity``) and ``feasible``, ``front``,
-        ``sort``; by default the feasible Pareto front, most accurate first."""
+        ``sort``, ``fidelity`` (``full``, the default: candidates measured at full fidelity;
+        ``any``: also those the trial pruner stopped); by default the feasible Pareto front,
+        most accurate first."""
         return pd.DataFrame(query.best(self.tracking_uri, self.experiment, top, **filters))
 
     def rebuild(self, run_id: str, allow_import: bool = False) -> nn.Module:

@@ -21,6 +21,7 @@ from pipeline.models import ModelConfig
 from pipeline.pruning.methods import get_method
 from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
 from search.configfile import ConfigError, read_config_file
+from search.study.rungs import FidelityConfig
 
 Range = tuple[float, float]
 STORE_FILE = "mlflow.db"  # the run folder's default MLflow store
@@ -68,6 +69,36 @@ def _check_range(v: Range, what: str, high_inclusive: bool) -> Range:
     return v
 
 
+class ReconSpace(Frozen):
+    """Reconstruction settings searched for trials that pick ``reconstruct: lsq`` (Optuna
+    parameters ``recon.images``, ``recon.ridge``, ``recon.layers``). Empty / None: the
+    ``reconstruction:`` section's value, not searched; one choice is fixed, not searched.
+
+    Attributes:
+        images: calibration image counts to choose from (each at most ``data.calib_size``).
+        ridge: range of the relative ridge, searched log-uniformly.
+        layers: ``all`` and/or ``pruned``.
+    """
+
+    images: list[int] = Field(default_factory=list)
+    ridge: Range | None = None
+    layers: list[Literal["pruned", "all"]] = Field(default_factory=list)
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, v: list[int]) -> list[int]:
+        if any(i < 1 for i in v):
+            raise ValueError(f"image counts must be >= 1, got {v}")
+        return v
+
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, v: Range | None) -> Range | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"range [{v[0]}, {v[1]}] must satisfy 0 < low <= high (searched on a log scale)")
+        return v
+
+
 class SpaceConfig(Frozen):
     """The pruning space: what the sampler may choose.
 
@@ -89,6 +120,8 @@ class SpaceConfig(Frozen):
         reconstruct: reconstruction modes to choose from (Optuna parameter
             ``reconstruct``): ``none`` and/or ``lsq`` (refit kept weights on calibration
             images; settings in the config's ``reconstruction:`` section).
+        recon: reconstruction settings searched as well (``ReconSpace``): worth it when
+            candidates are cheap (``fidelity:``).
     """
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
@@ -102,6 +135,7 @@ class SpaceConfig(Frozen):
     prune_head: bool = True
     target_sparsity: float | None = Field(None, gt=0, lt=1)
     reconstruct: list[Literal["none", "lsq"]] = Field(["none"], min_length=1)
+    recon: ReconSpace = Field(default_factory=ReconSpace)
 
     @field_validator("sparsity", "macs_ratio")
     @classmethod
@@ -250,6 +284,7 @@ class SearchConfig(Frozen):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)  # what 'best' means: a constrained optimum or the Pareto front
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # Optuna's sampler and its seed
     budget: BudgetConfig = Field(default_factory=BudgetConfig)  # when to stop: candidates or wall time
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)  # cheap rungs first, promoted by Optuna's trial pruner
     actors: ActorsConfig = Field(default_factory=ActorsConfig)  # Ray actors: count and resources of each
     measure: MeasureConfig = Field(default_factory=MeasureConfig)  # how accuracy and latency are measured
     ray_address: str | None = None
@@ -285,9 +320,14 @@ class SearchConfig(Frozen):
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():
                 raise ConfigError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
+        if self.fidelity.enabled and self.objective.mode != "constrained":
+            raise ConfigError(
+                "fidelity.enabled needs objective.mode: constrained (Optuna's trial pruners work for single-objective studies "
+                "only); set the constraint (max_macs_ratio / min_sparsity) or turn fidelity off for a pareto search"
+            )
         calib_users = {"recalibration": self.recalibration.images}
         if "lsq" in self.space.reconstruct:
-            calib_users["reconstruction"] = self.reconstruction.images
+            calib_users["reconstruction"] = max([self.reconstruction.images, *self.space.recon.images])
         for section, images in calib_users.items():
             if images > self.data.calib_size:
                 raise ConfigError(

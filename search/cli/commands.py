@@ -100,6 +100,7 @@ def best(args: argparse.Namespace) -> int:
         **{name: getattr(args, name) for name in query.FILTERS},
         front=not args.all,
         sort=args.sort,
+        fidelity=args.fidelity,
     )
     if not rows:
         what = "candidate" if args.all else "Pareto-front candidate"
@@ -119,11 +120,11 @@ def best(args: argparse.Namespace) -> int:
 
 def curves(args: argparse.Namespace) -> int:
     """``prunesearch curves``: the power-law fits, and each steered knob's value (hyperflows' pressure) for ``--target-sparsity``."""
-    from search.records.query import candidate_rows
+    from search.records.query import at_fidelity, candidate_rows
     from search.records.report import fit_curves
     from search.study import powerlaw
 
-    fits = fit_curves([r for r in _hinted(args, candidate_rows, _uri(args), args.experiment) if "accuracy" in r])
+    fits = fit_curves([r for r in at_fidelity(_hinted(args, candidate_rows, _uri(args), args.experiment), args.fidelity) if "accuracy" in r])
     if not fits:
         raise InputError(f"experiment {args.experiment!r} has too few candidates for a fit (need 3 of a kind)")
     for name, fit in fits.items():

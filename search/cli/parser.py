@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         default="feasible",
         help="candidates meeting the search's constraints (default), the others, or both",
     )
+    b.add_argument(
+        "--fidelity",
+        choices=["full", "any"],
+        default="full",
+        help="candidates measured at full fidelity (default), or also those the trial pruner stopped at a cheap rung",
+    )
     b.add_argument("--min-accuracy", type=_fraction, help="keep candidates with at least this validation accuracy (fraction)")
     b.add_argument("--method", help="keep one method")
     b.add_argument("--min-sparsity", type=_fraction, help="weight sparsity at least (fraction)")
@@ -87,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = _command(sub, commands.curves, "print the power-law fits and the pressure predicted for a target sparsity")
     _store_args(c, experiment=True)
+    c.add_argument("--fidelity", choices=["full", "any"], default="full", help="fit full-fidelity candidates (default) or all of them")
     c.add_argument("--target-sparsity", type=_fraction, help="weight sparsity to predict the pressure for (fraction)")
 
     e = _command(

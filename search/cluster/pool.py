@@ -7,6 +7,11 @@ candidate whose actor died (``RayActorError``, a node lost) goes back to the fro
 the backlog, up to ``max_retries`` times, then is returned as a failed result: never
 lost silently, never returned twice. An actor that cannot be placed (no node has its
 resources) never receives work, so it cannot hold candidates hostage.
+
+A candidate's next fidelity rung (``submit(..., rung=...)``) goes to the actor that ran
+its previous rung, which keeps that rung's work (affinity; ``pipeline.fidelity``); it
+waits for that actor while the actor is busy. When that actor is gone (died, not ready),
+the rung goes to any actor, which redoes the lower rungs' work.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
 from pipeline.evaluator import Evaluator
+from pipeline.fidelity import Rung
 from pipeline.spec import CandidateResult, CandidateSpec
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ def evaluator_actor(
 class _Job:
     ticket: int
     spec: CandidateSpec
+    rung: Rung | None = None  # a fidelity rung; None: a plain evaluation
     attempts: int = 0  # evaluations lost with their actor
     errors: list[str] = field(default_factory=list)
 
@@ -118,6 +125,8 @@ class EvaluatorPool:
         self.load = [0] * count
         self.ready: set[int] = set()
         self._probes: dict[ray.ObjectRef, int] = {}
+        self._home: dict[int, int] = {}  # ticket -> the actor that ran its last lower rung
+        self.rehomed = 0  # rungs sent elsewhere because their actor was gone
         for i in range(count):
             self._probe(i)
 
@@ -142,26 +151,47 @@ class EvaluatorPool:
     def capacity(self) -> int:
         """How many more candidates can be submitted now without waiting in the backlog."""
         self._refresh()
-        return sum(self.queue - self.load[i] for i in self.ready) - len(self.backlog)
+        # a rung waiting for its own (busy) actor takes no free slot of the others
+        unplaced = sum(1 for job in self.backlog if self._home.get(job.ticket) not in self.ready)
+        return sum(self.queue - self.load[i] for i in self.ready) - unplaced
 
     @property
     def busy(self) -> bool:
         """Candidates are in flight or waiting for an actor."""
         return bool(self.inflight or self.backlog)
 
-    def submit(self, ticket: int, spec: CandidateSpec) -> None:
-        self.backlog.append(_Job(ticket, spec))
+    def submit(self, ticket: int, spec: CandidateSpec, rung: Rung | None = None, first: bool = False) -> None:
+        """Queue ``spec`` (at fidelity ``rung``); ``first``: ahead of the backlog (a promoted candidate)."""
+        job = _Job(ticket, spec, rung)
+        if first:
+            self.backlog.appendleft(job)
+        else:
+            self.backlog.append(job)
         self._dispatch()
 
     def _dispatch(self) -> None:
+        waiting: list[_Job] = []  # rungs whose actor is busy: they keep their place
         while self.backlog:
             free = [i for i in self.ready if self.load[i] < self.queue]
             if not free:
-                return
-            i = min(free, key=lambda k: self.load[k])
+                break
             job = self.backlog.popleft()
+            home = self._home.get(job.ticket)
+            if home is not None and home in self.ready:
+                if self.load[home] >= self.queue:
+                    waiting.append(job)
+                    continue
+                i = home
+            else:
+                if home is not None:
+                    self.rehomed += 1
+                    log.warning("candidate %d: actor %d, which holds its lower rungs' work, is gone; another actor redoes it", job.ticket, home)
+                    del self._home[job.ticket]
+                i = min(free, key=lambda k: self.load[k])
             self.load[i] += 1
-            self.inflight[self.actors[i].evaluate.remote(job.spec)] = (job, i)
+            call = self.actors[i].evaluate.remote(job.spec) if job.rung is None else self.actors[i].evaluate.remote(job.spec, job.rung)
+            self.inflight[call] = (job, i)
+        self.backlog.extendleft(reversed(waiting))
 
     def wait(self, timeout: float | None = None) -> list[tuple[int, CandidateResult]]:
         """Block until a candidate completes or an actor becomes ready (or ``timeout`` s);
@@ -201,9 +231,17 @@ class EvaluatorPool:
             return CandidateResult(spec=job.spec, state="failed", error=f"actor lost {job.attempts} times: {'; '.join(job.errors)}")
         except RayTaskError as e:  # the evaluator itself raised (it should return failures instead)
             return CandidateResult(spec=job.spec, state="failed", error=str(e)[:2000])
+        if job.rung is not None and not job.rung.final and result.state == "ok":
+            self._home[job.ticket] = actor
+        else:
+            self._home.pop(job.ticket, None)
         if not job.attempts:
             return result
         return dataclasses.replace(result, info={**result.info, "attempts": str(job.attempts + 1), "lost": "; ".join(job.errors)[:2000]})
+
+    def forget(self, ticket: int) -> None:
+        """Drop where ``ticket``'s lower rungs ran (it was stopped: no rung follows)."""
+        self._home.pop(ticket, None)
 
     def wait_ready(self, timeout: float = 300) -> int:
         """Wait until every actor has loaded the model and data (or ``timeout`` s: on an

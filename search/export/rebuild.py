@@ -72,6 +72,14 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         raise ExportError(
             f"run {run_id} is the parent run of search {run.info.run_name!r}, not a candidate; pick a candidate's run id from `prunesearch best`"
         )
+    if run.data.tags.get("state") == "pruned":
+        rung = run.data.metrics.get("fidelity")
+        raise ExportError(
+            f"run {run_id} was stopped by the trial pruner at fidelity rung {rung:.0f}: its accuracy is that cheap rung's, not the "
+            "candidate's; export a full-fidelity candidate (`prunesearch best`)"
+            if rung is not None
+            else f"run {run_id} was stopped by the trial pruner below full fidelity; export a full-fidelity candidate (`prunesearch best`)"
+        )
     if run.data.tags.get("state") != "ok":
         raise ExportError(f"run {run_id} is a failed candidate ({run.data.tags.get('error', 'no reason recorded')}); nothing to export")
     parent = run.data.tags.get(PARENT_TAG)

@@ -236,7 +236,27 @@ def fit_figure(
     return fig
 
 
+def rung_figure(rung0: list[float], full: list[float], rho: float):
+    """How the cheapest rung ranks: each candidate that reached full fidelity at its
+    rung-0 validation accuracy (x) and full validation accuracy (y); ``rho``: Spearman."""
+    fig, ax = _figure(5.5, 5)
+    ax.scatter(rung0, full, s=18, color="C0", label="candidate")
+    vals = list(rung0) + list(full) or [0.0, 1.0]
+    lim = (max(0.0, min(vals) - 0.02), min(1.0, max(vals) + 0.02))
+    ax.plot(lim, lim, color="grey", lw=1, ls="--", label="same accuracy")
+    txt = "n/a" if math.isnan(rho) else f"{rho:.3f}"
+    ax.set(xlabel="rung-0 accuracy (cheap settings)", ylabel="full-fidelity accuracy", xlim=lim, ylim=lim)
+    ax.set_title(f"Rung 0 against full fidelity: Spearman {txt} ({len(full)} candidates)")
+    _percent(ax, "x")
+    _percent(ax, "y")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # the legends of the candidate figures sit outside the axes
 population_plot = _png_of(population_figure, dpi=90, bbox_inches="tight")
 recalibration_plot = _png_of(recalibration_figure, dpi=90, bbox_inches="tight")
 plot_fits = _png_of(fit_figure)
+rung_plot = _png_of(rung_figure, dpi=90)

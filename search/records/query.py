@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
 from search.study.encoding import row_settings
+from search.study.fidelity import PRUNED
 
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
 FLAGS: dict[str, dict[float | None, str]] = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
@@ -89,6 +90,17 @@ def _row(run: Any) -> dict[str, Any]:
     return row
 
 
+FIDELITY = ("full", "any")  # ``best``'s and ``curves``' choice of candidates by the rung they reached
+
+
+def at_fidelity(rows: list[dict[str, Any]], fidelity: str = "full") -> list[dict[str, Any]]:
+    """``full``: the candidates measured at full fidelity (every candidate of a search without
+    rungs; not those the trial pruner stopped, tag ``state`` = ``pruned``); ``any``: all."""
+    if fidelity not in FIDELITY:
+        raise QueryError(f"fidelity {fidelity!r}: expected one of {', '.join(FIDELITY)}")
+    return rows if fidelity == "any" else [r for r in rows if r.get("state") != PRUNED]
+
+
 def pareto_front(rows: list[dict[str, Any]], maximize: str = "accuracy", minimize: str = "macs") -> list[dict[str, Any]]:
     """Rows not dominated in (max ``maximize``, min ``minimize``), sorted by ``minimize`` ascending.
 
@@ -124,6 +136,7 @@ def best(
     feasible: bool | None = True,
     front: bool = True,
     sort: str = "accuracy",
+    fidelity: str = "full",
     **filters: float | str | None,
 ) -> list[dict[str, Any]]:
     """The best candidates satisfying the filters, at most ``top`` (None: all) of them.
@@ -141,6 +154,8 @@ def best(
         front: keep only the Pareto front (max accuracy, min effective MACs) of what
             passes the filters; False keeps every candidate.
         sort: ``METRIC[:asc|:desc]`` (see ``parse_sort``); ties go to fewer MACs.
+        fidelity: ``full`` (default) keeps candidates measured at full fidelity, ``any``
+            also those the trial pruner stopped at a cheap rung (their accuracy is the rung's).
 
     Raises:
         QueryError: an unknown filter name, no such experiment, or a sort metric no candidate has.
@@ -156,6 +171,7 @@ def best(
         text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(_bound(name, value))
         clauses.append(f"{field} {op} {text}")
     rows = [r for r in candidate_rows(tracking_uri, experiment, filters=" and ".join(clauses)) if "accuracy" in r and "macs" in r]
+    rows = at_fidelity(rows, fidelity)
     if feasible is not None:
         rows = [r for r in rows if (r.get("feasible", 1.0) == 1.0) == feasible]
     metric, descending = parse_sort(sort)

@@ -12,10 +12,11 @@ import optuna
 
 from pipeline.pruning.methods import get_method, list_methods
 from search.config import SearchConfig
-from search.records.plots import plot_fits, population_plot, recalibration_plot
-from search.records.query import candidate_rows, pareto_front, to_parquet
+from search.records.plots import plot_fits, population_plot, recalibration_plot, rung_plot
+from search.records.query import at_fidelity, candidate_rows, pareto_front, to_parquet
 from search.records.runs import Recorder
 from search.study import powerlaw
+from search.study.fidelity import fidelity_summary, rung0_full_pairs, spearman
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,13 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     """Log front, plots, curve fits and summary metrics to the parent run.
 
     ``best_accuracy``, ``pareto_size`` and ``pareto.parquet`` count feasible candidates
-    only (metric ``feasible``); curve fits use every measured candidate.
+    only (metric ``feasible``); curve fits use every measured candidate. All of them
+    count full-fidelity candidates only (not those the trial pruner stopped); a
+    multi-fidelity search adds ``spearman_rung0_full``, ``candidates_full``,
+    ``candidates_pruned`` and ``rung0_vs_full.png``.
     """
     of_parent = f"tags.`mlflow.parentRunId` = '{parent_id}'"
-    rows = [r for r in candidate_rows(recorder.uri, cfg.experiment, filters=of_parent) if "accuracy" in r]
+    rows = at_fidelity([r for r in candidate_rows(recorder.uri, cfg.experiment, filters=of_parent) if "accuracy" in r])
     failed = len(candidate_rows(recorder.uri, cfg.experiment, finished_only=False, filters=f"tags.state = 'failed' and {of_parent}"))
     # the summaries answer for candidates that meet the constraints (all of them in pareto mode)
     feasible = [r for r in rows if r.get("feasible", 1.0) == 1.0]
@@ -50,6 +54,10 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     for name, (values, density) in steered_points(rows).items():
         if name in fits:
             recorder.log_parent_artifact(parent_id, f"{name}_fit.png", plot_fits(values, density, fits[name], target_density=target))
+    if cfg.fidelity.enabled:
+        summary.update(fidelity_summary(study, cfg))
+        low, full = rung0_full_pairs(study)
+        recorder.log_parent_artifact(parent_id, "rung0_vs_full.png", rung_plot(low, full, spearman(low, full)))
     recorder.log_parent_metrics(parent_id, summary)
 
 

@@ -2,6 +2,12 @@
 every one in MLflow, then tells Optuna. The driver is the only writer of both stores.
 
 Order per candidate: evaluate -> record (MLflow child run, complete) -> tell (Optuna).
+With ``fidelity`` on, a candidate runs its rungs first (``search.study.fidelity``): after
+each cheap rung the driver reports its accuracy to Optuna and asks the trial pruner;
+a stopped candidate is recorded once (tag ``state`` = ``pruned``, metric ``fidelity``),
+a promoted one goes back, ahead of new candidates, to the actor holding its work.
+Only the last rung it reaches is recorded; one cut short by a killed driver re-runs
+from rung 0 on resume.
 A driver killed anywhere in between is repaired on the next run with the same run
 folder (``search.study.study.repair``): no candidate is lost or recorded twice.
 """
@@ -22,6 +28,7 @@ from optuna.trial import TrialState
 
 from pipeline.data.splits import load_data
 from pipeline.errors import InputError
+from pipeline.spec import CandidateResult, CandidateSpec
 from search.cluster.connect import actor_count, check_ray_address, connect_ray, stop_local_ray
 from search.cluster.pool import EvaluatorPool
 from search.config import SearchConfig
@@ -35,6 +42,7 @@ from search.runner.basemodel import base_state
 from search.runner.lock import RunFolderLock, StudyHeartbeat, refuse_symlink
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
+from search.study.fidelity import PRUNED, stop_at_rung
 from search.study.resume import check_resume, inputs_json, record_config
 from search.study.space import suggest
 from search.study.steering import PressureSteering
@@ -241,6 +249,9 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
     progress = Progress(total=max(remaining, 0), quiet=quiet, parallel=len(pool.actors))
     last_status = time.monotonic()
     trials = {}
+    fid = cfg.fidelity
+    specs: dict[int, CandidateSpec] = {}  # with fidelity on: each candidate in flight and its rung
+    rungs: dict[int, int] = {}
     evaluated = failed = 0
     with _GracefulInterrupt() as interrupt:
         try:
@@ -251,29 +262,59 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                         study.enqueue_trial(steer, user_attrs={"steered": True})
                     trial = study.ask()
                     trials[trial.number] = trial
-                    pool.submit(trial.number, suggest(trial, cfg))
+                    spec = suggest(trial, cfg)
+                    if fid.enabled:
+                        specs[trial.number], rungs[trial.number] = spec, 0
+                        pool.submit(trial.number, spec, fid.rung(0))
+                    else:
+                        pool.submit(trial.number, spec)
                     remaining -= 1
                 if not pool.busy and (interrupt.requested or remaining <= 0 or time.monotonic() >= deadline):
                     break
                 if not pool.busy and not pool.ready:
                     _warn_every(60, "no evaluator actor is ready yet (%d pending placement); waiting", len(pool.actors))
                 for number, result in pool.wait(timeout=1.0):
+                    state = _rung_done(cfg, pool, trials[number], specs, rungs, result)
+                    if state is None:
+                        continue  # promoted to its next rung
                     trial = trials.pop(number)
                     # a RecordError here stops the search: unrecorded trials stay RUNNING and resume re-queues them
                     extra = derived_metrics(cfg, result.state, dict(result.metrics))
                     result = refit.apply(result, extra)
-                    run_id = recorder.record(parent_id, number, result, trial_tags(trial), extra)
-                    tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
+                    tags = {**trial_tags(trial), **({"state": PRUNED} if state == PRUNED else {})}
+                    run_id = recorder.record(parent_id, number, result, tags, extra)
+                    tell(study, cfg, trial, run_id, state, dict(result.metrics))
                     steering.observe_result(result)
                     evaluated += 1
                     failed += result.state != "ok"
-                    progress.update(result)
+                    progress.update(result, stopped=state == PRUNED)
                 if pool.busy and time.monotonic() - last_status >= STATUS_EVERY_S:
                     progress.update_running(pool.running())
                     last_status = time.monotonic()
         finally:
             progress.close()
     return evaluated, failed, interrupt.requested
+
+
+def _rung_done(cfg: SearchConfig, pool: EvaluatorPool, trial, specs: dict, rungs: dict, result: CandidateResult) -> str | None:
+    """A candidate's rung came back: None when the trial pruner promotes it (it is sent on),
+    else the state to record (``pruned``: stopped below the full rung; ``ok``, ``failed``)."""
+    number = trial.number
+    if number not in rungs:
+        return result.state
+    rung = rungs.pop(number)
+    spec = specs.pop(number)
+    if result.state != "ok" or rung >= cfg.fidelity.full:
+        return result.state
+    if result.info.get("rung_cache") == "miss" and rung > 0:
+        log.warning("candidate %d: rung %d redid the lower rungs' work (its actor restarted or was gone)", number, rung)
+    if stop_at_rung(trial, cfg, rung, dict(result.metrics)):
+        log.info("candidate %d: stopped at rung %d by the trial pruner (accuracy %.4f)", number, rung, result.metrics["accuracy"])
+        pool.forget(number)
+        return PRUNED
+    specs[number], rungs[number] = spec, rung + 1
+    pool.submit(number, spec, cfg.fidelity.rung(rung + 1), first=True)
+    return None
 
 
 _last_warning = [0.0]

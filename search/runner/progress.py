@@ -87,12 +87,13 @@ class Progress:
         left = self.eta()
         return "?" if left != left else f"~{left:.0f} s left"
 
-    def update(self, result: CandidateResult) -> None:
-        """One candidate finished (ok or failed)."""
+    def update(self, result: CandidateResult, stopped: bool = False) -> None:
+        """One candidate finished (ok or failed); ``stopped``: by the trial pruner below the
+        full rung (its accuracy is a cheap rung's: never the best shown)."""
         self.done += 1
         if result.state != "ok":
             self.failed += 1
-        else:
+        elif not stopped:
             acc = result.metrics["accuracy"]
             self.best = acc if self.best != self.best else max(self.best, acc)
             m = result.metrics

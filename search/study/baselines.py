@@ -65,6 +65,8 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
             if method.allocates and space.allocation:
                 p[enc.ALLOCATE] = False
             _choice(p, enc.RECONSTRUCT, recon, space.reconstruct)
+            if recon == "lsq":
+                p.update(_recon_baseline(cfg))
             out.append(p)
     return out
 
@@ -106,6 +108,20 @@ def enqueue_baselines(study: optuna.Study, cfg: SearchConfig) -> int:
             cfg.budget.trials,
         )
     return len(params)
+
+
+def _recon_baseline(cfg: SearchConfig) -> dict[str, Any]:
+    """The ``reconstruction:`` section's settings as the searched ``recon.*`` parameters
+    (the nearest choice where the space does not offer it)."""
+    r, base = cfg.space.recon, cfg.reconstruction
+    p: dict[str, Any] = {}
+    if len(r.images) > 1:
+        p[enc.recon_param("images")] = min(r.images, key=lambda i: abs(i - base.images))
+    if r.ridge is not None and r.ridge[0] < r.ridge[1]:
+        p[enc.recon_param("ridge")] = _clamp(base.ridge, r.ridge)
+    if len(r.layers) > 1:
+        p[enc.recon_param("layers")] = base.layers if base.layers in r.layers else r.layers[0]
+    return p
 
 
 def _choice(p: dict[str, Any], name: str, value: Any, choices: list) -> None:

@@ -6,8 +6,9 @@ and nowhere else:
 - **Optuna parameters** (what the sampler draws; ``space.suggest`` asks for them,
   ``baselines`` and ``steering`` enqueue them): ``method``, ``METHOD.granularity``,
   ``METHOD.scope``, ``target_sparsity``, ``macs_ratio_target``, ``METHOD.KNOB``,
-  ``allocate``, ``alloc.STAGE``, ``reconstruct``. A choice with one option is no
-  parameter.
+  ``allocate``, ``alloc.STAGE``, ``reconstruct``, ``recon.SETTING`` (the searched
+  reconstruction settings of an ``lsq`` trial: ``space.recon``). A choice with one option
+  is no parameter.
 - **MLflow params** of a candidate run (``spec_params``; read back by ``row_settings``):
   the spec's field names, nested settings dotted as in ``spec.json``
   (``reconstruct.images``, ``recal.images``), ``knob.NAME``, ``alloc.STAGE``, and the
@@ -52,6 +53,11 @@ LEGACY_MLFLOW = {
 }
 KNOB_PREFIX = "knob."
 ALLOC_PREFIX = "alloc."
+
+
+def recon_param(setting: str) -> str:
+    """Optuna name of a searched reconstruction setting (``images``, ``ridge``, ``layers``)."""
+    return f"recon.{setting}"
 
 
 def granularity_param(method: str) -> str:

@@ -10,10 +10,10 @@ Parameter names are spelled by ``search.study.encoding`` (they carry the method,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.pruning.methods import Knob, get_method
-from pipeline.spec import CandidateSpec
+from pipeline.spec import CandidateSpec, ReconSpec
 from search.config import ConfigError
 from search.study import encoding as enc
 
@@ -47,6 +47,8 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     if method.allocates and space.allocation and trial.suggest_categorical(enc.ALLOCATE, [True, False]):
         allocation = {stage: trial.suggest_float(enc.alloc_param(stage), *rng) for stage, rng in space.allocation.items()}
     reconstruct = cfg.reconstruction.with_mode(_categorical(trial, enc.RECONSTRUCT, space.reconstruct))
+    if reconstruct.mode == "lsq":
+        reconstruct = ReconSpec.model_validate({**reconstruct.model_dump(), **_recon_settings(trial, space)})
     return CandidateSpec(
         method=method_name,
         granularity=gran,
@@ -63,6 +65,21 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         finetune_lr=cfg.finetune_lr,
         seed=cfg.seed + trial.number,
     )
+
+
+def _recon_settings(trial: "optuna.Trial", space: "SpaceConfig") -> dict[str, Any]:
+    """The searched reconstruction settings (``space.recon``) of an ``lsq`` trial."""
+    r = space.recon
+    out: dict[str, Any] = {}
+    if len(r.images) > 1:
+        out["images"] = trial.suggest_categorical(enc.recon_param("images"), r.images)
+    elif r.images:
+        out["images"] = r.images[0]
+    if r.ridge is not None:
+        out["ridge"] = trial.suggest_float(enc.recon_param("ridge"), *r.ridge, log=True) if r.ridge[0] < r.ridge[1] else r.ridge[0]
+    if r.layers:
+        out["layers"] = _categorical(trial, enc.recon_param("layers"), r.layers)
+    return out
 
 
 def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:

@@ -17,6 +17,7 @@ from pipeline.errors import InputError, excerpt
 from search.config import ConfigError, SearchConfig
 from search.study.baselines import BASELINE_ATTR, enqueue_baselines
 from search.study.encoding import upgrade_params
+from search.study.fidelity import PRUNED, make_pruner
 
 if TYPE_CHECKING:
     from search.records.runs import Recorder
@@ -44,6 +45,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
         )
     # reseed by progress so a resumed random/NSGA-II sampler does not replay its first draws
     study.sampler = make_sampler(cfg, offset=len(study.trials))
+    study.pruner = make_pruner(cfg)  # trial pruning of multi-fidelity candidates; a no-op with fidelity off
     enqueue_baselines(study, cfg)  # a new study only
     return study
 
@@ -160,17 +162,22 @@ def trial_tags(trial: optuna.Trial) -> dict[str, str]:
 
 
 def tell(study: optuna.Study, cfg: SearchConfig, trial: optuna.Trial, run_id: str, state: str, metrics: dict[str, float]) -> None:
-    """Tell ``trial`` its outcome, exactly once; a trial already finished is left as it is."""
+    """Tell ``trial`` its outcome, exactly once; a trial already finished is left as it is.
+    ``state`` ``pruned``: stopped below the full rung (Optuna's PRUNED; its last reported
+    rung is its value for the sampler)."""
     if _trial_of(study, cfg, trial.number).state.is_finished():
         log.warning("trial %d: already finished; repeated completion ignored", trial.number)
         return
     trial.set_user_attr(RUN_ID_ATTR, run_id)
-    if state != "ok":
+    if state not in ("ok", PRUNED):
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return
     if cfg.objective.mode == "constrained":
         for name, value in constraint_values(cfg, metrics).items():
             trial.set_constraint(name, value)
+    if state == PRUNED:
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        return
     study.tell(trial, objective_values(cfg, metrics), skip_if_finished=True)
 
 
