@@ -23,20 +23,34 @@ import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pydantic import Field
 from torch import nn
 
 from pipeline import measure
-from pipeline.build import apply_plan, prune_stage, reconstruct_stage
+from pipeline.build import BuildContext, apply_plan, prune_stage, reconstruct_stage
+from pipeline.data.splits import Splits
+from pipeline.measure import MeasureConfig
 from pipeline.pruning.plan import PrunePlan
 from pipeline.pruning.structure import cached_graph
 from pipeline.repair.recalibrate import recalibrate
 from pipeline.spec import CandidateResult, CandidateSpec, Frozen, RecalSpec, ReconSpec
 
-if TYPE_CHECKING:
-    from pipeline.evaluator import Evaluator
+
+class RungHost(Protocol):
+    """What ``run_rung`` needs of its evaluator (``pipeline.evaluator.Evaluator``; named by
+    this protocol so that the evaluator, which imports this module, is not imported back)."""
+
+    base: nn.Module
+    ctx: BuildContext
+    splits: Splits
+    cfg: MeasureConfig
+
+    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]: ...
+    def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]: ...
+    def _info(self) -> dict[str, str]: ...
+
 
 HELD = 16  # candidates an evaluator keeps between rungs (least recently used dropped first)
 
@@ -110,7 +124,7 @@ class RungCache:
         return len(self._held)
 
 
-def run_rung(ev: "Evaluator", spec: CandidateSpec, rung: Rung, cache: RungCache) -> CandidateResult:
+def run_rung(ev: RungHost, spec: CandidateSpec, rung: Rung, cache: RungCache) -> CandidateResult:
     """Evaluate ``spec`` at ``rung`` on evaluator ``ev``, reusing what ``cache`` holds of it.
 
     Below the final rung the result carries the rung's ``accuracy`` (and

@@ -135,7 +135,7 @@ class Results:
 
     def _feasible(self, row: dict[str, Any]) -> bool:
         """For records without the ``feasible`` metric: the driver's own test on an ok candidate."""
-        from search.study.study import is_feasible
+        from search.study.constraints import is_feasible
 
         return row["state"] == "ok" and "accuracy" in row and is_feasible(self.cfg, row)
 

@@ -88,14 +88,14 @@ class ReconSpace(Frozen):
     @classmethod
     def _images(cls, v: list[int]) -> list[int]:
         if any(i < 1 for i in v):
-            raise ValueError(f"image counts must be >= 1, got {v}")
+            raise ConfigError(f"image counts must be >= 1, got {v}")
         return v
 
     @field_validator("ridge")
     @classmethod
     def _ridge(cls, v: Range | None) -> Range | None:
         if v is not None and not 0 < v[0] <= v[1]:
-            raise ValueError(f"range [{v[0]}, {v[1]}] must satisfy 0 < low <= high (searched on a log scale)")
+            raise ConfigError(f"range [{v[0]}, {v[1]}] must satisfy 0 < low <= high (searched on a log scale)")
         return v
 
 

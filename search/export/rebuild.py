@@ -20,19 +20,15 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from pipeline.data.splits import Splits, load_data
-from pipeline.errors import InputError
 from pipeline.evaluator import Evaluator
 from pipeline.models import ModelConfig
 from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateSpec
 from search.config import SearchConfig
 from search.export import validate
+from search.export.validate import ExportError
 from search.records.runs import PARENT_TAG
 from search.runner.basemodel import base_state
-
-
-class ExportError(InputError):
-    """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
 
 @dataclass(frozen=True)

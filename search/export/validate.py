@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from pipeline.errors import excerpt
+from pipeline.errors import InputError, excerpt
 from pipeline.models import ModelConfig, build_model
 from pipeline.pruning.methods import get_method
 from pipeline.pruning.plan import PrunePlan
@@ -29,9 +29,11 @@ from pipeline.spec import CandidateSpec
 from search.config import SearchConfig
 
 
-def _error(message: str) -> Exception:
-    from search.export.rebuild import ExportError  # rebuild imports this module
+class ExportError(InputError):
+    """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
+
+def _error(message: str) -> Exception:
     return ExportError(message)
 
 

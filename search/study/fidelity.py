@@ -76,7 +76,7 @@ def stop_at_rung(trial: optuna.Trial, cfg: SearchConfig, rung: int, metrics: dic
     """Report a candidate's rung-``rung`` accuracy to Optuna and ask its pruner whether to
     stop the trial there. In constrained mode an infeasible candidate reports its accuracy
     minus 1, so that it ranks below every feasible one and is not promoted before them."""
-    from search.study.study import is_feasible
+    from search.study.constraints import is_feasible
 
     if rung == 0:
         trial.set_user_attr(RUNG0_ATTR, metrics["accuracy"])

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from pipeline.errors import InputError, excerpt
 from search.config import ConfigError, SearchConfig
 from search.study.baselines import BASELINE_ATTR, enqueue_baselines
+from search.study.constraints import constraint_values, is_feasible
 from search.study.encoding import upgrade_params
 from search.study.fidelity import PRUNED, make_pruner
 
@@ -124,26 +125,6 @@ def make_sampler(cfg: SearchConfig, offset: int = 0) -> optuna.samplers.BaseSamp
 def objective_values(cfg: SearchConfig, m: dict[str, float]) -> list[float]:
     """Optuna objective values: (accuracy, effective MACs) for pareto, (accuracy,) otherwise."""
     return [m["accuracy"], m["macs"]] if cfg.objective.mode == "pareto" else [m["accuracy"]]
-
-
-def constraint_values(cfg: SearchConfig, metrics: dict[str, float]) -> dict[str, float]:
-    """Optuna constraint values by name (<= 0 is feasible) for constrained mode."""
-    o = cfg.objective
-    vals = {}
-    if o.max_macs_ratio is not None:
-        vals["max_macs_ratio"] = metrics["macs_ratio"] - o.max_macs_ratio
-    if o.min_sparsity is not None:
-        vals["min_sparsity"] = o.min_sparsity - metrics["sparsity"]
-    return vals
-
-
-def is_feasible(cfg: SearchConfig, metrics: dict[str, float]) -> bool:
-    """Whether a measured candidate meets the constraints (always, in pareto mode).
-
-    The same test as Optuna's (every constraint value <= 0), so ``best`` and the
-    summaries agree with ``study.best_trial``.
-    """
-    return cfg.objective.mode != "constrained" or all(v <= 0 for v in constraint_values(cfg, metrics).values())
 
 
 def derived_metrics(cfg: SearchConfig, state: str, metrics: dict[str, float]) -> dict[str, float]:
