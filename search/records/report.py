@@ -66,6 +66,8 @@ def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], l
     per_method: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
     for r in rows:
         knob = get_method(r["method"]).steered_knob if r.get("method") in known else None
+        if knob and get_method(r["method"]).target_for(r.get("knobs", {})) == "sparsity":
+            continue  # a controller moved the pressure during training: not a point of the curve
         if knob and knob in r.get("knobs", {}) and "sparsity" in r:
             values, density = per_method.setdefault((r["method"], knob), ([], []))
             values.append(r["knobs"][knob])

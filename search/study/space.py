@@ -2,7 +2,9 @@
 
 The space is conditional on the method: one-shot methods get a target sparsity
 (unstructured) or a MACs ratio (channel); outcome methods (hyperflows) get their
-knobs, pressure first, on the method's declared prior (log-uniform for pressure).
+knobs, pressure first, on the method's declared prior (log-uniform for pressure), and a
+target as well where their knobs ask for one (``PruningMethod.target_for``: hyperflows'
+``pressure_schedule`` 1, the controller, fixed by a range ``[1, 1]``).
 Parameter names carry the method (``hyperflows.pressure``) so that every name keeps
 one distribution across the study.
 """
@@ -32,14 +34,15 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         raise ConfigError(f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}")
     gran = _categorical(trial, f"{method_name}.granularity", grans)
     scope = _categorical(trial, f"{method_name}.scope", [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
-    target_sparsity = target_macs = None
-    if method.target == "sparsity" and gran == "unstructured":
-        target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
-    elif method.target == "sparsity":
-        target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
     knobs = {}
     for name in searched_knobs(space, method_name):
         knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", method.knobs[name], space.knobs.get(method_name, {}).get(name))
+    target_sparsity = target_macs = None
+    # an outcome method may take a target under some knobs (hyperflows' controller)
+    if method.target_for(knobs) == "sparsity" and gran == "unstructured":
+        target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
+    elif method.target_for(knobs) == "sparsity":
+        target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
