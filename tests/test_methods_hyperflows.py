@@ -143,7 +143,9 @@ def test_search_space_gives_the_controller_a_target_sparsity():
 
 def test_paper_preset_counts_epochs_of_the_training_split():
     method = get_method("hyperflows")
-    spec = CandidateSpec(method="hyperflows", target_sparsity=0.9, knobs={"pressure_schedule": 1, "preset": 1, "pruning_epochs": 3, "regrowth_epochs": 2})
+    spec = CandidateSpec(
+        method="hyperflows", target_sparsity=0.9, knobs={"pressure_schedule": 1, "preset": 1, "pruning_epochs": 3, "regrowth_epochs": 2}
+    )
     sched = method.schedule(spec, train_size=640)
     assert (sched.steps, sched.regrowth_steps, sched.every, sched.flow_lr, sched.paper) == (30, 20, 10, 1e-3, True)
     assert method.training_steps(spec, train_size=640) == 50

@@ -12,7 +12,7 @@ import optuna
 
 from pipeline.pruning.methods import get_method, list_methods
 from search.config import SearchConfig
-from search.records.plots import plot_fits, population_plot, recalibration_plot
+from search.records.plots import controller_plot, plot_fits, population_plot, recalibration_plot
 from search.records.query import candidate_rows, pareto_front, to_parquet
 from search.records.runs import Recorder
 from search.study import powerlaw
@@ -50,7 +50,33 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
     for name, (values, density) in steered_points(rows).items():
         if name in fits:
             recorder.log_parent_artifact(parent_id, f"{name}_fit.png", plot_fits(values, density, fits[name], target_density=target))
+    traces = controller_traces(recorder, rows)
+    if traces:  # beside the power-law fit: how the controlled candidates got to their targets
+        recorder.log_parent_artifact(parent_id, "pressure_controller.png", controller_plot(traces))
     recorder.log_parent_metrics(parent_id, summary)
+
+
+#: candidates whose gamma/density trajectory the controller plot draws (the latest ones)
+MAX_TRACES = 12
+
+
+def controller_traces(recorder: Recorder, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per candidate whose pressure a controller steered (``PruningMethod.target_for`` says
+    ``sparsity`` for an outcome method): its label and the metric histories ``METHOD_trajectory_*``
+    (step, value) of density, expected density and gamma; the last ``MAX_TRACES`` trials."""
+    known = set(list_methods())
+    out = []
+    for r in sorted(rows, key=lambda r: r.get("trial", -1))[-MAX_TRACES * 4 :]:
+        method = r.get("method")
+        if method not in known or get_method(method).target != "outcome" or get_method(method).target_for(r.get("knobs", {})) != "sparsity":
+            continue
+        series = {}
+        for part in ("density", "expected", "gamma"):
+            hist = recorder.client.get_metric_history(r["run_id"], f"{method}_trajectory_{part}")
+            series[part] = sorted((m.step, m.value) for m in hist)
+        if series["gamma"]:
+            out.append({"label": f"trial {r.get('trial')}: target {r.get('target_sparsity', float('nan')):.3g}", **series})
+    return out[-MAX_TRACES:]
 
 
 def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:

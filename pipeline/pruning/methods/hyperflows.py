@@ -86,7 +86,7 @@ class Hyperflows(TrainingMethod):
         "flow_lr": Knob(1e-4, 3e-2, log=True, default=3e-3, limits=(0.0, math.inf)),
         "pressure_schedule": Knob.choice_of("constant", "controller", default="constant"),
         "controller_every": Knob(1, 100, integer=True, default=10, limits=(1, math.inf)),
-        "regrowth_margin": Knob(0.0, 0.5, default=0.0, limits=(0.0, 10.0)),
+        "regrowth_margin": Knob(0.0, 0.5, default=0.05, limits=(0.0, 10.0)),
         "preset": Knob.choice_of("short", "paper", default="short"),
         "pruning_epochs": Knob(1, 200, integer=True, default=100, limits=(1, math.inf)),
         "regrowth_epochs": Knob(0, 200, integer=True, default=160, limits=(0, math.inf)),

@@ -252,9 +252,7 @@ def mask_removed(modules: dict[str, nn.Module], graph: structure.ChannelGraph, r
                 m.weight[:, idx] = 0
 
 
-def train_ocs(
-    model: nn.Module, ctx: PruneContext, spec: CandidateSpec, stability_of: Callable[[list[KeptSets]], float] = stability
-) -> OcsOutcome:
+def train_ocs(model: nn.Module, ctx: PruneContext, spec: CandidateSpec, stability_of: Callable[[list[KeptSets]], float] = stability) -> OcsOutcome:
     """Run one OCS cycle on a deep copy of ``model`` (never modified) for ``spec``.
 
     ``stability_of``: the stability of the kept-set history after each search epoch (the
