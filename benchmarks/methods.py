@@ -16,6 +16,11 @@ setting on the validation accuracy of a full ``Evaluator.evaluate`` per grid ent
 table also shows the reconstruction timings and errors). The accuracy before recalibration
 on the test split is the result's plan applied to the base model (``common.plan_accuracy``).
 
+Section ``seeds`` (benchmarks/seeds.py): Hyperflows' pressure controller at target sparsities,
+beside the one-shot rows, and OCS' MACs-cost term at 2x. Only those rows, the rest kept from a run:
+
+    .venv/bin/python benchmarks/methods.py --sections seeds --rows-from benchmarks/results/methods.json
+
 Run (``--quick``: a couple of minutes):
 
     .venv/bin/python benchmarks/methods.py [--shared ../shared] [--quick] [--threads 1] [--previous OLD.json]
