@@ -110,7 +110,7 @@ def markdown(result: dict[str, Any]) -> str:
                     ]
                 )
     b = result["budget"]
-    head = f"# Hyperflows on digits: distance from the target sparsity\n\nBudget {b['steps']:.0f} + {b['regrowth_steps']:.0f} steps, flow_lr {b['flow_lr']}; DigitsCNN width 32; machine: {result['machine'].get('cpu', '?')}.\n\n"
+    head = f"# Hyperflows on digits: distance from the target sparsity\n\nBudget {b['steps']:.0f} + {b['regrowth_steps']:.0f} steps, flow_lr {b['flow_lr']}; DigitsCNN width 32; machine: {result['machine'].get('cpu_model', '?')}, {result['machine'].get('logical_cpus')} logical CPUs, 1 torch thread, load average at start {result['machine'].get('loadavg_at_start')}; one seed (0); sparsity of the prunable conv + linear weights; validation accuracy with the trained weights, no recalibration.\n\n"
     return head + md_table(["schedule", "target", "runs", "achieved sparsity", "max off", "val accuracy (mean)"], body)
 
 
