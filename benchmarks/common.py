@@ -142,15 +142,15 @@ def load_resnet20_cifar(shared: Path, calib_size: int, val_size: int, seed: int 
     return Assets(cfg.model, cfg.data, build_model(cfg.model), load_data(cfg.data))
 
 
-def make_evaluator(assets: Assets, threads: int, measure_cfg: MeasureConfig | None = None) -> Evaluator:
-    """The pipeline's evaluator on the CPU with ``threads`` torch threads, in this process."""
+def make_evaluator(assets: Assets, threads: int, measure_cfg: MeasureConfig | None = None, device: str = "cpu") -> Evaluator:
+    """The pipeline's evaluator on ``device`` (the CPU unless asked) with ``threads`` torch threads, in this process."""
     return Evaluator(
         assets.model_cfg,
         {k: v.clone() for k, v in assets.base.state_dict().items()},
         assets.splits,
         measure_cfg or MeasureConfig(),
         threads=threads,
-        device="cpu",
+        device=device,
     )
 
 

@@ -16,6 +16,11 @@ setting on the validation accuracy of a full ``Evaluator.evaluate`` per grid ent
 table also shows the reconstruction timings and errors). The accuracy before recalibration
 on the test split is the result's plan applied to the base model (``common.plan_accuracy``).
 
+Section ``seeds`` (benchmarks/seeds.py): Hyperflows' pressure controller at target sparsities,
+beside the one-shot rows, and OCS' MACs-cost term at 2x. Only those rows, the rest kept from a run:
+
+    .venv/bin/python benchmarks/methods.py --sections seeds --rows-from benchmarks/results/methods.json
+
 Run (``--quick``: a couple of minutes):
 
     .venv/bin/python benchmarks/methods.py [--shared ../shared] [--quick] [--threads 1] [--previous OLD.json]
@@ -53,6 +58,7 @@ from pipeline.spec import CandidateResult, CandidateSpec, RecalSpec, ReconSpec  
 
 import common  # noqa: E402
 import methods_report  # noqa: E402
+import seeds  # noqa: E402
 from common import Timer, log, pct  # noqa: E402
 from reporting import read_json  # noqa: E402
 
@@ -65,7 +71,7 @@ TARGETS = [
     {"granularity": "channel", "point": 2.0, "beat": 0.78, "reference": "OCS (trains 120 steps), 2x fewer MACs: 74.5 % (search)"},
     {"granularity": "channel", "point": 2.5, "beat": 0.68, "reference": "OCS (trains 120 steps), 2.5x fewer MACs: 60.5 %"},
 ]
-SECTIONS = ("unstructured", "channel", "reconstruction")
+SECTIONS = ("unstructured", "channel", "reconstruction", "seeds")  # seeds: benchmarks/seeds.py
 
 
 @dataclass
@@ -305,7 +311,7 @@ def row_of(ev: Evaluator, res: CandidateResult, label: str, point: float, pivot:
     # which exclude the stem/head when they are not pruned)
     row["sparsity_all_weights"] = measure.pruned_fraction(model, ev.base)
     if method.trains:
-        budget = method.training_budget(spec)
+        budget = method.training_budget(spec, len(ev.splits.train))
         row["training"] = {
             **budget,
             "knobs_with_defaults": method.knob_values(spec),
@@ -617,6 +623,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PRESSURE:STEPS:REGROWTH",
         help="hyperflows runs instead of the default (repeatable), e.g. --hyperflows 10:560:60 --hyperflows 40:200:40",
     )
+    ap.add_argument("--no-steered", action="store_true", help="seeds section: skip the power-law-steered constant-pressure runs (6 of its runs)")
+    ap.add_argument(
+        "--macs-costs",
+        default="off,standardized,millions",
+        help="seeds section: OCS macs_cost choices to run at 2x (default %(default)s; '' for none)",
+    )
+    ap.add_argument(
+        "--controller-runs",
+        default=None,
+        metavar="TARGET:STEPS:REGROWTH,...",
+        help="seeds section: the controller's runs instead of the default (0.8:360:50,0.9:560:60,0.95:560:60; '' for none)",
+    )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated sections to run: {', '.join(SECTIONS)} (default: all)")
     ap.add_argument(
         "--rows-from",
@@ -642,7 +660,10 @@ def _kept_rows(prev: dict[str, Any] | None, section: str) -> list[dict[str, Any]
     out = []
     for r in prev["rows"]:
         is_recon = (r.get("reconstruct") or {}).get("mode", "none") != "none"
-        if is_recon == recon and (recon or r["granularity"] == section):
+        if r.get("section") == "seeds" or section == "seeds":
+            if r.get("section") == section:
+                out.append({**r, "from_run": r.get("from_run") or f"{prev['machine'].get('date', '?')} @ {prev['machine'].get('git_commit', '?')}"})
+        elif is_recon == recon and (recon or r["granularity"] == section):
             out.append({**r, "from_run": r.get("from_run") or f"{prev['machine'].get('date', '?')} @ {prev['machine'].get('git_commit', '?')}"})
     return out
 
@@ -721,6 +742,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += _kept_rows(prev, "reconstruction")
             recon_table = (prev or {}).get("recon_selection", [])
     phases["reconstruction"] = t.s
+    with Timer() as t:
+        if "seeds" in sections:
+            unstructured, channel = settings["unstructured"], settings["channel"]
+
+            def ocs_spec(how: str) -> CandidateSpec:
+                r = seeds_cfg.ocs_reduction
+                knobs = {**ocs_knobs(ev, cfg, channel, r), "macs_cost": float(get_method("ocs").knobs["macs_cost"].choices.index(how))}
+                return channel.spec("ocs", r, knobs=knobs)
+
+            seeds_cfg = seeds.SeedsConfig.quick() if args.quick else seeds.SeedsConfig(steered=not args.no_steered)
+            seeds_cfg = replace(seeds_cfg, macs_costs=tuple(x for x in args.macs_costs.split(",") if x))
+            if args.controller_runs is not None:
+                runs = [item.split(":") for item in args.controller_runs.split(",") if item]
+                seeds_cfg = replace(seeds_cfg, controller_runs=tuple((float(t), int(st), int(rg)) for t, st, rg in runs))
+            rows += seeds.run_seeds(ev, seeds_cfg, unstructured.spec, ocs_spec, row_of)
+        else:
+            rows += _kept_rows(prev, "seeds")
+    phases["seeds"] = t.s
 
     result: dict[str, Any] = {
         "benchmark": "methods",

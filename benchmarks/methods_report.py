@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import seeds  # noqa: E402
 from reporting import RESULTS_DIR, md_table, pct, read_json, standard_error, write_json, write_text  # noqa: E402
 
 Row = dict[str, Any]
@@ -480,6 +481,7 @@ def markdown(result: dict[str, Any]) -> str:
         "`[..x]` is the achieved MACs reduction.\n\n",
         _pivot(rows, "channel", cfg["reductions"], "{}x fewer MACs"),
     ]
+    out += seeds.report(rows)
     out += _reconstruction(result) + _latency(result) + _training(result) + _selections(result) + _diagnostic(result)
     out += _dense(result) + _all_rows(result) + changes(result) + findings(result)
     return "\n".join(x.strip("\n") + "\n" for x in out)  # a blank line between blocks

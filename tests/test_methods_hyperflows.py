@@ -92,3 +92,63 @@ def test_pressure_is_required(trained):
     model, ctx, _ = trained
     with pytest.raises(ValueError, match="pressure"):
         get_method("hyperflows").plan(model, ctx, CandidateSpec(method="hyperflows", target_sparsity=None))
+
+
+# the controller: 300 + 50 steps, one controller period per 10 steps; flow_lr 0.01 lets a
+# presence move 0.1 per period, so density answers within a few periods (methods.md, 4)
+CONTROLLER = {"pressure_schedule": 1, "steps": 300, "regrowth_steps": 50, "flow_lr": 0.01, "controller_every": 10}
+
+
+@pytest.fixture(scope="session")
+def controlled(trained):
+    model, ctx, _ = trained
+    spec = CandidateSpec(method="hyperflows", target_sparsity=0.85, knobs=CONTROLLER)
+    return get_method("hyperflows").plan(model, ctx, spec)
+
+
+def test_controller_run_ends_at_its_target_sparsity(controlled):
+    assert abs(_sparsity(controlled) - 0.85) <= 0.02, _sparsity(controlled)
+
+
+def test_controller_trajectory_is_recorded_in_the_plan(controlled):
+    d = PrunePlan.from_parquet(controlled.to_parquet()).diagnostics
+    assert d["trajectory_step"] == [float(s) for s in range(10, 301, 10)]  # one row per controller period
+    assert len(d["trajectory_gamma"]) == len(d["trajectory_density"]) == len(d["trajectory_expected"]) == 30
+    assert d["trajectory_expected"][-1] == pytest.approx(d["target_pruning_density"], rel=1e-6)
+    assert max(d["trajectory_gamma"]) > 0 and d["trajectory_density"][-1] == d["pruning_density"]
+    assert all(a >= b for a, b in zip(d["trajectory_expected"], d["trajectory_expected"][1:]))
+
+
+def test_controller_takes_a_target_and_constant_pressure_does_not():
+    method = get_method("hyperflows")
+    assert method.target_for({"pressure_schedule": 1}) == "sparsity" and method.target_for({"pressure": 0.1}) == "outcome"
+    with pytest.raises(ValueError, match="target_sparsity"):
+        method.check(CandidateSpec(method="hyperflows", target_sparsity=None, knobs={"pressure_schedule": 1}))
+    with pytest.raises(ValueError, match="index of one of"):
+        method.check(CandidateSpec(method="hyperflows", target_sparsity=None, knobs={"pressure": 0.1, "pressure_schedule": 2}))
+
+
+def test_search_space_gives_the_controller_a_target_sparsity():
+    from optuna.trial import FixedTrial
+
+    from search.config import parse_config
+    from search.study.space import suggest
+
+    cfg = parse_config({"space": {"methods": ["hyperflows"], "sparsity": [0.8, 0.95], "knobs": {"hyperflows": {"pressure_schedule": [1, 1]}}}})
+    spec = suggest(FixedTrial({"hyperflows.pressure": 0.01, "hyperflows.pressure_schedule": 1, "target_sparsity": 0.9}), cfg)
+    assert spec.target_sparsity == 0.9 and get_method("hyperflows").choice(spec, "pressure_schedule") == "controller"
+    constant = parse_config({"space": {"methods": ["hyperflows"]}})
+    assert suggest(FixedTrial({"hyperflows.pressure": 0.01}), constant).target_sparsity is None
+
+
+def test_paper_preset_counts_epochs_of_the_training_split():
+    method = get_method("hyperflows")
+    spec = CandidateSpec(
+        method="hyperflows", target_sparsity=0.9, knobs={"pressure_schedule": 1, "preset": 1, "pruning_epochs": 3, "regrowth_epochs": 2}
+    )
+    sched = method.schedule(spec, train_size=640)
+    assert (sched.steps, sched.regrowth_steps, sched.every, sched.flow_lr, sched.paper) == (30, 20, 10, 1e-3, True)
+    assert method.training_steps(spec, train_size=640) == 50
+    assert sched.weight_lr(0) == pytest.approx(0.1) and sched.weight_lr(29) > 0.1 / 30 and sched.weight_lr(30) == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="size"):
+        method.training_steps(spec)

@@ -113,7 +113,7 @@ def test_group_lasso_shrinks_channels_marked_for_removal(digits_model, octx):
 
 
 def test_never_stable_prunes_at_the_last_epoch(digits_model, octx):
-    never = train_ocs(digits_model, octx, _spec(reg=0.0, stability=1.0))
+    never = train_ocs(digits_model, octx, _spec(reg=0.0, stability=1.0, macs_cost=1))  # the flat authors' factor: selections keep moving
     assert never.stable_epoch is None and len(never.stability_history) == 4
     assert never.diagnostics(4)["stable_epoch"] == 4.0 and never.diagnostics(4)["stabilized"] == 0.0  # fixed at the last epoch
     assert math.isnan(never.stability_history[0]) and never.stability_history[-1] < 1.0
@@ -130,3 +130,42 @@ def test_rejects_specs_it_cannot_honour(digits_model, octx):
         method.check(_spec().model_copy(update={"target_macs_ratio": None}))
     with pytest.raises(ValueError, match="granularity"):
         method.check(_spec().model_copy(update={"granularity": "unstructured"}))
+
+
+def test_one_cycle_prunes_at_the_first_epoch_whose_stability_reaches_the_threshold(digits_model, octx):
+    planted = [math.nan, 0.5, 0.9989, 0.9995, 1.0]  # the threshold 0.999 is first reached at epoch 4
+    calls: list[int] = []
+
+    def planted_stability(history):
+        calls.append(len(history) - 1)  # the epoch whose selection was just added
+        return planted[len(history) - 2]
+
+    spec = _spec(mode=1, epochs=5, stability=0.999)
+    steps = []
+    octx.on_step = lambda done, total: steps.append((done, total))
+    try:
+        out = train_ocs(digits_model, octx, spec, stability_of=planted_stability)
+    finally:
+        octx.on_step = None
+    per_epoch = len(octx.train_x) // 64  # one_cycle: an epoch is a pass over the training split
+    assert steps[-1] == (5 * per_epoch, 5 * per_epoch) and get_method("ocs").training_steps(spec, len(octx.train_x)) == 5 * per_epoch
+    assert out.stable_epoch == 4 and calls == [1, 2, 3, 4]  # no search after the stable epoch
+    assert out.stability_history[1:] == planted[1:4] and math.isnan(out.stability_history[0])
+    removed = torch.ones(32, dtype=torch.bool)
+    removed[out.plan.channels["conv1"]] = False
+    assert removed.any() and out.state_dict["conv1.weight"][removed].abs().sum() == 0  # pruned at epoch 4 and kept so
+
+
+def test_macs_cost_factor_spreads_and_is_recorded(digits_model, octx):
+    from pipeline.pruning.methods.ocs import macs_factors
+
+    graph = structure.cached_graph(digits_model, octx, True, True)
+    spread = {how: (min(f.values()), max(f.values())) for how in ("standardized", "millions", "off") for f in [macs_factors(graph, how)]}
+    assert spread["off"] == (1.0, 1.0)
+    assert spread["standardized"][1] - spread["standardized"][0] > 2 * (spread["millions"][1] - spread["millions"][0])
+    plan = get_method("ocs").plan(digits_model, octx, _spec())
+    d = plan.diagnostics
+    assert (d["macs_factor_min"], d["macs_factor_max"]) == pytest.approx(spread["standardized"])
+    assert d["macs_cost_changed_channels"] >= 0 and d["macs_cost_changed_channels"] == int(d["macs_cost_changed_channels"])
+    off = get_method("ocs").plan(digits_model, octx, _spec(macs_cost=2)).diagnostics
+    assert off["macs_cost_changed_channels"] == 0 and off["macs_factor_min"] == 1.0

@@ -90,6 +90,24 @@ class PrunePlan:
         pq.write_table(pa.table(rows, schema=_SCHEMA.with_metadata(meta)), buf, compression="zstd")
         return buf.getvalue()
 
+    def histories(self, prefix: str) -> dict[str, list[tuple[int, float]]]:
+        """The per-step histories of ``diagnostics`` as metric histories named ``prefix + key``:
+        every list that ``trajectory_step`` (the steps, also a list) lines up with; {} without one."""
+        steps = self.diagnostics.get("trajectory_step")
+        if not isinstance(steps, list):
+            return {}
+        return {
+            prefix + k: [(int(s), float(v)) for s, v in zip(steps, vals)]
+            for k, vals in self.diagnostics.items()
+            if isinstance(vals, list) and k != "trajectory_step" and len(vals) == len(steps)
+        }
+
+    @staticmethod
+    def diagnostics_of(data: bytes) -> dict[str, float | list[float]]:
+        """The ``diagnostics`` of a plan's Parquet bytes, read from the footer alone (no masks or weights decoded)."""
+        meta = pq.read_schema(io.BytesIO(data)).metadata or {}
+        return json.loads(meta[_DIAGNOSTICS]) if _DIAGNOSTICS in meta else {}
+
     @classmethod
     def from_parquet(cls, data: bytes) -> "PrunePlan":
         read = pq.read_table(io.BytesIO(data))

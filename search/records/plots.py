@@ -251,6 +251,24 @@ def rung_figure(rung0: list[float], full: list[float], rho: float):
     _percent(ax, "y")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def controller_figure(traces: list[dict[str, Any]]):
+    """Density (measured, and the expected trajectory dashed) and gamma against the training
+    step, one colour per candidate (``report.controller_traces``); a matplotlib Figure."""
+    fig, (ax, ax2) = _figure(10, 4.2, cols=2)
+    for i, t in enumerate(traces):
+        colour = f"C{i % 10}"
+        for part, style in (("density", "-"), ("expected", "--")):
+            if t[part]:
+                steps, vals = zip(*t[part])
+                ax.plot(steps, vals, style, color=colour, lw=1.2, label=t["label"] if part == "density" else None)
+        if t["gamma"]:
+            steps, vals = zip(*t["gamma"])
+            ax2.plot(steps, vals, "-", color=colour, lw=1.2, label=t["label"])
+    ax.set(xlabel="training step", ylabel="density (fraction of weights present)", title="Density vs its trajectory (dashed)")
+    ax2.set(xlabel="training step", ylabel="pressure gamma", title="Pressure the controller set")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -260,3 +278,4 @@ population_plot = _png_of(population_figure, dpi=90, bbox_inches="tight")
 recalibration_plot = _png_of(recalibration_figure, dpi=90, bbox_inches="tight")
 plot_fits = _png_of(fit_figure)
 rung_plot = _png_of(rung_figure, dpi=90)
+controller_plot = _png_of(controller_figure)

@@ -12,7 +12,7 @@ import optuna
 
 from pipeline.pruning.methods import get_method, list_methods
 from search.config import SearchConfig
-from search.records.plots import plot_fits, population_plot, recalibration_plot, rung_plot
+from search.records.plots import controller_plot, plot_fits, population_plot, recalibration_plot, rung_plot
 from search.records.query import at_fidelity, candidate_rows, pareto_front, to_parquet
 from search.records.runs import Recorder
 from search.study import powerlaw
@@ -58,7 +58,33 @@ def finish_report(cfg: SearchConfig, recorder: Recorder, parent_id: str, study: 
         summary.update(fidelity_summary(study, cfg))
         low, full = rung0_full_pairs(study)
         recorder.log_parent_artifact(parent_id, "rung0_vs_full.png", rung_plot(low, full, spearman(low, full)))
+    traces = controller_traces(recorder, rows)
+    if traces:  # beside the power-law fit: how the controlled candidates got to their targets
+        recorder.log_parent_artifact(parent_id, "pressure_controller.png", controller_plot(traces))
     recorder.log_parent_metrics(parent_id, summary)
+
+
+#: candidates whose gamma/density trajectory the controller plot draws (the latest ones)
+MAX_TRACES = 12
+
+
+def controller_traces(recorder: Recorder, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per candidate whose pressure a controller steered (``PruningMethod.target_for`` says
+    ``sparsity`` for an outcome method): its label and the metric histories ``METHOD_trajectory_*``
+    (step, value) of density, expected density and gamma; the last ``MAX_TRACES`` trials."""
+    known = set(list_methods())
+    out = []
+    for r in sorted(rows, key=lambda r: r.get("trial", -1))[-MAX_TRACES * 4 :]:
+        method = r.get("method")
+        if method not in known or get_method(method).target != "outcome" or get_method(method).target_for(r.get("knobs", {})) != "sparsity":
+            continue
+        series = {}
+        for part in ("density", "expected", "gamma"):
+            hist = recorder.client.get_metric_history(r["run_id"], f"{method}_trajectory_{part}")
+            series[part] = sorted((m.step, m.value) for m in hist)
+        if series["gamma"]:
+            out.append({"label": f"trial {r.get('trial')}: target {r.get('target_sparsity', float('nan')):.3g}", **series})
+    return out[-MAX_TRACES:]
 
 
 def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
@@ -74,6 +100,8 @@ def steered_points(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], l
     per_method: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
     for r in rows:
         knob = get_method(r["method"]).steered_knob if r.get("method") in known else None
+        if knob and get_method(r["method"]).target_for(r.get("knobs", {})) == "sparsity":
+            continue  # a controller moved the pressure during training: not a point of the curve
         if knob and knob in r.get("knobs", {}) and "sparsity" in r:
             values, density = per_method.setdefault((r["method"], knob), ([], []))
             values.append(r["knobs"][knob])

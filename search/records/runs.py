@@ -20,6 +20,7 @@ Child runs carry:
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
+from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateResult, CandidateSpec
 from search.records.store import is_disk_full
 from search.study.encoding import spec_params, target_metrics
@@ -130,6 +132,9 @@ class Recorder:
                 params=[Param(k, v) for k, v in spec_params(spec).items()],
                 tags=[RunTag(f"info.{k}", v[:5000]) for k, v in result.info.items()],
             )
+            history = _histories(result)
+            for i in range(0, len(history), 1000):  # MLflow takes at most 1000 metrics per batch
+                self.client.log_batch(rid, metrics=history[i : i + 1000])
             self._artifacts(rid, result)
             self.client.set_terminated(rid, status="FINISHED" if result.state == "ok" else "FAILED")
         except Exception as e:
@@ -229,6 +234,15 @@ def _fit(value: str) -> str:
         return value
     mark = "... [truncated, see config.json]"
     return value[: PARAM_VALUE_MAX - len(mark)] + mark
+
+
+def _histories(result: CandidateResult) -> list[Metric]:
+    """Metric histories (value per training step) of what the plan's method traced, e.g.
+    hyperflows' ``hyperflows_trajectory_gamma`` / ``_density`` / ``_expected`` per controller period."""
+    if not result.plan:
+        return []
+    plan = PrunePlan(diagnostics=PrunePlan.diagnostics_of(result.plan))
+    return [Metric(k, v, 0, step) for k, pts in plan.histories(f"{result.spec.method}_").items() for step, v in pts if math.isfinite(v)]
 
 
 def _knob_metrics(spec: CandidateSpec) -> list[Metric]:

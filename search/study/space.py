@@ -2,7 +2,9 @@
 
 The space is conditional on the method: one-shot methods get a target sparsity
 (unstructured) or a MACs ratio (channel); outcome methods (hyperflows) get their
-knobs, pressure first, on the method's declared prior (log-uniform for pressure).
+knobs, pressure first, on the method's declared prior (log-uniform for pressure), and a
+target as well where their knobs ask for one (``PruningMethod.target_for``: hyperflows'
+``pressure_schedule`` 1, the controller, fixed by a range ``[1, 1]``).
 Parameter names are spelled by ``search.study.encoding`` (they carry the method,
 ``hyperflows.pressure``, so that every name keeps one distribution across the study).
 """
@@ -33,14 +35,16 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         raise ConfigError(f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}")
     gran = _categorical(trial, enc.granularity_param(method_name), grans)
     scope = _categorical(trial, enc.scope_param(method_name), [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
+    # an outcome method may take a target under some knobs (hyperflows' controller): its
+    # knobs come first; the others keep the order their studies were sampled in
+    knobs = {} if method.target == "sparsity" else _suggest_knobs(trial, space, method_name)
     target_sparsity = target_macs = None
-    if method.target == "sparsity" and gran == "unstructured":
+    if method.target_for(knobs) == "sparsity" and gran == "unstructured":
         target_sparsity = trial.suggest_float(enc.TARGET_SPARSITY, *space.sparsity)
-    elif method.target == "sparsity":
+    elif method.target_for(knobs) == "sparsity":
         target_macs = trial.suggest_float(enc.TARGET_MACS_RATIO, *space.macs_ratio)
-    knobs = {}
-    for name in searched_knobs(space, method_name):
-        knobs[name] = _suggest_knob(trial, enc.knob_param(method_name, name), method.knobs[name], space.knobs.get(method_name, {}).get(name))
+    if method.target == "sparsity":
+        knobs = _suggest_knobs(trial, space, method_name)
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
@@ -80,6 +84,15 @@ def _recon_settings(trial: "optuna.Trial", space: "SpaceConfig") -> dict[str, An
     if r.layers:
         out["layers"] = _categorical(trial, enc.recon_param("layers"), r.layers)
     return out
+
+
+def _suggest_knobs(trial: "optuna.Trial", space: "SpaceConfig", method_name: str) -> dict[str, float]:
+    method = get_method(method_name)
+    ranges = space.knobs.get(method_name, {})
+    return {
+        name: _suggest_knob(trial, enc.knob_param(method_name, name), method.knobs[name], ranges.get(name))
+        for name in searched_knobs(space, method_name)
+    }
 
 
 def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:

@@ -71,6 +71,8 @@ class PressureSteering:
         steered = get_method(method).steered_knob if method in self.methods else None
         if state != "ok" or steered is None or steered not in knobs or sparsity is None:
             return
+        if get_method(method).target_for(knobs) == "sparsity":
+            return  # a controller moved the pressure: its starting value says nothing about density
         curve = self.budget(method, knobs)
         pts = self.points.setdefault(curve, [])
         pts.append((knobs[steered], 1.0 - sparsity))

@@ -42,6 +42,8 @@ class Knob:
 
     ``low``/``high`` are the default search range; ``limits`` the values that make
     sense at all (a config may search beyond the default range, never beyond these).
+    ``choices``: a knob that picks one of named alternatives holds the index of its
+    choice (0, 1, ...; integer, limits 0 to len - 1); ``PruningMethod.choice`` names it.
     """
 
     low: float
@@ -50,6 +52,13 @@ class Knob:
     integer: bool = False
     default: float | None = None
     limits: tuple[float, float] = (-math.inf, math.inf)
+    choices: tuple[str, ...] = ()
+
+    @classmethod
+    def choice_of(cls, *choices: str, default: str) -> "Knob":
+        """A knob choosing among ``choices`` (stored as the index), ``default`` unless set."""
+        n = len(choices) - 1
+        return cls(0, n, integer=True, default=float(choices.index(default)), limits=(0, n), choices=choices)
 
     def range_problem(self, low: float, high: float) -> str | None:
         """Why ``[low, high]`` is not a valid search range of this knob, or None."""
@@ -143,6 +152,9 @@ class PruningMethod(ABC):
     #: what the candidate's size is set by: a target sparsity, a MACs ratio, or an
     #: outcome of training (the knobs steer it).
     target: ClassVar[Literal["sparsity", "outcome"]] = "sparsity"
+    #: for ``target == "outcome"``: (knob, choice) under which the method takes a target
+    #: sparsity after all (hyperflows' ``pressure_schedule: controller``), or None
+    sparsity_target_when: ClassVar[tuple[str, str] | None] = None
     needs_labels: ClassVar[bool] = False
     trains: ClassVar[bool] = False
     knobs: ClassVar[dict[str, Knob]] = {}
@@ -183,19 +195,40 @@ class PruningMethod(ABC):
             raise InputError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
         return default
 
+    def choice(self, spec: "CandidateSpec", name: str) -> str:
+        """The named choice of a ``choices`` knob for ``spec`` (a ``ValueError`` for an index out of range)."""
+        return self.choice_of(spec.knobs, name)
+
+    def choice_of(self, knobs: Mapping[str, float], name: str) -> str:
+        """The named choice of knob ``name`` in ``knobs`` (or its default)."""
+        choices, value = self.knobs[name].choices, self.knob_of(knobs, name)
+        if value != int(value) or not 0 <= value < len(choices):
+            raise ValueError(f"method {self.name!r}: knob {name!r} is {value:g}, the index of one of {list(choices)} (0 to {len(choices) - 1})")
+        return choices[int(value)]
+
+    def target_for(self, knobs: Mapping[str, float]) -> Literal["sparsity", "outcome"]:
+        """What sets the size of a candidate with ``knobs``: ``target``, or ``sparsity`` when
+        ``sparsity_target_when`` names a choice these knobs make."""
+        if self.sparsity_target_when is not None:
+            knob, wanted = self.sparsity_target_when
+            if self.choice_of(knobs, knob) == wanted:
+                return "sparsity"
+        return self.target
+
     def knob_values(self, spec: "CandidateSpec") -> dict[str, float]:
         """Every knob that has a value for ``spec``: the spec's own, else the default."""
         return {k: self.knob(spec, k) for k, kb in self.knobs.items() if k in spec.knobs or kb.default is not None}
 
-    def training_steps(self, spec: "CandidateSpec") -> int:
-        """Optimiser steps the method takes for ``spec`` (0: it does not train)."""
+    def training_steps(self, spec: "CandidateSpec", train_size: int | None = None) -> int:
+        """Optimiser steps the method takes for ``spec`` (0: it does not train). ``train_size``:
+        images in the training split, for budgets given in epochs of it."""
         return 0
 
-    def training_budget(self, spec: "CandidateSpec") -> dict[str, int]:
+    def training_budget(self, spec: "CandidateSpec", train_size: int | None = None) -> dict[str, int]:
         """What training costs for ``spec``: ``optimizer_steps``, ``batch`` (images per step;
         a training split smaller than that is one batch) and ``images_seen`` (their product); zeros
         for a method that does not train."""
-        steps = self.training_steps(spec)
+        steps = self.training_steps(spec, train_size)
         return {"optimizer_steps": steps, "batch": self.train_batch, "images_seen": steps * self.train_batch}
 
     @abstractmethod
