@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pipeline.errors import InputError
 from pipeline.pruning.bisection import smallest_passing
 
 D_MAX = 0.999  # d(e) tends to it: late periods keep 99.9 % of what is left
@@ -46,13 +47,13 @@ def find_d0(target_density: float, periods: int, steps: int = 60) -> float:
             trajectory cannot reach (below what d0 -> 0 gives, or above 0.999**periods).
     """
     if not 0 < target_density < 1:
-        raise ValueError(f"target density must be in (0, 1), got {target_density}")
+        raise InputError(f"target density must be in (0, 1), got {target_density}")
     if periods < 1:
-        raise ValueError(f"the pruning phase needs at least one controller period, got {periods}")
+        raise InputError(f"the pruning phase needs at least one controller period, got {periods}")
     d0 = smallest_passing(lambda d: trajectory(d, periods)[-1] >= target_density, 0.0, D_MAX, steps)
     if d0 is None or trajectory(d0, periods)[-1] > target_density * 1.01 + 1e-9:
         lowest = trajectory(1e-12, periods)[-1]
-        raise ValueError(
+        raise InputError(
             f"target density {target_density:.4g} is out of reach of a {periods}-period trajectory "
             f"(reachable: {lowest:.3g} to {D_MAX**periods:.4g}); give the pruning phase more or fewer controller periods"
         )

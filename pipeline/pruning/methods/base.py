@@ -203,7 +203,7 @@ class PruningMethod(ABC):
         """The named choice of knob ``name`` in ``knobs`` (or its default)."""
         choices, value = self.knobs[name].choices, self.knob_of(knobs, name)
         if value != int(value) or not 0 <= value < len(choices):
-            raise ValueError(f"method {self.name!r}: knob {name!r} is {value:g}, the index of one of {list(choices)} (0 to {len(choices) - 1})")
+            raise InputError(f"method {self.name!r}: knob {name!r} is {value:g}, the index of one of {list(choices)} (0 to {len(choices) - 1})")
         return choices[int(value)]
 
     def target_for(self, knobs: Mapping[str, float]) -> Literal["sparsity", "outcome"]:

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.errors import InputError
 from pipeline.pruning.methods.base import Knob, PruneContext, TrainingMethod, weights_of
 from pipeline.pruning.methods.registry import register_method
 from pipeline.pruning.plan import PrunePlan
@@ -102,9 +103,9 @@ class Hyperflows(TrainingMethod):
         controlled = self.target_for(spec.knobs) == "sparsity"
         self.choice(spec, "preset")
         if controlled and spec.target_sparsity is None:
-            raise ValueError("hyperflows with pressure_schedule 'controller' needs target_sparsity (fraction of weights to remove)")
+            raise InputError("hyperflows with pressure_schedule 'controller' needs target_sparsity (fraction of weights to remove)")
         if not controlled and "pressure" not in spec.knobs:
-            raise ValueError("hyperflows needs knob 'pressure' (constant pressure_schedule); set it in the candidate's knobs")
+            raise InputError("hyperflows needs knob 'pressure' (constant pressure_schedule); set it in the candidate's knobs")
 
     def schedule(self, spec: CandidateSpec, train_size: int | None = None) -> "Schedule":
         """The two phases' lengths in steps, the controller period and the optimiser settings of ``spec``."""
@@ -112,7 +113,7 @@ class Hyperflows(TrainingMethod):
             steps, regrowth = int(self.knob(spec, "steps")), int(self.knob(spec, "regrowth_steps"))
             return Schedule(steps, regrowth, int(self.knob(spec, "controller_every")), self.knob(spec, "flow_lr"), paper=False)
         if train_size is None:
-            raise ValueError("hyperflows' paper preset counts epochs of the training split: its size is needed")
+            raise InputError("hyperflows' paper preset counts epochs of the training split: its size is needed")
         per_epoch = max(train_size // BATCH, 1)
         steps, regrowth = (int(self.knob(spec, k)) * per_epoch for k in ("pruning_epochs", "regrowth_epochs"))
         return Schedule(steps, regrowth, per_epoch, FLOW_LR, paper=True)

@@ -95,7 +95,7 @@ class Ocs(TrainingMethod):
         if self.choice(spec, "mode") == "finetune":
             return int(self.knob(spec, "steps_per_epoch"))
         if train_size is None:
-            raise ValueError("OCS' one_cycle mode counts epochs of the training split: its size is needed")
+            raise InputError("OCS' one_cycle mode counts epochs of the training split: its size is needed")
         return max(train_size // BATCH, 1)
 
     def training_steps(self, spec: CandidateSpec, train_size: int | None = None) -> int:
@@ -209,7 +209,7 @@ def macs_factors(graph: structure.ChannelGraph, how: str = "standardized") -> di
         spread = c.std() if len(c) > 1 else c.new_zeros(())
         c = (c - c.mean()) / spread if spread > 0 else torch.zeros_like(c)  # equal costs: no preference
     else:
-        raise ValueError(f"macs_cost {how!r}: choose standardized, millions or off")
+        raise InputError(f"macs_cost {how!r}: choose standardized, millions or off")
     return {g.name: 1.0 - p for g, p in zip(graph.groups, torch.softmax(c, 0).tolist())}
 
 
