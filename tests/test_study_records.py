@@ -6,6 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from pipeline.pruning.plan import PrunePlan
 from pipeline.spec import CandidateResult, CandidateSpec
 from search.config import parse_config
 from search.records.runs import Recorder
@@ -24,7 +25,7 @@ def setup(tmp_path):
 
 
 def _result(spec: CandidateSpec, **metrics) -> CandidateResult:
-    return CandidateResult(spec=spec, state="ok", metrics={**METRICS, **metrics}, plan=b"PLAN", diagnostics=b"TABLE", diagnostics_png=b"\x89PNG")
+    return CandidateResult(spec=spec, state="ok", metrics={**METRICS, **metrics}, plan=PrunePlan().to_parquet(), diagnostics=b"TABLE", diagnostics_png=b"\x89PNG")
 
 
 def test_a_record_holds_every_metric_param_and_artifact(setup):
