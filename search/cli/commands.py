@@ -47,15 +47,45 @@ def _search(cfg, quiet: bool) -> int:
     print(f"\n{out.evaluated} candidates evaluated ({out.failed} failed); {out.recorded_total} recorded in study {cfg.name!r}.")
     rows = best(out.tracking_uri, out.experiment, top=10)  # feasible ones: in constrained mode, those meeting the constraints
     if rows:
-        print("\nPareto-best feasible candidates (accuracy on the validation split, MACs per image):")
+        print("\nPareto-best feasible candidates (accuracy: validation split, used for selection; test_accuracy: held-out test split, reported only):")
         print(format_table(rows))
     else:
         print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
-    if out.tracking_uri.startswith("sqlite:///"):
-        from search.cli.ui import ui_hint
-
-        print(f"\nBrowse every candidate:  {ui_hint(cfg.run_path)}")
+    for line in next_steps(cfg, out, rows[0]["run_id"] if rows else None):
+        print(line)
     return 130 if out.interrupted else 0
+
+
+def next_steps(cfg, out, top_run: str | None) -> list[str]:
+    """What to do after a search: the export command for the top candidate, where the
+    plots are, the other queries and the UI (commands spelled as this process was started)."""
+    import shlex
+
+    from search.cli.ui import cli_prog, ui_hint
+
+    prog, where = cli_prog(), f"--run-dir {shlex.quote(str(cfg.run_path))} --experiment {cfg.experiment}"
+    lines = ["\nNext:"]
+    if top_run:
+        lines.append(f"  export the top candidate:  {prog} export {top_run} -o best.pt --onnx --run-dir {shlex.quote(str(cfg.run_path))}")
+        lines.append(f"                             (writes {cfg.run_path / 'best.pt'}, .pt2, .json, .onnx)")
+    lines.append(f"  query the candidates:      {prog} best {where} --top 5 --max-macs-ratio 0.5")
+    arts = _parent_artifacts(out)
+    if arts:
+        lines.append(f"  plots and the front:       {arts}/ (population.png, recalibration.png, pareto.parquet; per candidate bn_variance.png)")
+    if out.tracking_uri.startswith("sqlite:///"):
+        lines.append(f"  browse every candidate:    {ui_hint(cfg.run_path)}")
+    return lines
+
+
+def _parent_artifacts(out) -> str | None:
+    """The parent run's artifact folder when it is a local path, else None."""
+    from urllib.parse import unquote, urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient(out.tracking_uri).get_run(out.parent_run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme in ("file", "") else None
 
 
 def demo(args: argparse.Namespace) -> int:
