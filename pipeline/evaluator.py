@@ -31,7 +31,7 @@ from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.methods import PruneContext
 from pipeline.pruning.plan import PrunePlan
 from pipeline.pruning.structure import cached_graph, check_forward
-from pipeline.repair.collapse import bn_output_variance, variance_plot, variance_table
+from pipeline.repair.collapse import bn_output_variance, plot_title, variance_plot, variance_table
 from pipeline.repair.recalibrate import recalibrate
 from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateResult, CandidateSpec
@@ -91,11 +91,12 @@ class Evaluator:
         if self._running is not None:
             self._running = {**self._running, "step": done, "total": total}
 
-    def evaluate(self, spec: CandidateSpec) -> CandidateResult:
-        """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate."""
+    def evaluate(self, spec: CandidateSpec, trial: int | None = None) -> CandidateResult:
+        """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate
+        (``trial``: its number in the search, named on its plot)."""
         self._running = {"spec": spec, "t0": time.monotonic(), "step": 0, "total": 0}
         try:
-            return self._evaluate(spec)[0]
+            return self._evaluate(spec, trial=trial)[0]
         except Exception as e:  # a candidate's failure is a result, not a crash of the actor
             return CandidateResult(
                 spec=spec,
@@ -166,7 +167,7 @@ class Evaluator:
             recalibrated = False
         m["recal_applied"] = float(recalibrated)
 
-    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
+    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None, trial: int | None = None) -> tuple[CandidateResult, nn.Module]:
         m: dict[str, float] = {}
         model, plan = self._pruned(spec, plan, m)
 
@@ -210,7 +211,7 @@ class Evaluator:
             info=info,
             plan=plan.to_parquet(),
             diagnostics=table,
-            diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
+            diagnostics_png=variance_plot(table, title=plot_title(spec, trial)) if self.cfg.collapse_plot else b"",
         )
         return result, model
 

@@ -47,7 +47,9 @@ def _search(cfg, quiet: bool) -> int:
     print(f"\n{out.evaluated} candidates evaluated ({out.failed} failed); {out.recorded_total} recorded in study {cfg.name!r}.")
     rows = best(out.tracking_uri, out.experiment, top=10)  # feasible ones: in constrained mode, those meeting the constraints
     if rows:
-        print("\nPareto-best feasible candidates (accuracy: validation split, used for selection; test_accuracy: held-out test split, reported only):")
+        print(
+            "\nPareto-best feasible candidates (accuracy: validation split, used for selection; test_accuracy: held-out test split, reported only):"
+        )
         print(format_table(rows))
     else:
         print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
@@ -222,8 +224,7 @@ def curves(args: argparse.Namespace) -> int:
         steered = {k: f for k, f in fits.items() if isinstance(f, powerlaw.PressureFit)}
         if not steered:
             print(
-                "no pressure can be predicted: no density fit of a steered knob "
-                "(needs 3 candidates of a method with one, e.g. hyperflows' pressure)"
+                "no pressure can be predicted: no density fit of a steered knob (needs 3 candidates of a method with one, e.g. hyperflows' pressure)"
             )
         for knob, fit in steered.items():
             try:

@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--method", help="keep one method")
     b.add_argument("--min-sparsity", type=_fraction, help="weight sparsity at least (fraction)")
     b.add_argument("--max-sparsity", type=_fraction, help="weight sparsity at most (fraction)")
-    b.add_argument("--format", choices=["table", "json", "parquet"], default="table", help="table (default) or json on stdout, or a parquet file (-o)")
+    b.add_argument(
+        "--format", choices=["table", "json", "parquet"], default="table", help="table (default) or json on stdout, or a parquet file (-o)"
+    )
     b.add_argument("-o", "--output", help=f"output file for --format parquet; {OUTPUT_RULE}")
 
     c = _command(sub, commands.curves, "print the power-law fits and the pressure predicted for a target sparsity")

@@ -144,7 +144,7 @@ class EvaluatorPool:
             i = min(free, key=lambda k: self.load[k])
             job = self.backlog.popleft()
             self.load[i] += 1
-            self.inflight[self.actors[i].evaluate.remote(job.spec)] = (job, i)
+            self.inflight[self.actors[i].evaluate.remote(job.spec, job.ticket)] = (job, i)
 
     def wait(self, timeout: float | None = None) -> list[tuple[int, CandidateResult]]:
         """Block until a candidate completes or an actor becomes ready (or ``timeout`` s);

@@ -32,9 +32,9 @@ def cache_name(cfg: SearchConfig) -> str:
     """The cached base model's file name: model, data and seed, then a digest of everything
     the training depends on (model and data settings, steps, learning rate)."""
     data = cfg.data.model_dump(mode="json")
-    for key in ("path", "test_path"):  # the same files under another relative spelling are the same data
-        if data.get(key):
-            data[key] = str(Path(data[key]).expanduser().resolve())
+    for field in ("path", "test_path"):  # the same files under another relative spelling are the same data
+        if data.get(field):
+            data[field] = str(Path(data[field]).expanduser().resolve())
     key = {"model": cfg.model.model_dump(mode="json", exclude={"checkpoint"}), "data": data, "training": cfg.base_training.model_dump(mode="json")}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}-{digest}.pt"
@@ -52,7 +52,8 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
         return build_model(cfg.model).state_dict()
     name = cache_name(cfg)
     local, shared = cfg.inside_run_dir(f"base/{name}"), cache_dir() / "base" / name
-    for cached in (local, shared):
+    legacy = cfg.inside_run_dir(f"base/{name.rsplit('-', 1)[0]}.pt")  # a run folder from before the shared cache
+    for cached in (local, legacy, shared):
         if cached.exists():
             state = load_base(cfg.model, torch.load(cached, map_location="cpu", weights_only=True)).state_dict()
             if cached is shared:
