@@ -244,19 +244,38 @@ def test_exports_carry_their_preprocessing_and_a_named_batch(digits_search, tmp_
 
 @pytest.mark.slow
 def test_notebook_run_shows_a_bar_and_the_training_log_unless_quiet(tmp_path, ray_local, monkeypatch, caplog, capfd):
+    import logging
+
     import search as ps
 
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
     cfg = search_config(tmp_path / "talk", "talk", trials=1, actors={"count": 1}, base_training={"steps": 6})
-    with caplog.at_level("WARNING"):  # what a notebook has: INFO not enabled by anyone
-        ps.run(cfg)
+    assert logging.getLogger().getEffectiveLevel() == logging.WARNING  # what a notebook has: INFO enabled by nobody
+    ps.run(cfg)
     messages = [r.getMessage() for r in caplog.records]
     assert any("training the base model" in m for m in messages) and any("trained the base model in" in m for m in messages)
     assert "100%|" in capfd.readouterr().err  # tqdm's bar, finished
     caplog.clear()
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache2"))
     quiet = search_config(tmp_path / "hush", "hush", trials=1, actors={"count": 1}, base_training={"steps": 6})
-    with caplog.at_level("WARNING"):
-        ps.run(quiet, quiet=True)
+    ps.run(quiet, quiet=True)
     assert not [r for r in caplog.records if "base model" in r.getMessage() or "candidate" in r.getMessage()]
     assert "100%|" not in capfd.readouterr().err
+
+
+def test_the_end_of_a_search_names_the_next_steps(tmp_path):
+    from search.cli.commands import next_steps
+    from search.runner.driver import SearchOutcome
+
+    cfg = search_config(tmp_path, "steps", trials=1)
+    cfg.run_path.mkdir(parents=True)
+    uri = f"sqlite:///{cfg.run_path / 'mlflow.db'}"
+    rec = Recorder(uri, "steps", artifact_location=(cfg.run_path / "artifacts").as_uri())
+    parent = rec.start_parent(None, "steps", {})
+    rec.log_parent_artifact(parent, "population.png", b"png")
+    out = SearchOutcome(parent, uri, "steps", evaluated=1, failed=0, recorded_total=1, interrupted=False)
+    text = "\n".join(next_steps(cfg, out, "abc123"))
+    assert " export abc123 -o best.pt --onnx --run-dir " in text and str(cfg.run_path / "best.pt") in text
+    folder = next(line.split(":", 1)[1].split("/ (")[0].strip() for line in text.splitlines() if "plots" in line)
+    assert (Path(folder) / "population.png").is_file()  # where the PNGs really are
+    assert " ui --run-dir " in text and " best --run-dir " in text and "--experiment steps" in text
