@@ -279,3 +279,19 @@ def test_the_end_of_a_search_names_the_next_steps(tmp_path):
     folder = next(line.split(":", 1)[1].split("/ (")[0].strip() for line in text.splitlines() if "plots" in line)
     assert (Path(folder) / "population.png").is_file()  # where the PNGs really are
     assert " ui --run-dir " in text and " best --run-dir " in text and "--experiment steps" in text
+
+
+def test_ui_on_a_taken_port_is_refused_before_starting_a_server(tmp_path, capsys):
+    import socket
+
+    from search.cli.parser import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "mlflow.db").touch()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--run-dir", str(run), "--port", str(port)]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err

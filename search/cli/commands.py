@@ -189,11 +189,11 @@ def _why_nothing(args: argparse.Namespace, uri: str) -> str:
     from search.records.query import candidate_rows
 
     rows = candidate_rows(uri, args.experiment)
-    for flag, key in (("method", "method"), ("granularity", "granularity")):
-        want = getattr(args, flag)
+    for key, plural in (("method", "methods"), ("granularity", "granularities")):
+        want = getattr(args, key)
         present = sorted({r[key] for r in rows})
         if want is not None and want not in present:
-            return f"no candidate matches: this search has no {want} candidate at all (its {key}s: {', '.join(present) or 'none'})"
+            return f"no candidate matches: this search has no {want} candidate at all (its {plural}: {', '.join(present) or 'none'})"
     if args.method and args.granularity and not any(r["method"] == args.method and r["granularity"] == args.granularity for r in rows):
         return f"no candidate matches: this search has no {args.method}/{args.granularity} candidate at all"
     what = "candidate" if args.all else "Pareto-front candidate"
