@@ -25,6 +25,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from pipeline.pruning.methods import Knob, get_method
+from search.study import encoding as enc
 from search.study.space import searched_knobs
 
 if TYPE_CHECKING:
@@ -52,18 +53,18 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
         scopes: list[str] = [s for s in space.scope if s in method.scopes] or [method.scopes[0]]
         for gran, scope, recon in itertools.product(grans, scopes, space.reconstruct):
             p: dict[str, Any] = {}
-            _choice(p, "method", name, space.methods)
-            _choice(p, f"{name}.granularity", gran, grans)
-            _choice(p, f"{name}.scope", scope, scopes)
+            _choice(p, enc.METHOD, name, space.methods)
+            _choice(p, enc.granularity_param(name), gran, grans)
+            _choice(p, enc.scope_param(name), scope, scopes)
             if method.target == "sparsity" and gran == "unstructured":
-                p["target_sparsity"] = sparsity
+                p[enc.TARGET_SPARSITY] = sparsity
             elif method.target == "sparsity":
-                p["macs_ratio"] = macs_ratio
+                p[enc.TARGET_MACS_RATIO] = macs_ratio
             for knob_name in searched_knobs(space, name):
-                p[f"{name}.{knob_name}"] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
+                p[enc.knob_param(name, knob_name)] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
             if method.allocates and space.allocation:
-                p["allocate"] = False
-            _choice(p, "reconstruct", recon, space.reconstruct)
+                p[enc.ALLOCATE] = False
+            _choice(p, enc.RECONSTRUCT, recon, space.reconstruct)
             out.append(p)
     return out
 
