@@ -39,14 +39,6 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
     ]  # fmt: skip
 
 
-class _Stopped(Exception):
-    """The wrapper got SIGTERM or SIGINT."""
-
-
-def _raise_stopped(signum: int, _frame) -> None:
-    raise _Stopped(signum)
-
-
 def serve(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Run the MLflow UI until the wrapper is stopped; returns 0 when stopped by a signal,
     else the server's exit code. "MLflow UI on ..." is printed once the server answers.
@@ -59,20 +51,24 @@ def serve(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
             probe.bind((host, port))
         except OSError:
             raise InputError(f"port {port} on {host} is in use; pass --port with a free one") from None
-    proc = subprocess.Popen(ui_command(tracking_uri, host, port), start_new_session=True)  # own group: ended as one
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}  # both: KeyboardInterrupt
+    proc: subprocess.Popen | None = None
     try:
+        proc = subprocess.Popen(ui_command(tracking_uri, host, port), start_new_session=True)  # own group: ended as one
         if not _wait_ready(proc, f"http://{host}:{port}/health"):
             print(f"error: mlflow ui ended (exit {proc.returncode}) before it answered on {host}:{port}", file=sys.stderr)
             return proc.returncode or 1
         print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         return proc.wait()
-    except (_Stopped, KeyboardInterrupt):
+    except KeyboardInterrupt:  # SIGTERM, SIGINT or Ctrl-C: stopped on purpose
         return 0
     finally:
+        for sig in previous:  # a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None:
+            stop_group(proc)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stop_group(proc)
 
 
 def _wait_ready(proc: subprocess.Popen, url: str) -> bool:
