@@ -31,7 +31,7 @@ from pipeline.fidelity import Rung, RungCache, run_rung
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.plan import PrunePlan
-from pipeline.repair.collapse import bn_output_variance, variance_plot, variance_table
+from pipeline.repair.collapse import bn_output_variance, plot_title, variance_plot, variance_table
 from pipeline.spec import CandidateResult, CandidateSpec
 
 _PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic
@@ -92,13 +92,14 @@ class Evaluator:
         if self._running is not None:
             self._running = {**self._running, "step": done, "total": total}
 
-    def evaluate(self, spec: CandidateSpec, rung: Rung | None = None) -> CandidateResult:
+    def evaluate(self, spec: CandidateSpec, rung: Rung | None = None, trial: int | None = None) -> CandidateResult:
         """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate; at a
         fidelity ``rung`` (``pipeline.fidelity.run_rung``), with that rung's settings,
-        reusing the work of the candidate's lower rungs done here."""
+        reusing the work of the candidate's lower rungs done here (``trial``: its number in
+        the search, named on its plot)."""
         self._running = {"spec": spec, "t0": time.monotonic(), "step": 0, "total": 0}
         try:
-            return self._evaluate(spec)[0] if rung is None else run_rung(self, spec, rung, self._rungs)
+            return self._evaluate(spec, trial=trial)[0] if rung is None else run_rung(self, spec, rung, self._rungs)
         except Exception as e:  # a candidate's failure is a result, not a crash of the actor
             return CandidateResult(
                 spec=spec,
@@ -147,7 +148,7 @@ class Evaluator:
         unturned = spec.model_copy(update={"finetune_steps": 0}) if spec.finetune_steps else spec
         return build_candidate(self.base, self.ctx, unturned).metrics["accuracy"]
 
-    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
+    def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None, trial: int | None = None) -> tuple[CandidateResult, nn.Module]:
         variance: dict[str, Any] = {}  # BN output variance before and after recalibration
 
         def observe(stage: str, model: nn.Module) -> None:
@@ -176,7 +177,7 @@ class Evaluator:
             info=info,
             plan=(plan if self.keep_refit else dataclasses.replace(plan, refit={})).to_parquet(),
             diagnostics=table,
-            diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
+            diagnostics_png=variance_plot(table, title=plot_title(spec, trial)) if self.cfg.collapse_plot else b"",
         )
         return result, model
 

@@ -29,3 +29,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'search' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy API names too, so tab completion and ``dir(search)`` show them."""
+    return sorted(set(globals()) | set(_API))

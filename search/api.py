@@ -2,7 +2,7 @@
 
     import search as ps
     cfg = ps.load_config("configs/digits.yaml", run_dir="runs/nb", budget={"trials": 8})
-    res = ps.run(cfg)                 # a real search: Ray actors, MLflow, Optuna
+    res = ps.run(cfg)                 # a real search: Ray actors, MLflow, Optuna (a bar; quiet=True: silent)
     res.frame                         # every candidate: metrics, knobs, state, feasible
     net = res.rebuild(res.best(top=1).run_id[0])
 
@@ -12,6 +12,9 @@ rebuild path of export, ``pipeline.measure`` and ``pipeline.api``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +44,12 @@ def load_config(source: str | Path | dict[str, Any] | SearchConfig | None = None
     return parse_config(dict(source or {}), overrides)
 
 
-def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
+def run(cfg: SearchConfig, quiet: bool = False) -> "Results":
     """Run (or resume) the search of ``cfg`` until its budget is spent; its results.
+
+    Shows what the CLI shows: a progress bar (``tqdm.auto``: a widget in Jupyter) and
+    the log lines of the base model's training and of the search, on stderr.
+    ``quiet=True`` shows neither (warnings still show).
 
     Raises:
         search.config.ConfigError: ``cfg`` is not a ``SearchConfig`` (make one with ``load_config``).
@@ -54,9 +61,36 @@ def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
             f"run() takes a SearchConfig, got {type(cfg).__name__}; make one with ps.load_config(...) "
             "from a YAML path or a dict of the YAML's sections"
         )
-
-    out = run_search(cfg, quiet=quiet)
+    with contextlib.nullcontext() if quiet else _talking():
+        out = run_search(cfg, quiet=quiet)
     return Results(out.tracking_uri, out.experiment, out.parent_run_id, cfg)
+
+
+#: the loggers whose INFO lines a notebook run shows: the search's progress and the base model's training
+TALKING = ("prunesearch", "search.runner")
+
+
+@contextlib.contextmanager
+def _talking():
+    """INFO lines of ``TALKING`` on stderr while the block runs: through the root logger's
+    handlers when the user configured logging, else through one of our own."""
+    loggers = [logging.getLogger(name) for name in TALKING]
+    levels = [lg.level for lg in loggers]
+    handler = None
+    if not logging.getLogger().handlers:  # a notebook: no logging set up, INFO would be dropped
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.INFO)
+            if handler is not None:
+                lg.addHandler(handler)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+            if handler is not None:
+                lg.removeHandler(handler)
 
 
 def results(experiment: str, run_dir: str | Path = "runs", tracking_uri: str | None = None) -> "Results":

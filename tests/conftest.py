@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,9 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+if "PRUNESEARCH_CACHE" not in os.environ:  # the shared base-model cache: the session's own, not the user's ~/.cache
+    os.environ["PRUNESEARCH_CACHE"] = tempfile.mkdtemp(prefix="ps-cache-")
+    atexit.register(shutil.rmtree, os.environ["PRUNESEARCH_CACHE"], True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -25,7 +25,9 @@ def setup(tmp_path):
 
 
 def _result(spec: CandidateSpec, **metrics) -> CandidateResult:
-    return CandidateResult(spec=spec, state="ok", metrics={**METRICS, **metrics}, plan=PrunePlan().to_parquet(), diagnostics=b"TABLE", diagnostics_png=b"\x89PNG")
+    return CandidateResult(
+        spec=spec, state="ok", metrics={**METRICS, **metrics}, plan=PrunePlan().to_parquet(), diagnostics=b"TABLE", diagnostics_png=b"\x89PNG"
+    )
 
 
 def test_a_record_holds_every_metric_param_and_artifact(setup):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +108,72 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _UiProcess:
+    """``prunesearch ui`` on ``run`` as a child in its own session. Every descendant seen is
+    remembered by id, and ``close`` ends the wrapper and each of them, so no server outlives a test."""
+
+    def __init__(self, run: Path, port: int, tmp: Path) -> None:
+        import psutil
+
+        self.port, self.err_path, self.seen = port, tmp / "ui.err", {}
+        with self.err_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "search.cli", "ui", "--run-dir", str(run), "--port", str(port)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        self.psutil = psutil
+
+    def track(self) -> list:
+        try:
+            for c in self.psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(c.pid, c)
+        except self.psutil.NoSuchProcess:
+            pass
+        return list(self.seen.values())
+
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def wait_announced(self, timeout: float = 240) -> None:
+        """Until the wrapper prints its URL; the server must answer at that moment."""
+        deadline = time.monotonic() + timeout
+        while "MLflow UI on" not in self.err():
+            self.track()
+            assert self.proc.poll() is None, self.err()[-2000:]
+            assert time.monotonic() < deadline, "the UI never announced itself"
+            time.sleep(0.2)
+        self.track()
+        urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10).read()  # announced only once it answers
+
+    def close(self) -> None:
+        self.track()
+        for p in [self.psutil.Process(self.proc.pid)] if self.proc.poll() is None else []:
+            p.kill()
+        for p in self.seen.values():
+            try:
+                p.kill()  # psutil refuses a reused pid (it checks the creation time)
+            except self.psutil.NoSuchProcess:
+                pass
+        self.proc.wait(timeout=30)
+        self.psutil.wait_procs(list(self.seen.values()), timeout=10)
+
+
+def _cmdline(p) -> list[str]:
+    try:
+        return p.cmdline()
+    except Exception:  # ended meanwhile (a short-lived job consumer), or a zombie
+        return []
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.mark.slow
 def test_ui_verb_serves_the_run_folders_store_on_loopback(tmp_path):
     run = tmp_path / "run"
@@ -113,26 +181,39 @@ def test_ui_verb_serves_the_run_folders_store_on_loopback(tmp_path):
     rec = Recorder(f"sqlite:///{run / 'mlflow.db'}", "ui-check", artifact_location=(run / "artifacts").as_uri())
     assert rec.client.get_experiment(rec.experiment_id).tags[KIND_TAG] == EXPERIMENT_TAGS[KIND_TAG]
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "ui", "--run-dir", str(run), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    ui = _UiProcess(run, port, tmp_path)
     try:
-        body, deadline = None, time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
-                body = urllib.request.urlopen(url, timeout=5).read().decode()
-                break
-            except OSError:
-                time.sleep(1)
-        assert body is not None, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no answer"
+        ui.wait_announced()
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
         assert '"ui-check"' in body and "custom_model_development" in body  # the run folder's store, as a training experiment
+        ui.proc.send_signal(signal.SIGINT)  # Ctrl-C: the wrapper ends its server too
+        assert ui.proc.wait(timeout=60) == 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        ui.close()
+
+
+@pytest.mark.slow
+def test_nothing_of_ui_outlives_a_sigterm_to_the_wrapper(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    Recorder(f"sqlite:///{run / 'mlflow.db'}", "ui-term", artifact_location=(run / "artifacts").as_uri())
+    port = _free_port()
+    ui = _UiProcess(run, port, tmp_path)
+    try:
+        ui.wait_announced()
+        tree = ui.track()
+        server = [cmd for cmd in map(_cmdline, tree) if cmd[1:4] == ["-m", "mlflow", "ui"]]
+        assert len(server) == 1, [_cmdline(p) for p in tree]
+        if (os.cpu_count() or 1) <= 4:  # one worker on small machines, not MLflow's 4
+            assert server[0][server[0].index("--workers") + 1] == "1", server
+        ui.proc.send_signal(signal.SIGTERM)  # `prunesearch ui & kill $!`
+        assert ui.proc.wait(timeout=60) == 0
+        gone, alive = ui.psutil.wait_procs(tree, timeout=30)
+        assert not alive, [(p.pid, _cmdline(p)) for p in alive]
+        assert not _listening(port)
+    finally:
+        ui.close()
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from torch import nn
 
 from pipeline.modes import eval_mode
 from pipeline.repair.recalibrate import batchnorms
+from pipeline.spec import CandidateSpec
 
 
 @torch.no_grad()
@@ -49,16 +50,29 @@ def variance_table(dense: dict[str, float], before: dict[str, float], after: dic
     return buf.getvalue()
 
 
-def variance_plot(diagnostics: bytes) -> bytes:
+def plot_title(spec: CandidateSpec, trial: int | None = None) -> str:
+    """The candidate a plot belongs to: ``trial 5: magnitude/channel, global, MACs ratio 0.5``."""
+    if spec.target_sparsity is not None:
+        target = f"sparsity {spec.target_sparsity:.3g}"
+    elif spec.target_macs_ratio is not None:
+        target = f"MACs ratio {spec.target_macs_ratio:.3g}"
+    else:  # the size is an outcome of a knob (hyperflows' pressure)
+        target = ", ".join(f"{k} {v:.3g}" for k, v in sorted(spec.knobs.items())) or "no target"
+    who = f"trial {trial}: " if trial is not None else ""
+    return f"{who}{spec.method}/{spec.granularity}, {spec.scope}, {target}"
+
+
+def variance_plot(diagnostics: bytes, title: str = "") -> bytes:
     """The signal-collapse curve: per BatchNorm (in depth order, named on the axis), output
-    variance of the pruned network over the dense one, before and after recalibration (log scale)."""
-    fig = variance_figure(diagnostics)
+    variance of the pruned network over the dense one, before and after recalibration (log scale);
+    ``title`` names the candidate (``plot_title``)."""
+    fig = variance_figure(diagnostics, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)  # margins are set from the names: no second layout pass
     return buf.getvalue()
 
 
-def variance_figure(diagnostics: bytes):
+def variance_figure(diagnostics: bytes, title: str = ""):
     """The matplotlib Figure behind :func:`variance_plot`."""
     t = pq.read_table(io.BytesIO(diagnostics)).to_pydict()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -66,7 +80,7 @@ def variance_figure(diagnostics: bytes):
 
     n = len(t["layer"])
     names_in = max((len(s) for s in t["layer"]), default=1) * 7 * 0.55 / 72  # rotated 7 pt names, inches
-    width, plot_h, bottom, top = max(6.0, 0.22 * n + 1.5), 2.6, names_in + 0.45, 0.15
+    width, plot_h, bottom, top = max(6.0, 0.22 * n + 1.5), 2.6, names_in + 0.45, 0.4 if title else 0.15
     fig = Figure(figsize=(width, plot_h + bottom + top))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -84,4 +98,6 @@ def variance_figure(diagnostics: bytes):
     ax.yaxis.set_minor_formatter(plain)
     ax.tick_params(axis="y", which="both", labelsize=7)
     ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
     return fig

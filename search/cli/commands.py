@@ -54,15 +54,47 @@ def _search(cfg, quiet: bool) -> int:
     print(f"\n{out.evaluated} candidates evaluated ({out.failed} failed); {out.recorded_total} recorded in study {cfg.name!r}.")
     rows = best(out.tracking_uri, out.experiment, top=10)  # feasible ones: in constrained mode, those meeting the constraints
     if rows:
-        print("\nPareto-best feasible candidates (accuracy on the validation split, MACs per image):")
+        print(
+            "\nPareto-best feasible candidates (accuracy: validation split, used for selection; test_accuracy: held-out test split, reported only):"
+        )
         print(format_table(rows))
     else:
         print("\nNo candidate meets the objective's constraints yet (see `prunesearch best --feasibility any`).")
-    if out.tracking_uri.startswith("sqlite:///"):
-        from search.cli.ui import ui_hint
-
-        print(f"\nBrowse every candidate:  {ui_hint(cfg.run_path)}")
+    for line in next_steps(cfg, out, rows[0]["run_id"] if rows else None):
+        print(line)
     return 130 if out.interrupted else 0
+
+
+def next_steps(cfg, out, top_run: str | None) -> list[str]:
+    """What to do after a search: the export command for the top candidate, where the
+    plots are, the other queries and the UI (commands spelled as this process was started)."""
+    import shlex
+
+    from search.cli.ui import cli_prog, ui_hint
+
+    prog, where = cli_prog(), f"--run-dir {shlex.quote(str(cfg.run_path))} --experiment {cfg.experiment}"
+    lines = ["\nNext:"]
+    if top_run:
+        lines.append(f"  export the top candidate:  {prog} export {top_run} -o best.pt --onnx --run-dir {shlex.quote(str(cfg.run_path))}")
+        lines.append(f"                             (writes {cfg.run_path / 'best.pt'}, .pt2, .json, .onnx)")
+    lines.append(f"  query the candidates:      {prog} best {where} --top 5 --max-macs-ratio 0.5")
+    arts = _parent_artifacts(out)
+    if arts:
+        lines.append(f"  plots and the front:       {arts}/ (population.png, recalibration.png, pareto.parquet; per candidate bn_variance.png)")
+    if out.tracking_uri.startswith("sqlite:///"):
+        lines.append(f"  browse every candidate:    {ui_hint(cfg.run_path)}")
+    return lines
+
+
+def _parent_artifacts(out) -> str | None:
+    """The parent run's artifact folder when it is a local path, else None."""
+    from urllib.parse import unquote, urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient(out.tracking_uri).get_run(out.parent_run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme in ("file", "") else None
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -71,6 +103,26 @@ def demo(args: argparse.Namespace) -> int:
 
     cfg = parse_config({"run_dir": args.run_dir, "budget": {"trials": args.trials}})
     return _search(cfg, args.quiet)
+
+
+def init(args: argparse.Namespace) -> int:
+    """``prunesearch init [FOLDER]``: the example configs shipped with the package, written
+    into FOLDER (default ./configs); a file already there is kept, not overwritten."""
+    from importlib.resources import files
+
+    dest = Path(args.folder).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in sorted(files("search.examples").iterdir(), key=lambda f: f.name):
+        if not src.name.endswith(".yaml"):
+            continue
+        target = dest / src.name
+        if target.exists():
+            print(f"kept {target} (exists)")
+            continue
+        target.write_text(src.read_text())
+        print(f"wrote {target}")
+    print(f"next: prunesearch run {dest / 'digits.yaml'}   (own_model.yaml: your model and images)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,15 +137,38 @@ def run(args: argparse.Namespace) -> int:
     return _search(load_config(args.config, overrides), args.quiet)
 
 
+def known_name(flag: str, value: str, names: list[str]) -> str:
+    """``value`` if it is one of ``names``; else an ``InputError`` listing them and the closest."""
+    if value in names:
+        return value
+    import difflib
+
+    close = difflib.get_close_matches(value, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise InputError(f"{flag} {value[:60]!r}: no such name; valid: {', '.join(names)}{hint}")
+
+
 def best(args: argparse.Namespace) -> int:
     """``prunesearch best``: the candidates passing the filters; exit 1 if none does."""
+    from typing import get_args
+
+    from pipeline.pruning.methods import list_methods
+    from pipeline.spec import Granularity
     from search.records import query
 
+    if args.method is not None:
+        known_name("--method", args.method, list_methods())
+    if args.granularity is not None:
+        known_name("--granularity", args.granularity, list(get_args(Granularity)))
+    output = export_path(args.run_dir, args.output)  # one rule for -o across verbs
+    if args.format == "parquet" and output is None:
+        raise InputError("--format parquet needs -o FILE")
     feasible = {"feasible": True, "infeasible": False, "any": None}[args.feasibility]
+    uri = _uri(args)
     rows = _hinted(
         args,
         query.best,
-        _uri(args),
+        uri,
         args.experiment,
         args.top or (None if args.all else 10),
         feasible=feasible,
@@ -103,19 +178,35 @@ def best(args: argparse.Namespace) -> int:
         fidelity=args.fidelity,
     )
     if not rows:
-        what = "candidate" if args.all else "Pareto-front candidate"
-        print(f"no {what} matches these filters (feasibility: {args.feasibility}); loosen them or add --all", file=sys.stderr)
+        print(_why_nothing(args, uri), file=sys.stderr)
         return 1
     if args.format == "json":
         print(query.to_json(rows))
     elif args.format == "parquet":
-        if not args.output:
-            raise InputError("--format parquet needs -o FILE")
-        query.to_parquet(rows, args.output)
-        print(f"wrote {len(rows)} rows to {args.output}")
+        assert output is not None
+        output.parent.mkdir(parents=True, exist_ok=True)
+        query.to_parquet(rows, str(output))
+        print(f"wrote {len(rows)} rows to {output}")
     else:
         print(query.format_table(rows))
     return 0
+
+
+def _why_nothing(args: argparse.Namespace, uri: str) -> str:
+    """Why ``best`` found nothing: a method or granularity this search never recorded, or filters too tight."""
+    from search.records.query import candidate_rows
+
+    rows = candidate_rows(uri, args.experiment)
+    for key, plural in (("method", "methods"), ("granularity", "granularities")):
+        want = getattr(args, key)
+        present = sorted({r[key] for r in rows})
+        if want is not None and want not in present:
+            return f"no candidate matches: this search has no {want} candidate at all (its {plural}: {', '.join(present) or 'none'})"
+    if args.method and args.granularity and not any(r["method"] == args.method and r["granularity"] == args.granularity for r in rows):
+        return f"no candidate matches: this search has no {args.method}/{args.granularity} candidate at all"
+    what = "candidate" if args.all else "Pareto-front candidate"
+    hint = "loosen them" if args.all else "loosen them or add --all"
+    return f"no {what} matches these filters (feasibility: {args.feasibility}); {hint}"
 
 
 def curves(args: argparse.Namespace) -> int:
@@ -130,16 +221,25 @@ def curves(args: argparse.Namespace) -> int:
     for name, fit in fits.items():
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in fit.to_dict().items() if not k.startswith("cov")))
     if args.target_sparsity is not None:
+        density = 1.0 - args.target_sparsity
+        acc = fits.get("accuracy")
+        if isinstance(acc, powerlaw.AccuracyFit):
+            predicted = float(acc.accuracy(density))
+            print(
+                f"accuracy at sparsity {args.target_sparsity:.3f} (unstructured): {predicted:.4f} "
+                f"from 1 - acc = {acc.e0:.4g} + {acc.k:.4g} * D^-{acc.b:.4g}, D = {density:.3f} (fraction of prunable weights kept)"
+            )
         steered = {k: f for k, f in fits.items() if isinstance(f, powerlaw.PressureFit)}
         if not steered:
-            raise InputError(
-                "no density fit of a steered knob: the search has fewer than 3 candidates of a method with one (e.g. hyperflows' pressure)"
+            print(
+                "no pressure can be predicted: no density fit of a steered knob (needs 3 candidates of a method with one, e.g. hyperflows' pressure)"
             )
         for knob, fit in steered.items():
             try:
-                est = powerlaw.predict_pressure(fit, 1.0 - args.target_sparsity)
+                est = powerlaw.predict_pressure(fit, density)
             except ValueError as e:  # the fitted curve does not reach it
-                raise InputError(f"--target-sparsity {args.target_sparsity}: {e}") from None
+                print(f"{knob} for sparsity {args.target_sparsity:.3f}: not predicted ({e})")
+                continue
             print(
                 f"{knob} for sparsity {args.target_sparsity:.3f}: {est.gamma:.4g} "
                 f"({est.level:.0%} interval {est.low:.4g} .. {est.high:.4g}{', extrapolated' if est.extrapolated else ''})"

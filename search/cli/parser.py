@@ -18,6 +18,32 @@ __all__ = ["export_path", "main"]  # export_path: used by tests and callers as s
 
 log = logging.getLogger("prunesearch")
 
+#: how every verb's ``-o`` is resolved (``search.cli.commands.export_path``)
+OUTPUT_RULE = "a relative path is inside the run folder (--run-dir), an absolute one is used as given"
+
+#: two or three example command lines per verb, shown at the end of its --help
+EXAMPLES: dict[str, list[str]] = {
+    "demo": ["prunesearch demo", "prunesearch demo --trials 8 --run-dir runs/quick"],
+    "run": ["prunesearch run configs/digits.yaml", "prunesearch run configs/digits.yaml --trials 80   # resume with a larger budget"],
+    "init": ["prunesearch init                # example configs into ./configs", "prunesearch init my-configs"],
+    "best": [
+        "prunesearch best --experiment demo --top 5 --max-macs 5e5 --method magnitude",
+        "prunesearch best --max-macs-ratio 0.5 --granularity channel --all --sort latency_ms",
+        "prunesearch best --format parquet -o best.parquet    # writes runs/best.parquet",
+    ],
+    "curves": ["prunesearch curves --experiment demo", "prunesearch curves --experiment digits-space --target-sparsity 0.9"],
+    "export": [
+        "prunesearch export RUN_ID -o best.pt --onnx          # writes runs/best.pt, .pt2, .json, .onnx",
+        "prunesearch export RUN_ID --log-model --register digits-best",
+    ],
+    "stages": ["prunesearch stages configs/digits.yaml", "prunesearch stages configs/resnet20_cifar10.yaml"],
+    "ui": ["prunesearch ui", "prunesearch ui --run-dir runs/nb --port 5001"],
+    "submit": [
+        "prunesearch submit configs/cluster.yaml --address http://HEAD:8265 --follow",
+        "prunesearch submit configs/cluster.yaml --exclude data/",
+    ],
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 2 bad input, 1 other failure)."""
@@ -48,12 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunesearch", description="Search pruned subnetworks on Ray, record every candidate in MLflow.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     d = _command(sub, commands.demo, "run the embedded default search (digits, local Ray, local MLflow and Optuna files)")
     d.add_argument("--run-dir", default="runs", help="run folder (default ./runs)")
     d.add_argument("--trials", type=_positive_int, default=24, help="candidates to evaluate in total (default 24)")
     d.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+
+    i = _command(sub, commands.init, "write the example configs (digits, ResNet-20, a cluster, your own model and data) into a folder")
+    i.add_argument("folder", nargs="?", default="configs", help="where to write them (default ./configs); existing files are kept")
 
     r = _command(sub, commands.run, "run or resume the search described by a YAML config")
     r.add_argument("config", help="YAML file (see configs/)")
@@ -71,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-macs", type=_positive_float, help="keep candidates with at most this many effective MACs")
     b.add_argument("--max-macs-ratio", type=_fraction, help="effective MACs at most this fraction of the dense model's")
     b.add_argument("--max-latency-ms", type=_positive_float, help="measured latency_ms at most this (per latency_batch images)")
-    b.add_argument("--granularity", choices=["unstructured", "channel"], help="keep one granularity")
+    b.add_argument("--granularity", metavar="{unstructured,channel}", help="keep one granularity")
     b.add_argument(
         "--feasibility",
         choices=["feasible", "infeasible", "any"],
@@ -88,8 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--method", help="keep one method")
     b.add_argument("--min-sparsity", type=_fraction, help="weight sparsity at least (fraction)")
     b.add_argument("--max-sparsity", type=_fraction, help="weight sparsity at most (fraction)")
-    b.add_argument("--format", choices=["table", "json", "parquet"], default="table")
-    b.add_argument("-o", "--output", help="output file for --format parquet")
+    b.add_argument(
+        "--format", choices=["table", "json", "parquet"], default="table", help="table (default) or json on stdout, or a parquet file (-o)"
+    )
+    b.add_argument("-o", "--output", help=f"output file for --format parquet; {OUTPUT_RULE}")
 
     c = _command(sub, commands.curves, "print the power-law fits and the pressure predicted for a target sparsity")
     _store_args(c, experiment=True)
@@ -103,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "-o",
         "--output",
-        help="output .pt file, relative to the run folder (absolute: anywhere); .pt2 (torch.export), .json (preprocessing) and .onnx go beside it",
+        help=f"output .pt file; {OUTPUT_RULE}; .pt2 (torch.export), .json (preprocessing) and .onnx go beside it",
     )
     e.add_argument("--force", action="store_true", help="replace output files that exist (default: refuse, naming them)")
     e.add_argument("--onnx", action="store_true", help="also write FILE.onnx (needs: pip install 'prunesearch[onnx]')")
@@ -131,9 +163,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _command(sub: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
     """The subcommand named like its handler in ``search.cli.commands``, which ``main`` calls."""
-    p = sub.add_parser(run.__name__, help=help)
+    examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[run.__name__])
+    p = sub.add_parser(run.__name__, help=help, description=help, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=run)
     return p
+
+
+def _version() -> str:
+    """The installed distribution's version (the source tree's pyproject when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("prunesearch")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _store_args(p: argparse.ArgumentParser, experiment: bool, verb: str = "read") -> None:

@@ -189,8 +189,7 @@ class EvaluatorPool:
                     del self._home[job.ticket]
                 i = min(free, key=lambda k: self.load[k])
             self.load[i] += 1
-            call = self.actors[i].evaluate.remote(job.spec) if job.rung is None else self.actors[i].evaluate.remote(job.spec, job.rung)
-            self.inflight[call] = (job, i)
+            self.inflight[self.actors[i].evaluate.remote(job.spec, rung=job.rung, trial=job.ticket)] = (job, i)
         self.backlog.extendleft(reversed(waiting))
 
     def wait(self, timeout: float | None = None) -> list[tuple[int, CandidateResult]]:

@@ -5,10 +5,12 @@
   plain data loadable with ``torch.load(path, weights_only=True)``; ``load_exported``
   turns it into a module and a transform;
 - ``FILE.pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), the
-  network as a graph: needs torch only, no model code;
+  network as a graph: needs torch only, no model code; its preprocessing in the extra
+  file ``prunesearch.json`` (``PT2_EXTRA``);
 - ``FILE.json``: the preprocessing (mean, std, input shape, channel order, classes);
 - ``FILE.onnx`` (``onnx=True``): the dynamo ONNX exporter's graph, input ``images``
-  (N, C, H, W) float32, output ``logits`` (N, classes).
+  (batch, C, H, W) float32, output ``logits`` (batch, classes), the preprocessing in
+  its ``metadata_props`` (``embedded_metadata``).
 Each graph format is checked against the PyTorch outputs on validation images.
 """
 
@@ -103,10 +105,11 @@ def export(
         pt2, json_path = out.with_suffix(".pt2"), out.with_suffix(".json")
         paths.update(pt=out, pt2=pt2, json=json_path)
         _write_pt(rb, pre, out)
-        diffs["pt2"] = _write_program(rb.model, check, pt2)
+        meta = embedded_metadata(pre, run_id)
+        diffs["pt2"] = _write_program(rb.model, check, pt2, meta)
         if onnx:
             paths["onnx"] = onnx_path = out.with_suffix(".onnx")
-            d = _write_onnx(rb.model, check, onnx_path)
+            d = _write_onnx(rb.model, check, onnx_path, meta)
             if d is not None:
                 diffs["onnx"] = d
         sidecar = {
@@ -169,7 +172,30 @@ def _write_pt(rb: Rebuilt, pre: Preprocessing, out: Path) -> None:
 
 
 def _batch_dim() -> tuple[dict[int, object]]:
-    return ({0: torch.export.Dim.AUTO},)  # any batch size; the exporter keeps it symbolic
+    return ({0: torch.export.Dim("batch")},)  # any batch size, named "batch" in both graphs (not s77)
+
+
+#: the key of the preprocessing in the .pt2's extra files (``torch.export.load(path, extra_files={PT2_EXTRA: ""})``)
+PT2_EXTRA = "prunesearch.json"
+
+
+def embedded_metadata(pre: Preprocessing, run_id: str) -> dict[str, str]:
+    """What a graph file carries of its preprocessing, as text (ONNX ``metadata_props``,
+    the .pt2's extra file): mean, std, input shape (C, H, W), channel order, class names
+    (JSON lists), so a copy travelling without the sidecar JSON still says how to feed it."""
+    d = pre.to_dict()
+    return {
+        "prunesearch.format": FORMAT,
+        "run_id": run_id,
+        "mean": json.dumps(list(d["mean"])),
+        "std": json.dumps(list(d["std"])),
+        "input_shape": json.dumps(list(d["input_shape"])),
+        "channel_order": str(d["channel_order"]),
+        "num_classes": str(d["num_classes"]),
+        "class_names": json.dumps(d.get("class_names")),
+        "input": "images (batch, C, H, W) float32: pixels in [0, 1], minus mean, divided by std, per channel",
+        "output": "logits (batch, num_classes)",
+    }
 
 
 def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
@@ -180,14 +206,14 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _write_program(model: nn.Module, x: torch.Tensor, path: Path) -> float:
+def _write_program(model: nn.Module, x: torch.Tensor, path: Path, meta: dict[str, str]) -> float:
     program = torch.export.export(model, (x,), dynamic_shapes=_batch_dim())
-    torch.export.save(program, path)
+    torch.export.save(program, path, extra_files={PT2_EXTRA: json.dumps(meta, indent=2)})
     return _check("torch.export", torch.export.load(path).module()(x), model(x))
 
 
 @torch.no_grad()
-def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
+def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path, meta: dict[str, str]) -> float | None:
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
     except ImportError:
@@ -204,6 +230,11 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
             external_data=False,
             verbose=False,
         )  # one self-contained file
+    import onnx
+
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, meta)  # metadata_props: what the sidecar JSON says, inside the file
+    onnx.save(graph, str(path))
     try:
         import onnxruntime
     except ImportError:

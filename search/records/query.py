@@ -12,7 +12,7 @@ from pipeline.errors import InputError
 from search.study.encoding import row_settings
 from search.study.fidelity import PRUNED
 
-COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
+COLUMNS = ["accuracy", "test_accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
 FLAGS: dict[str, dict[float | None, str]] = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
 
 
@@ -209,18 +209,21 @@ def parse_sort(text: str) -> tuple[str, bool]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table of ``rows`` (run id, method, and the main metrics)."""
-    head = ["run_id", "trial", "method", "gran"] + COLUMNS + list(FLAGS)
+    """A fixed-width text table of ``rows``: run id, what distinguishes the candidates
+    (method, granularity, scope, reconstruction, per-stage allocation on or off) and the
+    main metrics (``test_accuracy`` empty where it was not measured)."""
+    head = ["run_id", "trial", "method", "gran", "scope", "recon", "alloc"] + COLUMNS + list(FLAGS)
     lines = [head]
     for r in rows:
-        cells = [r["run_id"], str(r["trial"]), r["method"], r["granularity"][:4]]
+        alloc = "on" if r.get("allocation") else "off"
+        cells = [r["run_id"], str(r["trial"]), r["method"], r["granularity"][:4], r.get("scope", ""), r.get("reconstruct", "none"), alloc]
         for c in COLUMNS:
             v = r.get(c)
             cells.append("" if v is None else (f"{v:.4f}" if abs(v) < 100 else f"{v:.4g}"))
         cells += [words.get(r.get(c), "") for c, words in FLAGS.items()]
         lines.append(cells)
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
 
 
 def to_json(rows: list[dict[str, Any]]) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,18 +21,46 @@ from search.config import ConfigError, SearchConfig
 log = logging.getLogger(__name__)
 
 
+def cache_dir() -> Path:
+    """Where trained base models are shared between run folders: ``$PRUNESEARCH_CACHE``,
+    else ``$XDG_CACHE_HOME/prunesearch``, else ``~/.cache/prunesearch``."""
+    if os.environ.get("PRUNESEARCH_CACHE"):
+        return Path(os.environ["PRUNESEARCH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "prunesearch"
+
+
+def cache_name(cfg: SearchConfig) -> str:
+    """The cached base model's file name: model, data and seed, then a digest of everything
+    the training depends on (model and data settings, steps, learning rate)."""
+    data = cfg.data.model_dump(mode="json")
+    for field in ("path", "test_path"):  # the same files under another relative spelling are the same data
+        if data.get(field):
+            data[field] = str(Path(data[field]).expanduser().resolve())
+    key = {"model": cfg.model.model_dump(mode="json", exclude={"checkpoint"}), "data": data, "training": cfg.base_training.model_dump(mode="json")}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}-{digest}.pt"
+
+
 def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     """The dense base model's state dict.
 
     With ``model.checkpoint`` the checkpoint is loaded (``weights_only=True``). Without
     one, the model is trained for ``base_training.steps`` on the training split the
-    first time and cached as ``<run_dir>/base/<model>.pt``; later runs load the cache.
+    first time and cached in ``cache_dir()/base``, shared by every run folder; each run
+    folder keeps its own copy under ``<run_dir>/base`` (its records rebuild from it).
     """
     if cfg.model.checkpoint:
         return build_model(cfg.model).state_dict()
-    cache = cache_path(cfg)
-    if cache.exists():
-        return load_base(cfg.model, cached_state(cache)).state_dict()
+    name = cache_name(cfg)
+    local, shared = cache_path(cfg), cache_dir() / "base" / name
+    legacy = cfg.inside_run_dir(f"base/{name.rsplit('-', 1)[0]}.pt")  # a run folder from before the shared cache
+    for cached in (local, legacy, shared):
+        if cached.exists():
+            state = load_base(cfg.model, cached_state(cached)).state_dict()
+            if cached is shared:
+                log.info("base model %s: the cached one (%s)", cfg.model.name, shared)
+                _place(shared, local)
+            return state
     if cfg.base_training.steps == 0:
         raise ConfigError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     steps = cfg.base_training.steps
@@ -37,23 +69,27 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
         cfg.model.name,
         len(splits.train.x),
         steps,
-        cache,
+        shared,
     )
     torch.manual_seed(cfg.base_training.seed)
     model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
     t0 = time.monotonic()
     train_classifier(model, splits.train.x, splits.train.y, steps, cfg.base_training.lr, seed=cfg.base_training.seed, on_step=_StepLog(t0))
     log.info("trained the base model in %.0f s", time.monotonic() - t0)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(cache)  # atomic: a killed run never leaves a half-written cache
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        _save(model.state_dict(), shared)
+        _place(shared, local)
+    except OSError as e:  # an unwritable user cache: the run folder's copy still serves this run and its records
+        log.warning("could not write the shared base-model cache %s (%s); keeping it in the run folder only", shared, e)
+        _save(model.state_dict(), local)
     return model.state_dict()
 
 
 def cache_path(cfg: SearchConfig) -> Path:
-    """Where the base model trained for ``cfg`` (no ``model.checkpoint``) is cached."""
-    return cfg.inside_run_dir(f"base/{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}.pt")
+    """The run folder's copy of the base model trained for ``cfg`` (no ``model.checkpoint``);
+    the shared one is ``cache_dir() / "base"`` under the same name."""
+    return cfg.inside_run_dir(f"base/{cache_name(cfg)}")
 
 
 def cached_state(cache: Path) -> dict[str, torch.Tensor]:
@@ -66,6 +102,25 @@ def cached_state(cache: Path) -> dict[str, torch.Tensor]:
             f"the cached base model {cache} is not a plain state dict: {e}. It is the search's own cache: "
             "delete it to train the base model again, or set model.checkpoint"
         ) from None
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
+
+
+def _place(shared: Path, local: Path) -> None:
+    """The run folder's copy of the shared file: a hard link where possible, else a copy."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(shared, tmp)
+    except OSError:  # another file system
+        shutil.copyfile(shared, tmp)
+    tmp.replace(local)
 
 
 class _StepLog:

@@ -72,7 +72,7 @@ class Progress:
         self.running: list[dict[str, Any]] = []
         self.bar = None
         if not quiet and total > 0:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # Jupyter's widget where there is one, the terminal bar elsewhere
 
             # tqdm's own rate-based estimate is replaced by ``eta_s`` in the postfix
             self.bar = tqdm(
