@@ -257,14 +257,16 @@ def test_a_disk_that_fills_mid_search_is_one_line_saying_disk_full(tmp_path, cap
 
 
 def test_a_copied_run_folder_keeps_its_fingerprints(tmp_path):
+    from search.runner.basemodel import cache_name
     from search.study.resume import check_resume, record_config
 
     cfg = parse_config({"run_dir": str(tmp_path / "run")})
+    name = cache_name(cfg)
     (tmp_path / "run" / "base").mkdir(parents=True)
-    (tmp_path / "run" / "base" / "digits_cnn-digits-s0.pt").write_bytes(b"weights")  # the cached base model
+    (tmp_path / "run" / "base" / name).write_bytes(b"weights")  # the cached base model
     record_config(cfg)
     shutil.copytree(tmp_path / "run", tmp_path / "copy")
     check_resume(cfg.model_copy(update={"run_dir": str(tmp_path / "copy")}))  # the cache is the copy's own
-    (tmp_path / "copy" / "base" / "digits_cnn-digits-s0.pt").write_bytes(b"other weights")
-    with pytest.raises(ConfigError, match="base model cache: base/digits_cnn-digits-s0.pt changed size"):
+    (tmp_path / "copy" / "base" / name).write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match=f"base model cache: base/{name} changed size"):
         check_resume(cfg.model_copy(update={"run_dir": str(tmp_path / "copy")}))

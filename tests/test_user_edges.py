@@ -286,9 +286,11 @@ def test_ui_on_a_taken_port_is_refused_before_starting_a_server(tmp_path, capsys
 
     from search.cli.parser import main
 
+    from mlflow.tracking import MlflowClient
+
     run = tmp_path / "run"
     run.mkdir()
-    (run / "mlflow.db").touch()
+    MlflowClient(f"sqlite:///{run / 'mlflow.db'}").search_experiments()  # a real (empty) store: ui checks it first
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
