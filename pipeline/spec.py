@@ -70,12 +70,17 @@ class ReconSettings(Frozen):
             consumers whose input channels were removed). On the shared ResNet-20
             ``all`` scored 75.0 % validation against 58.9 % at 90 % sparsity, 84.7
             against 80.8 % at 2x fewer MACs (benchmarks/results/methods.md).
+        max_memory_gb: GiB of activations reconstruction holds on the actor's device
+            between segments (both networks, all ``images``); beyond it they are
+            offloaded (to CPU memory from a GPU, else to temporary files) and read back
+            bit for bit, so the refit does not depend on it. None: no limit.
     """
 
     images: int = Field(256, ge=1)
     ridge: float = Field(1e-3, ge=0)
     batch_size: int = Field(64, ge=1)
     layers: Literal["pruned", "all"] = "all"
+    max_memory_gb: float | None = Field(4.0, gt=0)
 
 
 class ReconSpec(ReconSettings):
