@@ -9,6 +9,9 @@ statistics recalibrated on the calibration images.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
+import time
 from typing import Mapping
 
 import torch
@@ -17,11 +20,36 @@ from torch import nn
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.pruning.methods import PruneContext, get_method
 from pipeline.pruning.plan import PrunePlan
+from pipeline.repair.cost import estimate_seconds
 from pipeline.repair.recalibrate import recalibrate
 from pipeline.repair.reconstruct import reconstruct as run_reconstruction
 from pipeline.spec import CandidateSpec, Granularity, RecalSpec, ReconSpec, Scope
 
 Data = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
+
+log = logging.getLogger("prunesearch")
+PROGRESS_EVERY_S = 10.0  # how often a long reconstruction says how far it is
+
+
+def _say(message: str) -> None:
+    """To the ``prunesearch`` logger when something listens to it, else to stderr."""
+    if log.hasHandlers() and log.isEnabledFor(logging.INFO):
+        log.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _ReconProgress:
+    """``on_progress(done, total)`` of reconstruction as a line every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            _say(f"reconstruction: {done}/{total} layers refit, {now - self.t0:.0f} s")
 
 
 def prune(
@@ -41,6 +69,7 @@ def prune(
     prune_stem: bool = True,
     prune_head: bool = True,
     seed: int = 0,
+    quiet: bool = False,
 ) -> tuple[nn.Module, PrunePlan]:
     """A pruned copy of ``model`` (eval mode; ``model`` itself is not changed) and its plan.
 
@@ -60,6 +89,10 @@ def prune(
             the stored ones).
         reconstruct: refit the kept weights on the calibration images first
             (``pipeline.repair.reconstruct``, default settings); the plan then carries them.
+            An estimate of its seconds is printed first, then the layers done of the total
+            and the seconds every ``PROGRESS_EVERY_S`` (to the ``prunesearch`` logger when
+            it has a handler, else to stderr).
+        quiet: print nothing.
 
     Raises:
         ValueError: no or two targets, missing data or labels, or a method that does not
@@ -99,10 +132,15 @@ def prune(
             raise ValueError(f"method {method!r} trains: pass train=(images, labels)")
         ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
     ctx = PruneContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
+    if spec.reconstruct.mode == "lsq" and not quiet:  # the long stage: say what to expect
+        images = cx[: spec.reconstruct.images]
+        est, layers = estimate_seconds(model, images, masked=spec.granularity == "unstructured")
+        _say(f"reconstruction: about {layers} layers on {len(images)} images, estimated {est:.0f} s on {images.device.type}")
     plan = plan_candidate(model, ctx, spec)
     pruned = apply_plan(model, plan)
     if spec.reconstruct.mode == "lsq":
-        refit, _ = run_reconstruction(model, pruned, cx[: spec.reconstruct.images], spec.reconstruct, plan)
+        progress = None if quiet else _ReconProgress()
+        refit, _ = run_reconstruction(model, pruned, cx[: spec.reconstruct.images], spec.reconstruct, plan, on_progress=progress)
         plan = dataclasses.replace(plan, refit=refit)
     recalibrate(pruned, cx, spec.recal, seed=seed)
     return pruned.eval(), plan

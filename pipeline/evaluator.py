@@ -32,7 +32,7 @@ from pipeline.pruning.methods import PruneContext
 from pipeline.pruning.plan import PrunePlan
 from pipeline.pruning.structure import cached_graph, check_forward
 from pipeline.repair.collapse import bn_output_variance, variance_plot, variance_table
-from pipeline.repair.recalibrate import recalibrate
+from pipeline.repair.recalibrate import batchnorms, recalibrate
 from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateResult, CandidateSpec
 from pipeline.train import train_classifier
@@ -82,14 +82,18 @@ class Evaluator:
 
     def status(self) -> dict[str, Any] | None:
         """The candidate being evaluated now: ``spec``, ``elapsed_s`` (wall seconds), and
-        ``step`` / ``total`` training steps reported by a method that trains (0 / 0 if none);
-        None when idle."""
+        ``step`` / ``total`` training steps reported by a method that trains, or layers
+        refit by reconstruction (0 / 0 if none), and ``stage`` saying which (``step``,
+        ``reconstruct layer``); None when idle."""
         run = self._running
         return None if run is None else {**run, "elapsed_s": time.monotonic() - run["t0"]}
 
-    def _on_step(self, done: int, total: int) -> None:
+    def _on_step(self, done: int, total: int, stage: str = "step") -> None:
         if self._running is not None:
-            self._running = {**self._running, "step": done, "total": total}
+            self._running = {**self._running, "step": done, "total": total, "stage": stage}
+
+    def _on_layer(self, done: int, total: int) -> None:
+        self._on_step(done, total, "reconstruct layer")
 
     def evaluate(self, spec: CandidateSpec) -> CandidateResult:
         """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate."""
@@ -165,6 +169,8 @@ class Evaluator:
             m["accuracy"] = m["accuracy_before_recal"]
             recalibrated = False
         m["recal_applied"] = float(recalibrated)
+        if not batchnorms(model):  # LayerNorm models: nothing to recalibrate, and the record says so
+            m["recal_no_batchnorm"] = 1.0
 
     def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
         m: dict[str, float] = {}
@@ -218,11 +224,13 @@ class Evaluator:
         """Refit ``model`` in place; the plan returned carries the refit weights."""
         m["accuracy_before_recon"] = self._val_accuracy(model)
         t0 = time.perf_counter()
-        refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan)
+        refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan, on_progress=self._on_layer)
         m["recon_s"] = time.perf_counter() - t0
         m["recon_layers"] = float(len(report.layers))
         m["recon_error_before"] = report.mean(report.error_before)
         m["recon_error"] = report.mean(report.error_after)
+        m["recon_solve_s"] = report.solve_s
+        m["recon_offloaded_mb"] = report.offloaded_bytes / 2**20
         return dataclasses.replace(plan, refit=refit)
 
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:

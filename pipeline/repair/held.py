@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import numpy as np
 import torch
 
 Key = tuple[int, int, int]  # (network, node index, batch)
@@ -37,7 +36,7 @@ class HeldValues:
         self.offloaded = 0  # bytes written to CPU memory or files, in all
         self._values: dict[Key, Any] = {}
         self._cpu: dict[Key, tuple[torch.Tensor, torch.device]] = {}  # offloaded from a GPU
-        self._files: dict[Key, tuple[str, torch.dtype, tuple[int, ...], torch.device]] = {}
+        self._files: dict[Key, tuple[str, torch.Tensor, torch.device]] = {}  # path, an empty twin, device
         self._folder: str | None = None
 
     def put(self, key: Key, value: Any) -> None:
@@ -58,14 +57,19 @@ class HeldValues:
             return
         path = os.path.join(self._dir(), "-".join(map(str, key)))
         value.detach().contiguous().numpy().tofile(path)
-        self._files[key] = (path, value.dtype, tuple(value.shape), value.device)
+        # the twin keeps shape, dtype and strides: kernels given another memory layout may
+        # sum in another order, and the refit would differ in the last digits
+        self._files[key] = (path, torch.empty_strided(value.shape, value.stride(), dtype=value.dtype), value.device)
 
     def get(self, key: Key) -> Any:
         """The value held under ``key``, on the device it was computed on."""
         if key in self._files:
-            path, dtype, shape, device = self._files[key]
-            arr = np.fromfile(path, dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-            return torch.from_numpy(arr).reshape(shape).to(device)
+            path, twin, device = self._files[key]
+            flat = torch.empty(twin.shape, dtype=twin.dtype)
+            with open(path, "rb") as f:
+                f.readinto(memoryview(flat.numpy()).cast("B"))
+            out = flat if flat.stride() == twin.stride() else torch.empty_like(twin).copy_(flat)
+            return out.to(device)
         if key in self._cpu:
             value, device = self._cpu[key]
             return value.to(device)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 _BLOCK = 128  # columns per lazy OBS update
-_TOL = 1e-6  # relative residual of each row at which conjugate gradients stop
+_TOL = 1e-8  # relative residual of each row at which conjugate gradients stop
 _MAX_ITERS = 200
 
 
