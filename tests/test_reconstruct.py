@@ -211,6 +211,7 @@ def test_a_refit_of_the_wrong_shape_is_refused(digits_model):
     [
         ({"reconstruction": {"ridge": -1}}, "reconstruction.ridge"),
         ({"reconstruction": {"images": 0}}, "reconstruction.images"),
+        ({"reconstruction": {"max_memory_gb": 0}}, "reconstruction.max_memory_gb"),
         ({"reconstruction": {"mode": "lsq"}}, "reconstruction.mode: Extra inputs"),
         ({"space": {"reconstruct": ["lsq", "sgd"]}}, "space.reconstruct"),
         ({"space": {"reconstruct": ["lsq"]}, "reconstruction": {"images": 5000}}, "reconstruction.images: 5000"),

@@ -80,7 +80,7 @@ def test_the_batched_masked_solve_is_each_rows_exact_least_squares():
     a = (x.T @ x + 1e-3 * torch.eye(30, dtype=torch.float64))[None]
     b = (x.T @ y)[None]
     mask = torch.rand(1, 7, 30, generator=g) > 0.7
-    w = masked_solve(a, b, mask)
+    w = masked_solve(a, b, mask, float(y.square().sum()), tol=1e-16)
     assert torch.count_nonzero(w[~mask]) == 0
     for r in range(7):
         k = mask[0, r]
@@ -145,7 +145,9 @@ def test_progress_counts_layers_and_the_evaluator_reports_the_stage(digits_model
 
     plan = plan_candidate(digits_model, _ctx(digits.calib.x[:64], digits_model), CandidateSpec(target_sparsity=0.8))
     seen: list[tuple[int, int]] = []
-    _, report = reconstruct(digits_model, apply_plan(digits_model, plan), digits.calib.x[:64], LSQ, plan, on_progress=lambda d, t: seen.append((d, t)))
+    _, report = reconstruct(
+        digits_model, apply_plan(digits_model, plan), digits.calib.x[:64], LSQ, plan, on_progress=lambda d, t: seen.append((d, t))
+    )
     n = len(report.layers)
     assert seen == [(i, n) for i in range(1, n + 1)]
     line = describe({"ticket": 3, "spec": CandidateSpec(), "elapsed_s": 20.0, "step": 2, "total": 4, "stage": "reconstruct layer"})

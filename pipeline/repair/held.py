@@ -67,7 +67,7 @@ class HeldValues:
             path, twin, device = self._files[key]
             flat = torch.empty(twin.shape, dtype=twin.dtype)
             with open(path, "rb") as f:
-                f.readinto(memoryview(flat.numpy()).cast("B"))
+                f.readinto(flat.numpy().data.cast("B"))
             out = flat if flat.stride() == twin.stride() else torch.empty_like(twin).copy_(flat)
             return out.to(device)
         if key in self._cpu:

@@ -107,7 +107,7 @@ class LayerFit(NormalEquations):
         rows = _row_mask(self.layer, mask)
         if rows is None:
             return spd_solve(a, b).transpose(1, 2)
-        return masked_solve(a, b, rows)
+        return masked_solve(a, b, rows, self.yy)
 
     def error(self, w: torch.Tensor) -> float:
         """||Y - X W^T||^2 / ||Y||^2 on the accumulated images."""

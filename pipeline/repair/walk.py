@@ -96,6 +96,7 @@ class SegmentWalk:
         """Accumulate and solve a Conv2d/Linear at ``cut`` (inputs held by ``run_to``)."""
         nd = self.nodes[DENSE][cut.index]
         dense_layer = self.models[DENSE].get_submodule(cut.name)
+        assert isinstance(layer, (nn.Conv2d, nn.Linear))
         fit = LayerFit(layer, cut.out_idx)
         for b in range(len(self.batches)):
             y = dense_layer(*self.value(DENSE, nd.args, b), **self.value(DENSE, nd.kwargs, b))
@@ -110,12 +111,13 @@ class SegmentWalk:
         dense_mha = self.models[DENSE].get_submodule(cut.name)
         mha = self.models[PRUNED].get_submodule(cut.name)
         assert isinstance(dense_mha, nn.MultiheadAttention) and isinstance(mha, nn.MultiheadAttention)
+        assert isinstance(mha.out_proj, nn.Linear)
         fit = LayerFit(LinearView(mha.in_proj_weight, mha.in_proj_bias))
         for b in range(len(self.batches)):
             x = self.value(DENSE, nd.args[0], b)
             fit.add(self.value(PRUNED, nd.args[0], b), F.linear(x, dense_mha.in_proj_weight, dense_mha.in_proj_bias))
         solve(fit, cut.name, f"{cut.name}.in_proj_weight")
-        fit = LayerFit(mha.out_proj)
+        fit = LayerFit(mha.out_proj)  # a Linear (NonDynamicallyQuantizableLinear)
         for b in range(len(self.batches)):
             y = dense_mha.out_proj(attention_context(dense_mha, self.value(DENSE, nd.args[0], b)))
             fit.add(attention_context(mha, self.value(PRUNED, nd.args[0], b)), y)
