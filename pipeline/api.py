@@ -12,7 +12,10 @@ what it expects.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import time
 from typing import Any, Mapping
 
 import torch
@@ -26,11 +29,36 @@ from pipeline.pruning.layers import prunable_layers, stages
 from pipeline.pruning.methods import get_method, list_methods
 from pipeline.pruning.methods.base import PruningMethod
 from pipeline.pruning.plan import PrunePlan
+from pipeline.repair.cost import estimate_seconds
 from pipeline.spec import CandidateSpec, Granularity, RecalSpec, ReconSpec, Scope
 
 Data = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 # CandidateSpec field -> the argument of ``prune`` that sets it
 _ARGUMENT = {"target_sparsity": "sparsity", "target_macs_ratio": "macs_ratio", "recal": "recal_images"}
+
+log = logging.getLogger("prunesearch")
+PROGRESS_EVERY_S = 10.0  # how often a long reconstruction says how far it is
+
+
+def _say(message: str) -> None:
+    """To the ``prunesearch`` logger when something listens to it, else to stderr."""
+    if log.hasHandlers() and log.isEnabledFor(logging.INFO):
+        log.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _ReconProgress:
+    """``on_progress(done, total)`` of reconstruction as a line every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            _say(f"reconstruction: {done}/{total} layers refit, {now - self.t0:.0f} s")
 
 
 def prune(
@@ -50,6 +78,7 @@ def prune(
     prune_stem: bool = True,
     prune_head: bool = True,
     seed: int = 0,
+    quiet: bool = False,
 ) -> tuple[nn.Module, PrunePlan]:
     """A pruned copy of ``model`` (eval mode) and its plan. ``model`` itself is not changed,
     its train/eval flags included.
@@ -72,6 +101,10 @@ def prune(
             the stored ones).
         reconstruct: refit the kept weights on the calibration images first
             (``pipeline.repair.reconstruct``, default settings); the plan then carries them.
+            An estimate of its seconds is printed first, then the layers done of the total
+            and the seconds every ``PROGRESS_EVERY_S`` (to the ``prunesearch`` logger when
+            it has a handler, else to stderr).
+        quiet: print nothing.
 
     Raises:
         InputError: a bad argument (the message names it and what it expects), or a
@@ -116,6 +149,11 @@ def prune(
                 raise InputError(f"method {method!r} trains: pass train=(images, labels)")
             ty = torch.zeros(len(tx), dtype=torch.int64)  # never read: the method does not train
         ctx = BuildContext(calib_x=cx, calib_y=cy, train_x=tx, train_y=ty, example_input=cx[:1], num_classes=num_classes)
+        if spec.reconstruct.mode == "lsq" and not quiet:  # the long stage: say what to expect
+            images = cx[: spec.reconstruct.images]
+            est, layers = estimate_seconds(model, images, masked=spec.granularity == "unstructured")
+            _say(f"reconstruction: about {layers} layers on {len(images)} images, estimated {est:.0f} s on {images.device.type}")
+            ctx.on_layer = _ReconProgress()
         built = build_candidate(model, ctx, spec)
     return built.model.eval(), built.plan
 

@@ -29,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.pruning.methods import PruneContext, get_method
 from pipeline.pruning.plan import PlanError, PrunePlan, apply_masks
 from pipeline.pruning.structure import ChannelGraph, cached_graph, check_forward, shrink
-from pipeline.repair.recalibrate import recalibrate
+from pipeline.repair.recalibrate import batchnorms, recalibrate
 from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateSpec
 from pipeline.train import train_classifier
@@ -52,12 +52,15 @@ class BuildContext(PruneContext):
         black: a black pixel after normalisation, per channel (``Splits.black``), for the
             recalibration's augmentation padding; None pads with 0.
         eval_batch: images per forward pass when scoring accuracy.
+        on_layer: called as ``on_layer(layers done, layers to refit)`` while reconstruction
+            runs (an actor's progress, ``ps.prune``'s log); None: nobody listens.
     """
 
     val_x: torch.Tensor | None = None
     val_y: torch.Tensor | None = None
     black: Sequence[float] | None = None
     eval_batch: int = 512
+    on_layer: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_splits(cls, splits: "Splits", eval_batch: int = 512) -> "BuildContext":
@@ -161,12 +164,14 @@ def reconstruct_stage(base: nn.Module, model: nn.Module, plan: PrunePlan, ctx: B
     compare = spec.reconstruct.keep_better and "accuracy_before_recon" in m
     stored = {k: v.clone() for k, v in model.state_dict().items()} if compare else None
     t0 = time.perf_counter()
-    refit, report = reconstruct(base, model, ctx.calib_x, spec.reconstruct, plan)
+    refit, report = reconstruct(base, model, ctx.calib_x, spec.reconstruct, plan, on_progress=ctx.on_layer)
     m["recon_s"] = time.perf_counter() - t0
     m["recon_layers"] = float(len(report.layers))
     m["recon_underdetermined"] = float(len(report.underdetermined))
     m["recon_error_before"] = report.mean(report.error_before)
     m["recon_error"] = report.mean(report.error_after)
+    m["recon_solve_s"] = report.solve_s
+    m["recon_offloaded_mb"] = report.offloaded_bytes / 2**20
     if stored is not None:
         after = ctx.val_accuracy(model)
         assert after is not None  # compare: validation images exist
@@ -189,6 +194,8 @@ def _recalibrate(model: nn.Module, ctx: BuildContext, spec: CandidateSpec, m: di
         m["accuracy"] = m["accuracy_before_recal"]  # the stored statistics scored higher: kept
         recalibrated = False
     m["recal_applied"] = float(recalibrated)
+    if not batchnorms(model):  # LayerNorm models: nothing to recalibrate, and the record says so
+        m["recal_no_batchnorm"] = 1.0
 
 
 def plan_candidate(base: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:

@@ -72,6 +72,7 @@ class Evaluator:
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
         self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
         self.ctx.on_step = self._on_step
+        self.ctx.on_layer = self._on_layer
         self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
         self._probe = splits.calib.x[:_PROBE_IMAGES]
         self._dense_var = bn_output_variance(self.base, self._probe)
@@ -83,14 +84,18 @@ class Evaluator:
 
     def status(self) -> dict[str, Any] | None:
         """The candidate being evaluated now: ``spec``, ``elapsed_s`` (wall seconds), and
-        ``step`` / ``total`` training steps reported by a method that trains (0 / 0 if none);
-        None when idle."""
+        ``step`` / ``total`` training steps reported by a method that trains, or layers
+        refit by reconstruction (0 / 0 if none), and ``stage`` saying which (``step``,
+        ``reconstruct layer``); None when idle."""
         run = self._running
         return None if run is None else {**run, "elapsed_s": time.monotonic() - run["t0"]}
 
-    def _on_step(self, done: int, total: int) -> None:
+    def _on_step(self, done: int, total: int, stage: str = "step") -> None:
         if self._running is not None:
-            self._running = {**self._running, "step": done, "total": total}
+            self._running = {**self._running, "step": done, "total": total, "stage": stage}
+
+    def _on_layer(self, done: int, total: int) -> None:
+        self._on_step(done, total, "reconstruct layer")
 
     def evaluate(self, spec: CandidateSpec, rung: Rung | None = None, trial: int | None = None) -> CandidateResult:
         """Prune, (reconstruct,) recalibrate, (fine-tune,) and measure one candidate; at a

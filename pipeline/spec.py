@@ -79,6 +79,10 @@ class ReconSettings(Frozen):
         keep_better: after the refit, compare with the unrefit weights on the
             validation split (before recalibration) and keep whichever scores higher;
             the metric ``recon_applied`` (1 or 0) records which was kept.
+        max_memory_gb: GiB of activations reconstruction holds on the actor's device
+            between segments (both networks, all ``images``); beyond it they are
+            offloaded (to CPU memory from a GPU, else to temporary files) and read back
+            bit for bit, so the refit does not depend on it. None: no limit.
     """
 
     images: int = Field(256, ge=1)
@@ -86,6 +90,7 @@ class ReconSettings(Frozen):
     batch_size: int = Field(64, ge=1)
     layers: Literal["pruned", "all"] = "all"
     keep_better: bool = True
+    max_memory_gb: float | None = Field(4.0, gt=0)
 
     def with_mode(self, mode: str) -> "ReconSpec":
         """These settings as one candidate's reconstruction; ``mode`` (``none`` or ``lsq``)

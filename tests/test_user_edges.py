@@ -284,9 +284,9 @@ def test_the_end_of_a_search_names_the_next_steps(tmp_path):
 def test_ui_on_a_taken_port_is_refused_before_starting_a_server(tmp_path, capsys):
     import socket
 
-    from search.cli.parser import main
-
     from mlflow.tracking import MlflowClient
+
+    from search.cli.parser import main
 
     run = tmp_path / "run"
     run.mkdir()

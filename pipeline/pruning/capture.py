@@ -46,8 +46,9 @@ def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, i
 
 
 def unit_dim(a: torch.Tensor, module: nn.Module) -> int:
-    """The dimension of ``a`` that holds ``module``'s units: a Linear's last, a conv's/BN's 1."""
-    return a.dim() - 1 if isinstance(module, nn.Linear) else 1
+    """The dimension of ``a`` that holds ``module``'s units: a Linear's or an attention's
+    (batch_first) last, a conv's/BN's 1."""
+    return a.dim() - 1 if isinstance(module, (nn.Linear, nn.MultiheadAttention)) else 1
 
 
 def input_rms(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:

@@ -25,9 +25,18 @@ def prunable_layers(model: nn.Module, prune_stem: bool = True, prune_head: bool 
 
 
 def prunable_weights(model: nn.Module, prune_stem: bool = True, prune_head: bool = True) -> dict[str, nn.Parameter]:
-    """Parameter name -> weight of every prunable layer (biases are never pruned)."""
-    # torch's stubs type Conv2d/Linear.weight as Tensor; it is the layer's Parameter
-    return {f"{n}.weight": cast(nn.Parameter, m.weight) for n, m in prunable_layers(model, prune_stem, prune_head).items()}
+    """Parameter name -> weight of every prunable layer (biases are never pruned), in
+    model order: each Conv2d/Linear ``NAME.weight``, and the packed q/k/v projection
+    ``NAME.in_proj_weight`` of each ``nn.MultiheadAttention`` (its ``out_proj`` is a Linear)."""
+    layers = prunable_layers(model, prune_stem, prune_head)
+    out: dict[str, nn.Parameter] = {}
+    for n, m in model.named_modules():
+        if n in layers:
+            # torch's stubs type Conv2d/Linear.weight as Tensor; it is the layer's Parameter
+            out[f"{n}.weight"] = cast(nn.Parameter, m.weight)
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            out[f"{n}.in_proj_weight"] = m.in_proj_weight
+    return out
 
 
 def stage_of(name: str) -> str:

@@ -3,48 +3,56 @@
 Layer by layer in execution order (sequential reconstruction, docs/methods.md section 8):
 the inputs of layer k come from the pruned network whose layers before k are already
 refit, the targets from the dense network on the same calibration images; each layer
-solves ridge least squares on its im2col inputs (``pipeline.repair.lsq``). The target is the
-layer's own output (a conv under a BatchNorm is fit before the BN). What stays fixed:
+solves ridge least squares on its inputs (``pipeline.repair.lsq``: im2col for a conv,
+one row per token for a Linear on (B, T, C)). The target is the layer's own output (a
+conv under a BatchNorm is fit before the BN). What stays fixed:
 - channel plans: kept channels; consumers whose input channels were removed are
   refit from their kept inputs (ThiNet / He et al. 2017, second step). A refit layer
-  that is itself a pruned producer fits the dense output at its kept channels.
+  that is itself a pruned producer fits the dense output at its kept channels; a
+  depthwise conv inside a channel group fits them per channel (its own input only).
 - unstructured plans: masks; each output row solves its masked subsystem of the
-  shared X^T X exactly (the OBS-family update), so zeros stay zero.
+  shared X^T X exactly (``pipeline.repair.masked``), so zeros stay zero.
+- ``nn.MultiheadAttention`` (self-attention): its ``in_proj_weight`` against the dense
+  q, k, v projections, then its ``out_proj`` on the refit attention output.
 
-Skipped, with the reason in the report: a layer whose output channels differ from the
-dense layer's without being a pruned producer (a depthwise conv inside a channel group:
-each output sees only its own, unchanged input channel), non-zero padding modes and
-string padding (``same``), which im2col does not reproduce, and (graph walk) a layer
-called more than once.
+Skipped, with the reason in the report: non-zero padding modes and string padding
+(``same``), which im2col does not reproduce, a layer called more than once, attention
+calls other than plain self-attention, and (hook walk) attention modules.
 
-How the networks are run, and the cost per candidate:
-- graph walk (models torch.fx traces, e.g. every built-in model): both networks are
-  executed node by node on all calibration images together, keeping only the live
-  activations; at a refit layer the statistics are accumulated, the layer solved and
-  rewritten, then the walk goes on with the new weights. Each layer runs once per
-  network: about 2 forwards of ``images`` in all, plus the live activations of all
-  images in memory, plus one (G, d, d) Cholesky per layer (unstructured: each row's
-  kept block, k^3 / 3 flops for k kept weights).
+How the networks are run:
+- segment walk (models torch.fx traces, e.g. every built-in model;
+  ``pipeline.repair.walk``): the graph is cut before each refit layer and run segment
+  by segment, batch by batch; only the values crossing a cut are held for all images,
+  within ``max_memory_gb`` (offloaded to CPU memory or files beyond it). Each node runs
+  once per network: about 2 forwards of ``images`` in all.
 - otherwise, forward hooks: for refit layer k both networks run on the images up to
   layer k only (about L/2 forwards each for L refit layers), batch by batch.
+Progress: ``on_progress(done, total)`` after each refit layer.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import fx, nn
 
 from pipeline.pruning.plan import PrunePlan
+from pipeline.repair.held import HeldValues
 from pipeline.repair.lsq import LayerFit
+from pipeline.repair.walk import Cut, SegmentWalk, attention_unsupported
 from pipeline.spec import ReconSpec
 
 log = logging.getLogger(__name__)
+
 _LAYERS = (nn.Conv2d, nn.Linear)
 _Layer = TypeVar("_Layer", nn.Conv2d, nn.Linear)  # a pruned layer and its dense twin have one type
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -52,15 +60,19 @@ class ReconReport:
     """What reconstruction did.
 
     Attributes:
-        layers: names of the refit layers, in execution order.
+        layers: names of the refit layers, in execution order (an attention module's
+            ``NAME`` (in_proj) and ``NAME.out_proj``).
         skipped: layer name -> why it was not refit.
         error_before, error_after: per refit layer, relative squared output error
             ||Y - X W||^2 / ||Y||^2 on the calibration images, before and after its
             refit (inputs already from the refit layers before it).
-        walk: ``graph`` (torch.fx walk, each layer run once) or ``hooks``.
+        walk: ``graph`` (segment walk, each layer run once) or ``hooks``.
         underdetermined: refit layer name -> (samples, inputs) where the calibration
             images gave fewer rows of X than the layer has inputs per output: the fit
             then rests on the ridge alone (more ``images`` fix it).
+        solve_s: seconds spent in the solves (the rest: forwards and X^T X products).
+        held_peak_bytes: most bytes of held activations resident at once; offloaded_bytes:
+            bytes moved to CPU memory or files because the budget was full.
     """
 
     layers: list[str] = field(default_factory=list)
@@ -69,6 +81,9 @@ class ReconReport:
     error_after: list[float] = field(default_factory=list)
     walk: str = ""
     underdetermined: dict[str, tuple[int, int]] = field(default_factory=dict)
+    solve_s: float = 0.0
+    held_peak_bytes: int = 0
+    offloaded_bytes: int = 0
 
     def mean(self, which: list[float]) -> float:
         return float(sum(which) / len(which)) if which else 0.0
@@ -80,7 +95,7 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def reconstruct(
-    dense: nn.Module, pruned: nn.Module, images: torch.Tensor, spec: ReconSpec, plan: PrunePlan
+    dense: nn.Module, pruned: nn.Module, images: torch.Tensor, spec: ReconSpec, plan: PrunePlan, on_progress: Progress | None = None
 ) -> tuple[dict[str, torch.Tensor], ReconReport]:
     """Refit ``pruned`` in place on ``images`` against ``dense``.
 
@@ -89,55 +104,88 @@ def reconstruct(
         pruned: the network ``plan`` produced (``pipeline.build.apply_plan``).
         images: calibration images (N, C, H, W), normalised; the first ``spec.images``
             are used (the stage takes its own count: callers pass all they have).
-        spec: image count, ridge, batch size, which layers.
+        spec: image count, ridge, batch size, memory budget, which layers.
         plan: what was pruned (masks stay masks, kept channels stay kept).
+        on_progress: called as ``on_progress(layers done, layers to refit)``.
 
     Returns:
-        The refit state-dict entries (``NAME.weight``, ``NAME.bias``) of ``pruned``, and
-        the report.
+        The refit state-dict entries (``NAME.weight``, ``NAME.bias``; attention:
+        ``NAME.in_proj_weight``, ``NAME.in_proj_bias``) of ``pruned``, and the report.
     """
     images = images[: spec.images]
     flags = {m: m.training for m in (*dense.modules(), *pruned.modules())}
     dense.eval(), pruned.eval()  # BN uses stored statistics; recalibration follows after
+    follows = _depthwise_followers(dense, pruned, plan)
     try:
         graphs = _graphs(dense, pruned)
         report = ReconReport(walk="graph" if graphs else "hooks")
         if graphs:
-            _graph_walk(dense, pruned, images, spec, plan, report, *graphs)
+            _segment_walk(dense, pruned, images, spec, plan, report, follows, on_progress, *graphs)
         else:
-            _hook_walk(dense, pruned, images, spec, plan, report)
+            _hook_walk(dense, pruned, images, spec, plan, report, follows, on_progress)
     finally:
         for m, flag in flags.items():
             m.training = flag
-    mods = dict(pruned.named_modules())
+    params = dict(pruned.named_parameters())
     refit = {}
     for name in report.layers:
-        for key in ("weight", "bias"):
-            p = getattr(mods[name], key)
-            if p is not None:
-                refit[f"{name}.{key}"] = p.detach().clone()
+        is_mha = isinstance(pruned.get_submodule(name), nn.MultiheadAttention)
+        for key in ("in_proj_weight", "in_proj_bias") if is_mha else ("weight", "bias"):
+            if f"{name}.{key}" in params:
+                refit[f"{name}.{key}"] = params[f"{name}.{key}"].detach().clone()
     return refit, report
 
 
-def _refit(fit: LayerFit, name: str, spec: ReconSpec, plan: PrunePlan, report: ReconReport) -> None:
-    if fit.samples < fit.inputs:
-        report.underdetermined[name] = (fit.samples, fit.inputs)
-        log.warning(
-            "reconstruction of %s: %d calibration samples for %d inputs per output (underdetermined; "
-            "the fit rests on the ridge alone): raise reconstruction.images",
-            name,
-            fit.samples,
-            fit.inputs,
-        )
-    w0 = fit.current()
-    w = fit.solve(spec.ridge, plan.masks.get(f"{name}.weight"))
-    report.layers.append(name)
-    report.error_before.append(fit.error(w0))
-    report.error_after.append(fit.error(w))
-    fit.write(w)
+class _Solver:
+    """Solves a layer's accumulated fit, writes it and reports it (and the progress)."""
+
+    def __init__(self, spec: ReconSpec, plan: PrunePlan, report: ReconReport, total: int, on_progress: Progress | None) -> None:
+        self.spec, self.plan, self.report, self.total, self.on_progress = spec, plan, report, total, on_progress
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def __call__(self, fit: LayerFit, name: str, mask_key: str) -> None:
+        t0 = time.perf_counter()
+        if fit.samples < fit.inputs:
+            self.report.underdetermined[name] = (fit.samples, fit.inputs)
+            log.warning(
+                "reconstruction of %s: %d calibration samples for %d inputs per output (underdetermined; "
+                "the fit rests on the ridge alone): raise reconstruction.images",
+                name,
+                fit.samples,
+                fit.inputs,
+            )
+        w0 = fit.current()
+        w = fit.solve(self.spec.ridge, self.plan.masks.get(mask_key))
+        self.report.layers.append(name)
+        self.report.error_before.append(fit.error(w0))
+        self.report.error_after.append(fit.error(w))
+        fit.write(w)
+        self.report.solve_s += time.perf_counter() - t0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
 
 
-def _skip_reason(name: str, layer: _Layer, dlayer: _Layer | None, plan: PrunePlan, spec: ReconSpec) -> str:
+def _depthwise_followers(dense: nn.Module, pruned: nn.Module, plan: PrunePlan) -> dict[str, torch.Tensor]:
+    """Depthwise convs whose channels follow a pruned group: name -> the kept channels."""
+    if not plan.channels:
+        return {}
+    from pipeline.pruning.structure.graph import traced_groups  # only channel plans need the graph
+
+    mods = dict(pruned.named_modules())
+    out = {}
+    for g in traced_groups(dense)[0].values():
+        for c in g.consumers if g.name in plan.channels else ():
+            m = mods.get(c)
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+                out[c] = plan.channels[g.name]
+    return out
+
+
+def _skip_reason(name: str, layer: _Layer, dlayer: _Layer | None, plan: PrunePlan, spec: ReconSpec, follows: dict) -> str:
     """Why ``layer`` is not refit; ``unchanged`` when pruning left it alone and only pruned
     layers are refit; empty when it is refit."""
     if dlayer is None or type(dlayer) is not type(layer):
@@ -148,22 +196,25 @@ def _skip_reason(name: str, layer: _Layer, dlayer: _Layer | None, plan: PrunePla
         fan_in_cut = layer.in_channels != dlayer.in_channels
     else:
         fan_in_cut = layer.in_features != dlayer.in_features
-    out_idx = plan.channels.get(name)
+    out_idx = plan.channels.get(name, follows.get(name))
     want = dlayer.weight.shape[0] if out_idx is None else len(out_idx)
     if layer.weight.shape[0] != want:
-        return "its output channels follow another layer's (a depthwise conv in a channel group)"
+        return "its output channels follow another layer's in a way the plan does not name"
     changed = fan_in_cut or f"{name}.weight" in plan.masks
     return "" if changed or spec.layers == "all" else "unchanged"
 
 
-def _selected(name: str, mods: dict, ref: dict, plan: PrunePlan, spec: ReconSpec, report: ReconReport) -> bool:
-    why = _skip_reason(name, mods[name], ref.get(name), plan, spec)
+def _attention_reason(name: str, mha: nn.Module, node: fx.Node, plan: PrunePlan, spec: ReconSpec) -> str:
+    assert isinstance(mha, nn.MultiheadAttention)
+    why = attention_unsupported(mha, node)
+    changed = f"{name}.in_proj_weight" in plan.masks or f"{name}.out_proj.weight" in plan.masks
+    return why or ("" if changed or spec.layers == "all" else "unchanged")
+
+
+def _note(report: ReconReport, name: str, why: str) -> bool:
     if why and why != "unchanged":
         report.skipped[name] = why
     return not why
-
-
-# ---------------------------------------------------------------- graph walk
 
 
 def _graphs(dense: nn.Module, pruned: nn.Module) -> tuple[fx.Graph, fx.Graph] | None:
@@ -176,82 +227,68 @@ def _graphs(dense: nn.Module, pruned: nn.Module) -> tuple[fx.Graph, fx.Graph] | 
     return (gd, gp) if same else None
 
 
-def _graph_walk(dense, pruned, images, spec, plan, report, gd: fx.Graph, gp: fx.Graph) -> None:
+def _cuts(gp: fx.Graph, dense: nn.Module, pruned: nn.Module, plan: PrunePlan, spec: ReconSpec, report: ReconReport, follows: dict) -> list[Cut]:
     ref, mods = dict(dense.named_modules()), dict(pruned.named_modules())
     calls: dict[str, int] = {}
     for n in gp.nodes:
         if n.op == "call_module":
             calls[n.target] = calls.get(n.target, 0) + 1
-    twin = dict(zip(gp.nodes, gd.nodes))  # pruned node -> the same node of the dense graph
-    last_use = {a: i for i, n in enumerate(gp.nodes) for a in n.all_input_nodes}
-    batches = [images[i : i + spec.batch_size] for i in range(0, len(images), spec.batch_size)]
-    env_d: dict[fx.Node, list[Any]] = {}
-    env_p: dict[fx.Node, list[Any]] = {}
-    for i, np_ in enumerate(gp.nodes):
-        if np_.op == "output":
-            break
-        nd = twin[np_]
-        env_d[nd] = _run(nd, dense, env_d, batches)
-        name = np_.target if np_.op == "call_module" and isinstance(mods[np_.target], _LAYERS) else None
-        if name is not None and calls[name] > 1:
+    cuts = []
+    for i, n in enumerate(gp.nodes):
+        m = mods.get(n.target) if n.op == "call_module" else None
+        if not isinstance(m, (*_LAYERS, nn.MultiheadAttention)):
+            continue
+        name = str(n.target)
+        if calls[name] > 1:
             report.skipped[name] = "it is called more than once"
-        elif name is not None and _selected(name, mods, ref, plan, spec, report):
-            fit = LayerFit(mods[name], plan.channels.get(name))
-            for b, y in enumerate(env_d[nd]):
-                fit.add(env_p[np_.args[0]][b], y)
-            _refit(fit, name, spec, plan, report)
-        env_p[np_] = _run(np_, pruned, env_p, batches)  # with the refit weights
-        for a in np_.all_input_nodes:
-            if last_use[a] == i:  # keep only live activations
-                env_p.pop(a, None)
-                env_d.pop(twin[a], None)
+        elif isinstance(m, nn.MultiheadAttention):
+            if _note(report, name, _attention_reason(name, m, n, plan, spec)):
+                cuts.append(Cut(i, name, None, attention=True))
+        elif _note(report, name, _skip_reason(name, m, ref.get(name), plan, spec, follows)):
+            cuts.append(Cut(i, name, plan.channels.get(name, follows.get(name))))
+    return cuts
 
 
-def _batch_of(env: dict, b: int) -> Callable[[fx.Node], Any]:
-    return lambda a: env[a][b]
-
-
-def _run(node: fx.Node, model: nn.Module, env: dict, batches: list[torch.Tensor]) -> list[Any]:
-    """The node's value for every batch."""
-    if node.op == "placeholder":
-        return list(batches)
-    if node.op == "get_attr":
-        assert isinstance(node.target, str)
-        value = model
-        for part in node.target.split("."):
-            value = getattr(value, part)
-        return [value] * len(batches)
-    out = []
-    target = node.target
-    for b in range(len(batches)):
-        args = fx.node.map_arg(node.args, _batch_of(env, b))
-        kwargs = fx.node.map_arg(node.kwargs, _batch_of(env, b))
-        if callable(target):  # call_function
-            out.append(target(*args, **kwargs))
-        elif node.op == "call_module":
-            out.append(model.get_submodule(target)(*args, **kwargs))
-        else:  # call_method
-            out.append(getattr(args[0], target)(*args[1:], **kwargs))
-    return out
+def _segment_walk(dense, pruned, images, spec: ReconSpec, plan, report, follows, on_progress, gd: fx.Graph, gp: fx.Graph) -> None:
+    cuts = _cuts(gp, dense, pruned, plan, spec, report, follows)
+    budget = math.inf if spec.max_memory_gb is None else spec.max_memory_gb * 2**30
+    held = HeldValues(budget)
+    solve = _Solver(spec, plan, report, len(cuts), on_progress)
+    try:
+        walk = SegmentWalk(dense, pruned, gd, gp, images, spec.batch_size, held)
+        for cut in cuts:
+            walk.run_to(cut.index)
+            if cut.attention:
+                walk.fit_attention(cut, solve)
+            else:
+                walk.fit_layer(cut, pruned.get_submodule(cut.name), f"{cut.name}.weight", solve)
+            solve.step()
+    finally:
+        report.held_peak_bytes, report.offloaded_bytes = held.peak_resident, held.offloaded
+        held.close()
 
 
 # ---------------------------------------------------------------- hook walk
 
 
-def _hook_walk(dense, pruned, images, spec, plan, report) -> None:
+def _hook_walk(dense, pruned, images, spec, plan, report, follows, on_progress) -> None:
     order, calls = _execution_order(pruned, images[:1])
     ref, mods = dict(dense.named_modules()), dict(pruned.named_modules())
+    for name, m in mods.items():
+        if isinstance(m, nn.MultiheadAttention):
+            report.skipped[name] = "attention is refit by the segment walk only (this model does not trace with torch.fx)"
+    order = [n for n in order if _note(report, n, _skip_reason(n, mods[n], ref.get(n), plan, spec, follows))]
+    solve = _Solver(spec, plan, report, len(order), on_progress)
     for name in order:
-        if not _selected(name, mods, ref, plan, spec, report):
-            continue
-        fit = LayerFit(mods[name], plan.channels.get(name))
+        fit = LayerFit(mods[name], plan.channels.get(name, follows.get(name)))
         for i in range(0, len(images), spec.batch_size):
             xb = images[i : i + spec.batch_size]
             ins = _capture(pruned, mods[name], xb, calls[name], want_input=True)
             outs = _capture(dense, ref[name], xb, calls[name], want_input=False)
             for x, y in zip(ins, outs):
                 fit.add(x, y)
-        _refit(fit, name, spec, plan, report)
+        solve(fit, name, f"{name}.weight")
+        solve.step()
 
 
 def _execution_order(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str, int]]:

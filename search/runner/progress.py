@@ -48,9 +48,10 @@ def eta_s(elapsed_s: float, done: int, running: list[dict[str, Any]], not_starte
 
 
 def describe(r: dict[str, Any]) -> str:
-    """One line for a candidate in flight: ``trial 5 ocs/channel step 300/1200, 40 s``."""
+    """One line for a candidate in flight: ``trial 5 ocs/channel step 300/1200, 40 s``
+    (``reconstruct layer 12/20`` while its reconstruction runs)."""
     spec = r["spec"]
-    steps = f" step {r['step']}/{r['total']}," if r.get("total") else ""
+    steps = f" {r.get('stage', 'step')} {r['step']}/{r['total']}," if r.get("total") else ""
     return f"trial {r['ticket']} {spec.method}/{spec.granularity}{steps} {r['elapsed_s']:.0f} s"
 
 
