@@ -1,0 +1,372 @@
+"""Optimal Brain Surgeon: choose what goes and update what stays from second-order
+statistics of the calibration inputs (methods.md, 10).
+
+For one layer with im2col inputs X, changing an output row w by dw changes the squared
+output error by dw^T H dw, H = X^T X + lambda I (lambda: ``damp`` times the mean diagonal).
+Removing weight q with the best compensation costs w_q^2 / [H^-1]_qq.
+
+- ``unstructured`` and ``nm``: SparseGPT's column sweep (Frantar & Alistarh 2023), not
+  ExactOBS. Why: one Cholesky factor of H^-1 per layer serves every row, so a layer costs
+  about d^3 + rows * d^2 (ExactOBS: rows * d^3, since each row updates its own inverse
+  after every removal). On ResNet-20 (d <= 577) both would do; on torchvision models
+  (d = 4,608 for a 512-channel 3x3 conv) ExactOBS takes hours per candidate on a CPU, and
+  N:M fits the sweep directly. Columns are visited left to right in blocks of ``block``;
+  a block's mask is chosen when it is reached, from w^2 / [U]_qq^2 with the weights as
+  updated so far (U the upper Cholesky factor of H^-1); each removed weight's error is
+  pushed onto the columns not yet visited (lazily, a block at a time). Unstructured: each
+  layer removes the count that global magnitude pruning (``global`` scope) or the uniform
+  split (``layerwise``) gives it, reshaped by ``allocation``, spread evenly over its
+  blocks. N:M: at every M-th column, each row keeps the N of the next M with the highest
+  saliency. A bias (not pruned) takes its share of the compensation.
+- ``channel``: structured OBS group saliency with a greedy order (ThiNet's criterion,
+  with the OBS update between steps). Removing input channel c of a consumer removes the
+  group Q of its columns and costs w_Q^T ([H^-1]_QQ)^-1 w_Q per row; costs are summed over
+  the group's consumers, each divided by that consumer's output energy (so costs of
+  different layers compare), the cheapest channel goes, every consumer's weights and H^-1
+  are updated, and so on. A channel's score is the accumulated relative error when it
+  went; ``structure.select_channels`` (unnormalised: the scores already compare across
+  groups) then keeps channel groups intact and meets the MACs target, and each consumer
+  is refit to its kept inputs by least squares on the same statistics.
+- ``sequential`` (knob, unstructured and nm): 0 takes H from the dense network (one
+  pass, cached per actor for every candidate); 1 visits layers in order with inputs from
+  the network pruned so far and the dense network's outputs as targets, and starts the
+  sweep from the damped least-squares fit w* = (H + lambda I)^-1 X^T Y, so the sweep
+  minimises exactly the error that reconstruction then refits (one partial forward of
+  both networks per layer, per candidate).
+
+The statistics come from ``pipeline.repair.lsq.LayerFit`` (the accumulation reconstruction
+uses) through ``_Stats``, the one place that touches it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from pipeline.pruning import structure
+from pipeline.pruning.capture import hooked_pass
+from pipeline.pruning.layers import stage_of
+from pipeline.pruning.methods.activation import reads_channels
+from pipeline.pruning.methods.base import Knob, PruneContext, PruningMethod, weights_of
+from pipeline.pruning.methods.magnitude import filter_norms
+from pipeline.pruning.methods.registry import register_method
+from pipeline.pruning.plan import PrunePlan
+from pipeline.pruning.thresholds import global_masks, layerwise_masks
+from pipeline.repair.lsq import LayerFit
+
+if TYPE_CHECKING:
+    from pipeline.spec import CandidateSpec
+
+_BATCH = 64  # calibration images per forward while accumulating (im2col of 64 images: ~40 MB)
+
+
+class _Stats:
+    """X^T X, X^T Y and ||Y||^2 of one layer, accumulated by reconstruction's ``LayerFit``.
+
+    The adapter between this method and ``pipeline.repair.lsq``: rows (G, o, d) with a bias
+    column last when the layer has a bias, as ``LayerFit`` lays them out.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self._fit = LayerFit(layer, None)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self._fit.add(x, y)
+
+    def hessian(self) -> torch.Tensor:
+        """X^T X, float64 (G, d, d)."""
+        assert self._fit.xtx is not None, "add() a batch first"
+        return self._fit.xtx
+
+    def energy(self) -> float:
+        """||Y||^2 of the targets."""
+        return self._fit.yy
+
+    def width(self) -> int:
+        """Weight columns per row (the bias column, if any, comes after them)."""
+        return self._fit.layer.weight[0].numel()
+
+    def rows(self) -> torch.Tensor:
+        """The layer's current weights as (G, o, d) float64 rows."""
+        return self._fit.current()
+
+    def fit(self, damp: float, mask: torch.Tensor | None) -> torch.Tensor:
+        """Rows (G, o, d) of (X^T X + damp * mean diag I)^-1 X^T Y, solved under the weight's ``mask``."""
+        return self._fit.solve(damp, mask)
+
+
+@register_method("obs")
+class OBS(PruningMethod):
+    """SparseGPT-style OBS masks and updates (unstructured, N:M); greedy OBS channel selection."""
+
+    granularities = ("unstructured", "channel", "nm")
+    allocates = True
+    knobs = {
+        "damp": Knob(0.003, 0.1, log=True, default=0.01, limits=(0.0, 10.0)),
+        "images": Knob(128, 1024, log=True, integer=True, default=512, limits=(1, 1e7)),
+        "block": Knob(16, 256, log=True, integer=True, default=128, limits=(1, 1e7)),
+        "sequential": Knob(0, 1, integer=True, default=0, limits=(0, 1)),
+    }
+    fast_knobs = {"images": 128}
+
+    def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        if spec.granularity == "channel":
+            return self._channel_plan(model, ctx, spec)
+        weights = weights_of(model, spec)
+        damp, block = self.knob(spec, "damp"), int(self.knob(spec, "block"))
+        remove = None if spec.granularity == "nm" else _removal_counts(weights, spec)
+        images = ctx.calib_x[: int(self.knob(spec, "images"))]
+        layers = [n.rsplit(".", 1)[0] for n in weights]
+        masks: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+
+        def prune(name: str, layer: nn.Module, stats: _Stats, start: torch.Tensor) -> torch.Tensor:
+            key = f"{name}.weight"
+            rows, mask = sweep(start, stats.hessian(), stats.width(), damp, block, None if remove is None else remove[key], spec.nm)
+            if mask is not None:
+                masks[key] = mask.reshape(layer.weight.shape)
+                out.update(_state_entries(name, layer, rows))
+            return rows
+
+        if self.knob(spec, "sequential"):
+            _sequential(model, images, layers, prune, damp)
+        else:
+            stats = dense_stats(model, ctx, layers, images)
+            modules = dict(model.named_modules())
+            for name in layers:
+                prune(name, modules[name], stats[name], stats[name].rows())
+        return PrunePlan(masks=masks, weights=out)
+
+    def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
+        if spec.target_macs_ratio is None:
+            raise ValueError("method 'obs' needs target_macs_ratio for channel pruning")
+        graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)
+        modules = dict(model.named_modules())
+        ends = {g.name: [c for c in g.consumers if _reads_group(modules[c], g.size)] for g in graph.groups}
+        images = ctx.calib_x[: int(self.knob(spec, "images"))]
+        stats = dense_stats(model, ctx, sorted({c for cs in ends.values() for c in cs}), images)
+        damp = self.knob(spec, "damp")
+        key = ("obs:channel-scores", id(model), spec.prune_stem, spec.prune_head, len(images), damp)
+        if key not in ctx.cache:
+            ctx.cache[key] = {g.name: greedy_channel_scores([stats[c] for c in ends[g.name]], g.size, damp) for g in graph.groups}
+        scores = {g: s if s is not None else filter_norms(modules[g].weight) for g, s in ctx.cache[key].items()}
+        kept = structure.select_channels(graph, scores, spec.target_macs_ratio, scope=spec.scope, ratios=dict(spec.allocation), normalize=False)
+        out: dict[str, torch.Tensor] = {}
+        for g in graph.groups:
+            for c in ends[g.name]:
+                mask = _column_mask(modules[c], g.size, kept[g.name])
+                if not bool(mask.all()):
+                    out.update(_state_entries(c, modules[c], stats[c].fit(damp, mask)))
+        return PrunePlan(channels=kept, weights=out)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def dense_stats(model: nn.Module, ctx: PruneContext, layers: list[str], images: torch.Tensor) -> dict[str, _Stats]:
+    """Layer name -> statistics of its inputs in the dense ``model`` on ``images`` (target:
+    its own output), cached per actor."""
+    key = ("obs:stats", id(model), tuple(layers), len(images))
+    if key not in ctx.cache:
+        modules = dict(model.named_modules())
+        stats = {n: _Stats(modules[n]) for n in layers}
+        hooked_pass(model, images, layers, lambda n, mod, x, rows: stats[n].add(x, mod.forward(x)), inputs=True, batch=_BATCH)
+        ctx.cache[key] = stats
+    return ctx.cache[key]
+
+
+def _sequential(model: nn.Module, images: torch.Tensor, layers: list[str], prune, damp: float) -> None:
+    """Visit ``layers`` in order: inputs from a copy of ``model`` pruned so far, targets the
+    dense outputs; ``prune(name, layer, stats, start)`` returns the new rows, written into the copy."""
+    pruned = copy.deepcopy(model)
+    mods, dense_mods = dict(pruned.named_modules()), dict(model.named_modules())
+    order = _execution_order(model, images[:1], layers)
+    for name in order:
+        stats = _pair_stats(model, pruned, name, dense_mods[name], images)
+        rows = prune(name, mods[name], stats, stats.fit(damp, None))
+        _write(mods[name], rows)
+
+
+def _pair_stats(dense: nn.Module, pruned: nn.Module, name: str, layer: nn.Module, images: torch.Tensor) -> _Stats:
+    """Statistics of layer ``name``: its inputs in ``pruned``, its outputs in ``dense`` as targets
+    (both forwards stop after the layer)."""
+    targets: list[torch.Tensor] = []
+    hooked_pass(dense, images, [name], lambda n, mod, y, rows: targets.append(y), inputs=False, batch=_BATCH, stop=True)
+    stats = _Stats(layer)
+    hooked_pass(pruned, images, [name], lambda n, mod, x, rows: stats.add(x, targets[rows.start // _BATCH]), inputs=True, batch=_BATCH, stop=True)
+    return stats
+
+
+def _execution_order(model: nn.Module, x: torch.Tensor, layers: list[str]) -> list[str]:
+    """``layers`` in the order of their first call on ``x`` (layers not called go last)."""
+    seen: list[str] = []
+    hooked_pass(model, x, layers, lambda n, mod, a, rows: None if n in seen else seen.append(n), inputs=True)
+    return seen + [n for n in layers if n not in seen]
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def sweep(
+    rows: torch.Tensor, h: torch.Tensor, width: int, damp: float, block: int, remove: int | None, nm: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SparseGPT's OBS column sweep of one layer.
+
+    Args:
+        rows: (G, o, d) float64 starting weights, the first ``width`` columns prunable
+            (a bias column after them is only updated).
+        h: (G, d, d) X^T X of the same columns.
+        damp: lambda as a fraction of the mean diagonal over the prunable columns.
+        block: columns per lazy-update block (rounded up to a multiple of M for N:M).
+        remove: weights to remove from the layer (unstructured), or None with ``nm``.
+        nm: (N, M): keep N of every M consecutive columns of each row.
+
+    Returns:
+        Rows (G, o, d) with the removed weights exactly 0, and the (G * o, width) kept mask;
+        (rows, None) when ``nm`` has no form for ``width`` (not a multiple of M).
+    """
+    if nm is not None and width % nm[1]:
+        return rows, None
+    if nm is not None:
+        block = -(-block // nm[1]) * nm[1]
+    g, o, d = rows.shape
+    out, masks = rows.clone(), []
+    per_group = [None] * g if remove is None else _spread(remove, [o * width] * g)
+    for gi in range(g):
+        w, mask = _sweep_one(out[gi], h[gi], width, damp, block, per_group[gi], nm)
+        out[gi] = w
+        masks.append(mask)
+    return out, torch.cat(masks)
+
+
+def _sweep_one(w: torch.Tensor, h: torch.Tensor, width: int, damp: float, block: int, remove: int | None, nm) -> tuple[torch.Tensor, torch.Tensor]:
+    w, h = w.clone(), h.clone()
+    diag = torch.diagonal(h)
+    dead = diag == 0  # inputs that are always zero: their weights do nothing
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    diag.add_(damp * float(diag[:width].mean()))
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    keep = torch.ones(w.shape[0], width, dtype=torch.bool)
+    budget = None if remove is None else _spread(remove, [min(block, width - i) * w.shape[0] for i in range(0, width, block)])
+    for bi, i1 in enumerate(range(0, width, block)):
+        i2 = min(i1 + block, width)
+        w1, u1 = w[:, i1:i2].clone(), u[i1:i2, i1:i2]
+        d1 = torch.diagonal(u1)
+        err = torch.zeros_like(w1)
+        m1 = keep[:, i1:i2].clone()
+        if budget is not None and budget[bi]:
+            drop = torch.topk(((w1 / d1) ** 2).reshape(-1), budget[bi], largest=False).indices
+            m1.view(-1)[drop] = False
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:
+                sal = (w1[:, i : i + nm[1]] / d1[i : i + nm[1]]) ** 2
+                lowest = torch.topk(sal, nm[1] - nm[0], dim=1, largest=False).indices
+                m1[:, i : i + nm[1]].scatter_(1, lowest, False)
+            q = w1[:, i] * m1[:, i]
+            e = (w1[:, i] - q) / u1[i, i]
+            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
+            w1[:, i] = q
+            err[:, i] = e
+        keep[:, i1:i2] = m1
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return w, keep
+
+
+def _spread(total: int, sizes: list[int]) -> list[int]:
+    """``total`` split over parts of ``sizes`` in proportion, exact in sum (cumulative rounding)."""
+    cum, out, acc = 0, [], 0
+    whole = sum(sizes)
+    for s in sizes:
+        acc += s
+        nxt = round(total * acc / whole)
+        out.append(nxt - cum)
+        cum = nxt
+    return out
+
+
+def _removal_counts(weights: dict[str, nn.Parameter], spec: "CandidateSpec") -> dict[str, int]:
+    """Weights each tensor loses: global magnitude's split (``global``) or uniform, reshaped by allocation."""
+    assert spec.target_sparsity is not None  # CandidateSpec gives unstructured specs a target
+    mags = {n: w.detach().abs() for n, w in weights.items()}
+    base = None
+    if spec.scope == "global":
+        gm = global_masks(mags, spec.target_sparsity)
+        base = {n: int((~m).sum()) / m.numel() for n, m in gm.items()}
+    ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in mags} if spec.allocation else None
+    return {n: int((~m).sum()) for n, m in layerwise_masks(mags, spec.target_sparsity, ratios, base).items()}
+
+
+# ---------------------------------------------------------------- channels
+
+
+def greedy_channel_scores(stats: list[_Stats], size: int, damp: float) -> torch.Tensor | None:
+    """Score (size,) of a group's channels from its consumers' statistics: the accumulated
+    relative output error when the greedy OBS order removes each (the last channel scores
+    above all); None without a consumer."""
+    if not stats:
+        return None
+    state = []
+    for s in stats:
+        h, width = s.hessian()[0].clone(), s.width()
+        diag = torch.diagonal(h)
+        h[diag == 0, diag == 0] = 1.0
+        diag.add_(damp * float(diag[:width].mean()))
+        state.append([s.rows()[0].clone(), torch.cholesky_inverse(torch.linalg.cholesky(h)), width // size, max(s.energy(), 1e-300)])
+    left = list(range(size))
+    score = torch.zeros(size, dtype=torch.float64)
+    total = 0.0
+    for step in range(size - 1):
+        cost = torch.zeros(len(left), dtype=torch.float64)
+        for w, hinv, k, energy in state:
+            idx = torch.tensor(left)[:, None] * k + torch.arange(k)  # (left, k) columns of each channel
+            a = torch.linalg.inv(hinv[idx[:, :, None], idx[:, None, :]])
+            wq = w[:, idx]  # (o, left, k)
+            cost += torch.einsum("onk,nkl,onl->n", wq, a, wq) / energy
+        j = int(torch.argmin(cost))
+        total += float(cost[j])
+        score[left[j]] = total + step * 1e-12  # strictly increasing along the greedy order
+        for st in state:
+            w, hinv, k, _ = st
+            q = torch.arange(k) + left[j] * k
+            a = torch.linalg.inv(hinv[q][:, q])
+            w -= (w[:, q] @ a) @ hinv[q, :]
+            st[1] = hinv - hinv[:, q] @ a @ hinv[q, :]
+        left.pop(j)
+    score[left[0]] = 2 * total + 1.0
+    return score.float()
+
+
+def _reads_group(m: nn.Module, size: int) -> bool:
+    """Whether ``m`` mixes ``size`` input channels (the group's) in a dense conv or Linear."""
+    return reads_channels(m) and m.weight.shape[1] == size
+
+
+def _column_mask(layer: nn.Module, size: int, kept: torch.Tensor) -> torch.Tensor:
+    """Bool mask of ``layer.weight``'s shape keeping the input channels ``kept``."""
+    cols = torch.zeros(size, dtype=torch.bool)
+    cols[kept] = True
+    shape = (1, size) + (1,) * (layer.weight.dim() - 2)
+    return cols.reshape(shape).expand(layer.weight.shape).clone()
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _state_entries(name: str, layer: nn.Module, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """State-dict entries ``name.weight`` (and ``name.bias``) of ``rows`` (G, o, d), float32."""
+    width = layer.weight[0].numel()
+    out = {f"{name}.weight": rows[..., :width].reshape(layer.weight.shape).float()}
+    if layer.bias is not None:
+        out[f"{name}.bias"] = rows[..., width].reshape(layer.bias.shape).float()
+    return out
+
+
+@torch.no_grad()
+def _write(layer: nn.Module, rows: torch.Tensor) -> None:
+    for key, v in _state_entries("", layer, rows).items():
+        getattr(layer, key.lstrip(".")).copy_(v)
