@@ -234,6 +234,7 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "scope": spec.scope,
         "target_sparsity": "" if spec.target_sparsity is None else f"{spec.target_sparsity:.6g}",
         "target_macs_ratio": "" if spec.target_macs_ratio is None else f"{spec.target_macs_ratio:.6g}",
+        "nm": "" if spec.nm is None else f"{spec.nm[0]}:{spec.nm[1]}",
         "reconstruct": spec.reconstruct.mode,
         "recal_images": str(spec.recal.images),
         "recal_mode": spec.recal.mode,

@@ -32,8 +32,10 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         raise ConfigError(f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}")
     gran = _categorical(trial, f"{method_name}.granularity", grans)
     scope = _categorical(trial, f"{method_name}.scope", [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
-    target_sparsity = target_macs = None
-    if method.target == "sparsity" and gran == "unstructured":
+    target_sparsity = target_macs = nm = None
+    if gran == "nm":
+        nm = nm_pattern(_categorical(trial, "nm", [nm_name(p) for p in space.nm]))
+    elif method.target == "sparsity" and gran == "unstructured":
         target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
     elif method.target == "sparsity":
         target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
@@ -43,7 +45,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
-    if method.allocates and space.allocation and trial.suggest_categorical("allocate", [True, False]):
+    if method.allocates and gran != "nm" and space.allocation and trial.suggest_categorical("allocate", [True, False]):
         allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
     reconstruct = ReconSpec(mode=_categorical(trial, "reconstruct", space.reconstruct), **cfg.reconstruction.model_dump())
     return CandidateSpec(
@@ -52,6 +54,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         scope=scope,
         target_sparsity=target_sparsity,
         target_macs_ratio=target_macs,
+        nm=nm,
         knobs=knobs,
         allocation=allocation,
         prune_stem=space.prune_stem,
@@ -70,6 +73,17 @@ def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
     method = get_method(method_name)
     ranges = space.knobs.get(method_name, {})
     return [name for name, knob in method.knobs.items() if name in ranges or knob.default is None]
+
+
+def nm_name(pattern: tuple[int, int]) -> str:
+    """The Optuna value of an N:M pattern: ``"2:4"``."""
+    return f"{pattern[0]}:{pattern[1]}"
+
+
+def nm_pattern(name: str) -> tuple[int, int]:
+    """``nm_name``'s inverse."""
+    n, m = name.split(":")
+    return int(n), int(m)
 
 
 def _categorical(trial: "optuna.Trial", name: str, choices: Sequence[str]) -> str:
