@@ -165,8 +165,10 @@ def _header(result: dict[str, Any]) -> list[str]:
 def _targets(result: dict[str, Any]) -> list[str]:
     trows = []
     for t in result["targets"]:
-        unit = f"{t['point']:.0%} sparsity" if t["granularity"] == "unstructured" else f"{t['point']}x fewer MACs"
-        who = "one-shot" if t["granularity"] == "unstructured" else "structured"
+        unit = {"unstructured": f"{t['point']:.0%} sparsity" if t["granularity"] == "unstructured" else "", "nm": f"{t['point']} (N:M)"}.get(
+            t["granularity"], f"{t['point']}x fewer MACs"
+        )
+        who = {"unstructured": "one-shot", "nm": "semi-structured"}.get(t["granularity"], "structured")
         met = {True: "**met**", False: "not met", None: "not run"}[t["met"]]
         extra = f"; best of all (incl. trained masks): {t['best_any_label']} {pct(t['best_any_test_accuracy'])}" if t.get("best_any_label") else ""
         vsel = f"{t.get('val_selected_label', '')} {pct(t.get('val_selected_test_accuracy'))}"

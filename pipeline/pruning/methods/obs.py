@@ -41,7 +41,8 @@ uses) through ``_Stats``, the one place that touches it.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import torch
 from torch import nn
@@ -60,6 +61,9 @@ from pipeline.repair.lsq import LayerFit
 if TYPE_CHECKING:
     from pipeline.spec import CandidateSpec
 
+Layer = nn.Conv2d | nn.Linear
+#: ``prune(name, layer, stats, start_rows)`` -> the layer's new rows (G, o, d)
+Pruner = Callable[[str, Layer, "_Stats", torch.Tensor], torch.Tensor]
 _BATCH = 64  # calibration images per forward while accumulating (im2col of 64 images: ~40 MB)
 _CHUNK_BYTES = 64 * 2**20  # memory for one chunk of rows' group updates
 _ROUNDS = 4  # a block's removals are chosen in this many greedy rounds
@@ -125,7 +129,7 @@ class OBS(PruningMethod):
         masks: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
 
-        def prune(name: str, layer: nn.Module, stats: _Stats, start: torch.Tensor) -> torch.Tensor:
+        def prune(name: str, layer: Layer, stats: _Stats, start: torch.Tensor) -> torch.Tensor:
             key = f"{name}.weight"
             rows, mask = sweep(start, stats.hessian(), stats.width(), damp, block, None if remove is None else remove[key], spec.nm)
             if mask is not None:
@@ -137,7 +141,7 @@ class OBS(PruningMethod):
             _sequential(model, images, layers, prune, damp)
         else:
             stats = dense_stats(model, ctx, layers, images)
-            modules = dict(model.named_modules())
+            modules: dict[str, Any] = dict(model.named_modules())  # conv / linear layers where indexed
             for name in layers:
                 prune(name, modules[name], stats[name], stats[name].rows())
         return PrunePlan(masks=masks, weights=out)
@@ -146,7 +150,7 @@ class OBS(PruningMethod):
         if spec.target_macs_ratio is None:
             raise ValueError("method 'obs' needs target_macs_ratio for channel pruning")
         graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)
-        modules = dict(model.named_modules())
+        modules: dict[str, Any] = dict(model.named_modules())  # conv / linear layers where indexed
         ends = {g.name: [c for c in g.consumers if _reads_group(modules[c], g.size)] for g in graph.groups}
         images = ctx.calib_x[: int(self.knob(spec, "images"))]
         stats = dense_stats(model, ctx, sorted({c for cs in ends.values() for c in cs}), images)
@@ -173,18 +177,19 @@ def dense_stats(model: nn.Module, ctx: PruneContext, layers: list[str], images: 
     its own output), cached per actor."""
     key = ("obs:stats", id(model), tuple(layers), len(images))
     if key not in ctx.cache:
-        modules = dict(model.named_modules())
+        modules: dict[str, Any] = dict(model.named_modules())  # conv / linear layers where indexed
         stats = {n: _Stats(modules[n]) for n in layers}
         hooked_pass(model, images, layers, lambda n, mod, x, rows: stats[n].add(x, mod.forward(x)), inputs=True, batch=_BATCH)
         ctx.cache[key] = stats
     return ctx.cache[key]
 
 
-def _sequential(model: nn.Module, images: torch.Tensor, layers: list[str], prune, damp: float) -> None:
+def _sequential(model: nn.Module, images: torch.Tensor, layers: list[str], prune: Pruner, damp: float) -> None:
     """Visit ``layers`` in order: inputs from a copy of ``model`` pruned so far, targets the
     dense outputs; ``prune(name, layer, stats, start)`` returns the new rows, written into the copy."""
     pruned = copy.deepcopy(model)
-    mods, dense_mods = dict(pruned.named_modules()), dict(model.named_modules())
+    mods: dict[str, Any] = dict(pruned.named_modules())
+    dense_mods: dict[str, Any] = dict(model.named_modules())
     order = _execution_order(model, images[:1], layers)
     for name in order:
         stats = _pair_stats(model, pruned, name, dense_mods[name], images)
@@ -347,6 +352,31 @@ def _removal_counts(weights: dict[str, nn.Parameter], spec: "CandidateSpec") -> 
 # ---------------------------------------------------------------- channels
 
 
+@dataclass
+class _Consumer:
+    """A consumer's state in the greedy channel order: rows (o, d), inverse Hessian (d, d),
+    columns per input channel, output energy."""
+
+    w: torch.Tensor
+    hinv: torch.Tensor
+    k: int
+    energy: float
+
+    def costs(self, left: list[int]) -> torch.Tensor:
+        """Relative output error (len(left),) of removing each channel of ``left`` alone."""
+        idx = torch.tensor(left)[:, None] * self.k + torch.arange(self.k)  # (left, k) columns of each channel
+        a = torch.linalg.inv(self.hinv[idx[:, :, None], idx[:, None, :]])
+        wq = self.w[:, idx]  # (o, left, k)
+        return torch.einsum("onk,nkl,onl->n", wq, a, wq) / self.energy
+
+    def remove(self, c: int) -> None:
+        """Remove channel ``c``: the OBS group update of the rows, and of the inverse Hessian."""
+        q = torch.arange(self.k) + c * self.k
+        a = torch.linalg.inv(self.hinv[q][:, q])
+        self.w -= (self.w[:, q] @ a) @ self.hinv[q, :]
+        self.hinv = self.hinv - self.hinv[:, q] @ a @ self.hinv[q, :]
+
+
 def greedy_channel_scores(stats: list[_Stats], size: int, damp: float) -> torch.Tensor | None:
     """Score (size,) of a group's channels from its consumers' statistics: the accumulated
     relative output error when the greedy OBS order removes each (the last channel scores
@@ -359,26 +389,17 @@ def greedy_channel_scores(stats: list[_Stats], size: int, damp: float) -> torch.
         diag = torch.diagonal(h)
         h[diag == 0, diag == 0] = 1.0
         diag.add_(damp * float(diag[:width].mean()))
-        state.append([s.rows()[0].clone(), torch.cholesky_inverse(torch.linalg.cholesky(h)), width // size, max(s.energy(), 1e-300)])
+        state.append(_Consumer(s.rows()[0].clone(), torch.cholesky_inverse(torch.linalg.cholesky(h)), width // size, max(s.energy(), 1e-300)))
     left = list(range(size))
     score = torch.zeros(size, dtype=torch.float64)
     total = 0.0
     for step in range(size - 1):
-        cost = torch.zeros(len(left), dtype=torch.float64)
-        for w, hinv, k, energy in state:
-            idx = torch.tensor(left)[:, None] * k + torch.arange(k)  # (left, k) columns of each channel
-            a = torch.linalg.inv(hinv[idx[:, :, None], idx[:, None, :]])
-            wq = w[:, idx]  # (o, left, k)
-            cost += torch.einsum("onk,nkl,onl->n", wq, a, wq) / energy
+        cost = sum((c.costs(left) for c in state), torch.zeros(len(left), dtype=torch.float64))
         j = int(torch.argmin(cost))
         total += float(cost[j])
         score[left[j]] = total + step * 1e-12  # strictly increasing along the greedy order
-        for st in state:
-            w, hinv, k, _ = st
-            q = torch.arange(k) + left[j] * k
-            a = torch.linalg.inv(hinv[q][:, q])
-            w -= (w[:, q] @ a) @ hinv[q, :]
-            st[1] = hinv - hinv[:, q] @ a @ hinv[q, :]
+        for c in state:
+            c.remove(left[j])
         left.pop(j)
     score[left[0]] = 2 * total + 1.0
     return score.float()
@@ -386,10 +407,10 @@ def greedy_channel_scores(stats: list[_Stats], size: int, damp: float) -> torch.
 
 def _reads_group(m: nn.Module, size: int) -> bool:
     """Whether ``m`` mixes ``size`` input channels (the group's) in a dense conv or Linear."""
-    return reads_channels(m) and m.weight.shape[1] == size
+    return reads_channels(m) and int(cast(Layer, m).weight.shape[1]) == size
 
 
-def _column_mask(layer: nn.Module, size: int, kept: torch.Tensor) -> torch.Tensor:
+def _column_mask(layer: Layer, size: int, kept: torch.Tensor) -> torch.Tensor:
     """Bool mask of ``layer.weight``'s shape keeping the input channels ``kept``."""
     cols = torch.zeros(size, dtype=torch.bool)
     cols[kept] = True
@@ -400,7 +421,7 @@ def _column_mask(layer: nn.Module, size: int, kept: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------- writing
 
 
-def _state_entries(name: str, layer: nn.Module, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def _state_entries(name: str, layer: Layer, rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """State-dict entries ``name.weight`` (and ``name.bias``) of ``rows`` (G, o, d), float32."""
     width = layer.weight[0].numel()
     out = {f"{name}.weight": rows[..., :width].reshape(layer.weight.shape).float()}
@@ -410,6 +431,6 @@ def _state_entries(name: str, layer: nn.Module, rows: torch.Tensor) -> dict[str,
 
 
 @torch.no_grad()
-def _write(layer: nn.Module, rows: torch.Tensor) -> None:
+def _write(layer: Layer, rows: torch.Tensor) -> None:
     for key, v in _state_entries("", layer, rows).items():
         getattr(layer, key.lstrip(".")).copy_(v)
