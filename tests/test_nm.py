@@ -117,3 +117,28 @@ def test_space_nm_is_a_parameter_and_every_pattern_gets_a_baseline():
         assert spec.nm == ((int(p["nm"][0]), int(p["nm"][2])) if "nm" in p else None)
     with pytest.raises(ValueError, match="1 <= N < M"):
         parse_config({"space": {"granularity": ["nm"], "nm": [[4, 2]]}}, check_paths=False)
+
+
+@pytest.mark.slow
+def test_an_nm_search_records_its_pattern_and_its_export_keeps_it(tmp_path, ray_local):
+    """A real digits search (Ray, MLflow, Optuna) of the nm baselines, its best candidate exported."""
+    import search as ps
+    from search.export.formats import load_exported
+
+    from conftest import search_config
+
+    cfg = search_config(
+        tmp_path, "digits-nm", 2, actors={"count": 1}, space={"methods": ["magnitude", "obs"], "granularity": ["nm"], "nm": [[2, 4]]}
+    )
+    res = ps.run(cfg)
+    frame = res.frame
+    assert sorted(frame.method) == ["magnitude", "obs"] and set(frame.granularity) == {"nm"}
+    rid = res.best(top=1).run_id[0]
+    out = res.export(rid, tmp_path / "best.pt")
+    assert out.rebuilt_accuracy == pytest.approx(out.recorded_accuracy, abs=1e-9)
+    model, _ = load_exported(tmp_path / "best.pt")
+    program = torch.export.load(str(tmp_path / "best.pt2")).module()
+    for name, w in model.state_dict().items():
+        if name.endswith("weight") and w.dim() > 1 and w[0].numel() % 4 == 0:
+            assert _holds_nm(w, 2, 4), name
+            assert _holds_nm(dict(program.named_parameters())[name], 2, 4), name
