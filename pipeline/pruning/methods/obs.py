@@ -115,6 +115,7 @@ class OBS(PruningMethod):
         "images": Knob(128, 1024, log=True, integer=True, default=512, limits=(1, 1e7)),
         "block": Knob(8, 128, log=True, integer=True, default=32, limits=(1, 1e7)),
         "sequential": Knob(0, 1, integer=True, default=0, limits=(0, 1)),
+        "split": Knob(0, 1, integer=True, default=0, limits=(0, 1)),
     }
     fast_knobs = {"images": 128}
 
@@ -123,9 +124,15 @@ class OBS(PruningMethod):
             return self._channel_plan(model, ctx, spec)
         weights = weights_of(model, spec)
         damp, block = self.knob(spec, "damp"), int(self.knob(spec, "block"))
-        remove = None if spec.granularity == "nm" else _removal_counts(weights, spec)
         images = ctx.calib_x[: int(self.knob(spec, "images"))]
         layers = [n.rsplit(".", 1)[0] for n in weights]
+        remove = None
+        if spec.granularity != "nm":
+            split = None
+            if self.knob(spec, "split") and spec.scope == "global":
+                stats = dense_stats(model, ctx, layers, images)
+                split = {f"{n}.weight": _alone_costs(stats[n], damp).reshape(weights[f"{n}.weight"].shape) for n in layers}
+            remove = _removal_counts(weights, spec, split)
         masks: dict[str, torch.Tensor] = {}
         out: dict[str, torch.Tensor] = {}
 
@@ -337,16 +344,29 @@ def _spread(total: int, sizes: list[int]) -> list[int]:
     return out
 
 
-def _removal_counts(weights: dict[str, nn.Parameter], spec: "CandidateSpec") -> dict[str, int]:
-    """Weights each tensor loses: global magnitude's split (``global``) or uniform, reshaped by allocation."""
+def _removal_counts(weights: dict[str, nn.Parameter], spec: "CandidateSpec", split: dict[str, torch.Tensor] | None = None) -> dict[str, int]:
+    """Weights each tensor loses: the split of a global ranking of ``split`` (default |w|:
+    global magnitude's) in ``global`` scope, or uniform, reshaped by allocation."""
     assert spec.target_sparsity is not None  # CandidateSpec gives unstructured specs a target
     mags = {n: w.detach().abs() for n, w in weights.items()}
     base = None
     if spec.scope == "global":
-        gm = global_masks(mags, spec.target_sparsity)
+        gm = global_masks(split or mags, spec.target_sparsity)
         base = {n: int((~m).sum()) / m.numel() for n, m in gm.items()}
     ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in mags} if spec.allocation else None
     return {n: int((~m).sum()) for n, m in layerwise_masks(mags, spec.target_sparsity, ratios, base).items()}
+
+
+def _alone_costs(stats: _Stats, damp: float) -> torch.Tensor:
+    """(G * o, width) relative output error of removing each weight alone with the OBS
+    update, w_q^2 / [H^-1]_qq / ||Y||^2: comparable across layers (``split`` knob)."""
+    h = stats.hessian().clone()
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    diag[diag == 0] = 1.0
+    width = stats.width()
+    diag.add_(damp * diag[:, :width].mean(dim=1, keepdim=True))
+    hinv = torch.diagonal(torch.cholesky_inverse(torch.linalg.cholesky(h)), dim1=1, dim2=2)[:, None, :width]
+    return (stats.rows()[..., :width] ** 2 / hinv / max(stats.energy(), 1e-300)).reshape(-1, width).float()
 
 
 # ---------------------------------------------------------------- channels
