@@ -146,3 +146,13 @@ def test_channel_obs_respects_every_group_of_a_residual_network(digits_model, ct
     dense, _ = macs(digits_model, ctx.example_input)
     _, eff = macs(model, ctx.example_input)
     assert eff <= 0.6 * dense
+
+
+def test_split_by_obs_cost_meets_the_target_with_its_own_layer_sparsities(digits_model, ctx):
+    spec = CandidateSpec(method="obs", target_sparsity=0.8, knobs={"split": 1, "images": 64})
+    plan = plan_candidate(digits_model, ctx, spec)
+    magnitude = plan_candidate(digits_model, ctx, CandidateSpec(method="magnitude", target_sparsity=0.8))
+    removed = {n: int((~m).sum()) for n, m in plan.masks.items()}
+    total = sum(m.numel() for m in plan.masks.values())
+    assert sum(removed.values()) == round(0.8 * total)
+    assert removed != {n: int((~m).sum()) for n, m in magnitude.masks.items()}

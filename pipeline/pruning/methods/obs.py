@@ -33,6 +33,9 @@ Removing weight q with the best compensation costs w_q^2 / [H^-1]_qq.
   sweep from the damped least-squares fit w* = (H + lambda I)^-1 X^T Y, so the sweep
   minimises exactly the error that reconstruction then refits (one partial forward of
   both networks per layer, per candidate).
+- ``split`` (knob, unstructured global scope): 0 takes the layer sparsities from global
+  magnitude pruning; 1 from a global ranking of every weight's OBS cost alone, divided by
+  its layer's output energy (w_q^2 / [H^-1]_qq / ||Y||^2, dense statistics).
 
 The statistics come from ``pipeline.repair.lsq.LayerFit`` (the accumulation reconstruction
 uses) through ``_Stats``, the one place that touches it.
