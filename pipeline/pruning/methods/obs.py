@@ -28,11 +28,13 @@ Removing weight q with the best compensation costs w_q^2 / [H^-1]_qq.
   groups) then keeps channel groups intact and meets the MACs target, and each consumer
   is refit to its kept inputs by least squares on the same statistics.
 - ``sequential`` (knob, unstructured and nm): 0 takes H from the dense network (one
-  pass, cached per actor for every candidate); 1 visits layers in order with inputs from
-  the network pruned so far and the dense network's outputs as targets, and starts the
-  sweep from the damped least-squares fit w* = (H + lambda I)^-1 X^T Y, so the sweep
-  minimises exactly the error that reconstruction then refits (one partial forward of
-  both networks per layer, per candidate).
+  pass, cached per actor for every candidate); 1 (default) visits layers in order with
+  inputs from the network pruned so far and the dense network's outputs as targets, and
+  starts the sweep from the damped least-squares fit w* = (H + lambda I)^-1 X^T Y, so the
+  sweep minimises exactly the error that reconstruction then refits (one partial forward
+  of both networks per layer, per candidate: about twice the cost). Shared ResNet-20 at
+  90 %, with reconstruction (1024 images) and recalibration: validation 78.5 % against
+  76.4 % for 0 (test 79.0 / 77.2; global magnitude with the same refit: 75.7 / 75.6).
 - ``split`` (knob, unstructured global scope): 0 takes the layer sparsities from global
   magnitude pruning; 1 from a global ranking of every weight's OBS cost alone, divided by
   its layer's output energy (w_q^2 / [H^-1]_qq / ||Y||^2, dense statistics).
@@ -117,7 +119,7 @@ class OBS(PruningMethod):
         "damp": Knob(0.003, 0.1, log=True, default=0.01, limits=(0.0, 10.0)),
         "images": Knob(128, 1024, log=True, integer=True, default=512, limits=(1, 1e7)),
         "block": Knob(8, 128, log=True, integer=True, default=32, limits=(1, 1e7)),
-        "sequential": Knob(0, 1, integer=True, default=0, limits=(0, 1)),
+        "sequential": Knob(0, 1, integer=True, default=1, limits=(0, 1)),
         "split": Knob(0, 1, integer=True, default=0, limits=(0, 1)),
     }
     fast_knobs = {"images": 128}
