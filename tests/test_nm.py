@@ -127,9 +127,7 @@ def test_an_nm_search_records_its_pattern_and_its_export_keeps_it(tmp_path, ray_
 
     from conftest import search_config
 
-    cfg = search_config(
-        tmp_path, "digits-nm", 2, actors={"count": 1}, space={"methods": ["magnitude", "obs"], "granularity": ["nm"], "nm": [[2, 4]]}
-    )
+    cfg = search_config(tmp_path, "digits-nm", 2, actors={"count": 1}, space={"methods": ["magnitude", "obs"], "granularity": ["nm"], "nm": [[2, 4]]})
     res = ps.run(cfg)
     frame = res.frame
     assert sorted(frame.method) == ["magnitude", "obs"] and set(frame.granularity) == {"nm"}
