@@ -173,7 +173,8 @@ def _targets(result: dict[str, Any]) -> list[str]:
         extra = f"; best of all (incl. trained masks): {t['best_any_label']} {pct(t['best_any_test_accuracy'])}" if t.get("best_any_label") else ""
         vsel = f"{t.get('val_selected_label', '')} {pct(t.get('val_selected_test_accuracy'))}"
         best = f"{t['best_label']} {pct(t['best_test_accuracy'])}{extra}" if t["best_label"] else "not run"
-        trows.append([f"{unit} ({who})", f"> {pct(t['beat'], 0)} %", t.get("reference", ""), best, vsel, met])
+        digits = 0 if abs(t["beat"] * 100 - round(t["beat"] * 100)) < 1e-9 else 1
+        trows.append([f"{unit} ({who})", f"> {pct(t['beat'], digits)} %", t.get("reference", ""), best, vsel, met])
     return [
         "## Targets\n",
         md_table(["target", "beat", "reference", "best test (reporting)", "chosen on val → its test", "status"], trows),
