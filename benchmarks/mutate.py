@@ -98,9 +98,9 @@ MUTATIONS = [
     Mutation(
         "finetune-pass",
         "fine-tuning trains for 0 steps",
-        "pipeline/evaluator.py",
-        "self.ctx.train_x, self.ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr,",
-        "self.ctx.train_x, self.ctx.train_y, 0, lr=spec.finetune_lr,",
+        "pipeline/build.py",
+        "model, ctx.train_x, ctx.train_y, spec.finetune_steps, lr=spec.finetune_lr,",
+        "model, ctx.train_x, ctx.train_y, 0, lr=spec.finetune_lr,",
         ("tests/test_evaluator.py::test_fine_tuning_keeps_the_mask_and_records_both_accuracies",),
     ),
     Mutation(
@@ -146,9 +146,9 @@ MUTATIONS = [
     Mutation(
         "keep-better-ignored",
         "keep_better never keeps the stored statistics",
-        "pipeline/evaluator.py",
-        '        if recalibrated and spec.recal.keep_better and m["accuracy"] < m["accuracy_before_recal"]:\n',
-        "        if False:\n",
+        "pipeline/build.py",
+        '    if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:\n',
+        "    if False:\n",
         ("tests/test_evaluator.py::test_keep_better_keeps_the_stored_statistics_when_they_score_higher",),
     ),
     Mutation(

@@ -6,9 +6,9 @@ model recipe, records, the environment: folders, stores, clusters); the CLI prin
 its message and exits with code 2, without a traceback. Anything else that reaches
 the CLI is a bug and keeps its traceback.
 
-Each concrete class also derives from the builtin it used to be (``ValueError``,
-``RuntimeError``, ``LookupError``), so ``except ValueError`` around older call sites
-keeps working.
+Each concrete class also derives from (at most) one builtin it used to be
+(``ValueError`` through ``InputError``; ``TypeError``, ``LookupError``, ``KeyError``,
+``RuntimeError``), so ``except ValueError`` around older call sites keeps working.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ class PrunesearchError(Exception):
 
 class InputError(PrunesearchError, ValueError):
     """Bad input or environment, fixable by the user; the message names the field or
-    path and what to do. The CLI maps it to exit code 2."""
+    path and what to do. The CLI maps it to exit code 2 (``search.cli.parser.main``,
+    the one place exit codes are chosen)."""
+
+
+class UsageError(PrunesearchError, TypeError):
+    """A call the code does not allow: a read-only value changed, a layer type a routine
+    does not handle. A programming error of the caller (the CLI keeps its traceback)."""
 
 
 def excerpt(value: object, limit: int = 80) -> str:

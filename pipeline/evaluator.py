@@ -1,7 +1,7 @@
 """The evaluator: one long-lived worker that prunes, reconstructs, recalibrates and measures candidates.
 
-``Evaluator`` is a plain class (unit-testable without Ray); ``evaluator_actor`` wraps it
-as a Ray actor. Contract:
+``Evaluator`` is a plain class (unit-testable without Ray); ``search.cluster.pool``
+wraps it as a Ray actor (the only place that does). Contract:
 - The base model, the data and per-method importance scores are loaded once per
   evaluator and shared by all its candidates; each candidate gets a fresh pruned copy,
   so two candidates never affect each other.
@@ -14,6 +14,7 @@ as a Ray actor. Contract:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import platform
 import time
@@ -24,18 +25,13 @@ import torch
 from torch import nn
 
 from pipeline import measure
-from pipeline.build import apply_plan, plan_candidate
+from pipeline.build import BuildContext, build_candidate
 from pipeline.data.splits import Splits
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, load_base
-from pipeline.pruning.methods import PruneContext
 from pipeline.pruning.plan import PrunePlan
-from pipeline.pruning.structure import cached_graph, check_forward
 from pipeline.repair.collapse import bn_output_variance, variance_plot, variance_table
-from pipeline.repair.recalibrate import recalibrate
-from pipeline.repair.reconstruct import reconstruct
 from pipeline.spec import CandidateResult, CandidateSpec
-from pipeline.train import train_classifier
 
 _PROBE_IMAGES = 64  # fixed batch for the signal-collapse diagnostic
 
@@ -60,6 +56,7 @@ class Evaluator:
         measure_cfg: MeasureConfig,
         threads: int = 1,
         device: str = "auto",
+        keep_refit: bool = True,
     ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -68,7 +65,9 @@ class Evaluator:
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
-        self.ctx = PruneContext.from_splits(splits)
+        self.keep_refit = keep_refit
+        self._calib_sha: str | None = None
+        self.ctx = BuildContext.from_splits(splits, measure_cfg.eval_batch)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
         self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
         self.ctx.on_step = self._on_step
@@ -106,15 +105,28 @@ class Evaluator:
         finally:
             self._running = None
 
+    def build(self, spec: CandidateSpec) -> tuple[nn.Module, CandidateResult]:
+        """``evaluate``, returning the candidate's network too; raises on failure."""
+        result, model = self._evaluate(spec)
+        return model, result
+
     def rebuild(self, spec: CandidateSpec, plan: PrunePlan) -> tuple[nn.Module, CandidateResult]:
         """Replay a recorded candidate from its spec and plan (no method is re-run).
 
         The same code path as ``evaluate``, with the plan given instead of computed:
         returns the recalibrated network and its fresh measurements. Reconstruction is
-        not re-run: its weights are in ``plan.refit``. Raises on failure.
+        not re-run when its weights are in ``plan.refit``; a plan recorded without them
+        (``records.refit_weights``) replays the fit on the calibration images. Raises on failure.
         """
         result, model = self._evaluate(spec, plan)
         return model, result
+
+    def calibration_fingerprint(self) -> str:
+        """SHA-256 of the calibration images (their float32 bytes as the stages see them):
+        a replayed fit is only the recorded one on the same images."""
+        if self._calib_sha is None:
+            self._calib_sha = hashlib.sha256(self.ctx.calib_x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        return self._calib_sha
 
     def _info(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.node().items()}
@@ -128,71 +140,17 @@ class Evaluator:
         Raises: whatever the candidate's pruning raises (``evaluate`` would return it as a
         failed result).
         """
-        m: dict[str, float] = {}
-        model, _ = self._pruned(spec, None, m)
-        m["accuracy_before_recal"] = self._val_accuracy(model)
-        self._recalibrate(model, spec, m)
-        return m["accuracy"]
-
-    def _val_accuracy(self, model: nn.Module) -> float:
-        return measure.accuracy(model, self.splits.val.x, self.splits.val.y, self.cfg.eval_batch)
-
-    def _pruned(self, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]) -> tuple[nn.Module, PrunePlan]:
-        """The pruned (and, for a new plan, reconstructed) network of ``spec`` and its plan."""
-        t0 = time.perf_counter()
-        planning = plan is None
-        if plan is None:
-            plan = plan_candidate(self.base, self.ctx, spec)
-        graph = cached_graph(self.base, self.ctx, spec.prune_stem, spec.prune_head) if plan.channels else None
-        model = apply_plan(self.base, plan, graph)  # the graph the method used: no re-trace per candidate
-        if plan.channels:
-            check_forward(model, self.ctx.example_input, (1, self.ctx.num_classes))
-        m["prune_s"] = time.perf_counter() - t0
-        m.update(plan.scalar_diagnostics(f"{spec.method}_"))  # e.g. ocs_stable_epoch
-        if planning and spec.reconstruct.mode == "lsq":  # a rebuild finds the refit weights in the plan
-            plan = self._reconstruct(model, plan, spec, m)
-        return model, plan
-
-    def _recalibrate(self, model: nn.Module, spec: CandidateSpec, m: dict[str, float]) -> None:
-        """Recalibrate ``model`` in place with ``spec.recal``; with ``keep_better``, keep the
-        stored statistics when they score higher on validation than ``m["accuracy_before_recal"]``.
-        Sets ``m["accuracy"]`` and ``m["recal_applied"]``."""
-        stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
-        recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
-        m["accuracy"] = self._val_accuracy(model) if recalibrated else m["accuracy_before_recal"]
-        if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:
-            model.load_state_dict(stored)  # the stored statistics scored higher: keep them
-            m["accuracy"] = m["accuracy_before_recal"]
-            recalibrated = False
-        m["recal_applied"] = float(recalibrated)
+        unturned = spec.model_copy(update={"finetune_steps": 0}) if spec.finetune_steps else spec
+        return build_candidate(self.base, self.ctx, unturned).metrics["accuracy"]
 
     def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
-        m: dict[str, float] = {}
-        model, plan = self._pruned(spec, plan, m)
+        variance: dict[str, Any] = {}  # BN output variance before and after recalibration
 
-        t0 = time.perf_counter()
-        m["accuracy_before_recal"] = self._val_accuracy(model)
-        var_before = bn_output_variance(model, self._probe)
-        self._recalibrate(model, spec, m)
-        var_after = bn_output_variance(model, self._probe)
-        m["recal_s"] = time.perf_counter() - t0
+        def observe(stage: str, model: nn.Module) -> None:
+            variance[stage] = bn_output_variance(model, self._probe)
 
-        if spec.finetune_steps:
-            t0 = time.perf_counter()
-            m["accuracy_before_finetune"] = m["accuracy"]
-            train_classifier(
-                model,
-                self.ctx.train_x,
-                self.ctx.train_y,
-                spec.finetune_steps,
-                lr=spec.finetune_lr,
-                seed=spec.seed,
-                masks=plan.masks or None,
-                on_step=self._on_step,
-            )
-            m["accuracy"] = self._val_accuracy(model)
-            m["finetune_s"] = time.perf_counter() - t0
-        m["finetune_steps"] = float(spec.finetune_steps)
+        built = build_candidate(self.base, self.ctx, spec, plan, observe=observe)
+        model, plan, m = built.model, built.plan, built.metrics
 
         t0 = time.perf_counter()
         m.update(self._size_metrics(model, spec))
@@ -202,30 +160,26 @@ class Evaluator:
         m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
         m["eval_s"] = time.perf_counter() - t0
         info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
-        table = variance_table(self._dense_var, var_before, var_after)
+        if spec.reconstruct.mode == "lsq":
+            info["calib_sha256"] = self.calibration_fingerprint()
+        table = variance_table(self._dense_var, variance["before_recal"], variance["after_recal"])
         result = CandidateResult(
             spec=spec,
             state="ok",
             metrics=m,
             info=info,
-            plan=plan.to_parquet(),
+            plan=(plan if self.keep_refit else dataclasses.replace(plan, refit={})).to_parquet(),
             diagnostics=table,
             diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
         )
         return result, model
 
-    def _reconstruct(self, model: nn.Module, plan: PrunePlan, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
-        """Refit ``model`` in place; the plan returned carries the refit weights."""
-        m["accuracy_before_recon"] = self._val_accuracy(model)
-        t0 = time.perf_counter()
-        refit, report = reconstruct(self.base, model, self.ctx.calib_x[: spec.reconstruct.images], spec.reconstruct, plan)
-        m["recon_s"] = time.perf_counter() - t0
-        m["recon_layers"] = float(len(report.layers))
-        m["recon_error_before"] = report.mean(report.error_before)
-        m["recon_error"] = report.mean(report.error_after)
-        return dataclasses.replace(plan, refit=refit)
-
     def _size_metrics(self, model: nn.Module, spec: CandidateSpec) -> dict[str, float]:
+        """The measured size of ``model`` (per image): ``macs`` (effective: non-zero weights
+        only), ``macs_dense`` (the candidate's own tensors counting every weight, zeros too),
+        ``macs_ratio`` = ``macs`` / ``base_macs`` (the dense *base* model's MACs; the measured
+        counterpart of the target ``target_macs_ratio``), ``sparsity`` (of the base model's
+        prunable weights) and ``params`` (non-zero)."""
         macs_dense, macs_eff = measure.macs(model, self.ctx.example_input)
         return {
             "sparsity": measure.pruned_fraction(model, self.base, spec.prune_stem, spec.prune_head),
@@ -244,21 +198,3 @@ def _ray_node_id() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # outside Ray there is no node; the host name says where it ran
         return ""
-
-
-def evaluator_actor(
-    num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3, cls: type = Evaluator
-):
-    """``cls`` (an ``Evaluator``) as a Ray actor class with the given resource request.
-
-    A restarted actor re-runs ``__init__`` (reloading the model and data from the
-    object store); in-flight calls are not retried by Ray: the driver resubmits them.
-    Candidates run one at a time; ``status`` is answered from its own concurrency group
-    (call it with ``.options(concurrency_group="status")``) while one runs.
-    """
-    import ray
-
-    # type-ignored: ray's overloads of remote() leave out concurrency_groups, an actor option
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(  # type: ignore[call-overload]
-        cls
-    )

@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.errors import InputError, UsageError
+
 Granularity = Literal["unstructured", "channel", "nm"]
 Scope = Literal["global", "layerwise"]
 
@@ -76,6 +78,11 @@ class ReconSettings(Frozen):
     ridge: float = Field(1e-3, ge=0)
     batch_size: int = Field(64, ge=1)
     layers: Literal["pruned", "all"] = "all"
+
+    def with_mode(self, mode: str) -> "ReconSpec":
+        """These settings as one candidate's reconstruction; ``mode`` (``none`` or ``lsq``)
+        is validated as a ``ReconSpec`` field."""
+        return ReconSpec.model_validate({"mode": mode, **{k: getattr(self, k) for k in ReconSettings.model_fields}})
 
 
 class ReconSpec(ReconSettings):
@@ -149,11 +156,11 @@ class CandidateSpec(Frozen):
         if gran == "nm":
             return _nm_fields(data)
         if data.get("nm") is not None:
-            raise ValueError(f"nm {data['nm']} is for granularity 'nm'; the candidate's granularity is {gran!r}: drop nm or set granularity: nm")
+            raise InputError(f"nm {data['nm']} is for granularity 'nm'; the candidate's granularity is {gran!r}: drop nm or set granularity: nm")
         if "target_sparsity" not in data and gran == "unstructured" and data.get("target_macs_ratio") is None:
             data["target_sparsity"] = 0.5  # the unstructured default; channel candidates have none
         if data.get("target_sparsity") is not None and data.get("target_macs_ratio") is not None:
-            raise ValueError(
+            raise InputError(
                 "a candidate has one target: target_sparsity (unstructured) or target_macs_ratio (channel), "
                 f"got both ({data['target_sparsity']}, {data['target_macs_ratio']})"
             )
@@ -187,10 +194,10 @@ def _nm_fields(data: dict[str, Any]) -> dict[str, Any]:
     """An ``nm`` spec's fields: the pattern checked (default 2:4); it has no other target."""
     for key in ("target_sparsity", "target_macs_ratio"):
         if data.get(key) is not None:
-            raise ValueError(f"granularity 'nm' sets the sparsity by its pattern nm=(N, M); drop {key} ({data[key]})")
+            raise InputError(f"granularity 'nm' sets the sparsity by its pattern nm=(N, M); drop {key} ({data[key]})")
     n, m = data.get("nm") or (2, 4)
     if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
-        raise ValueError(f"nm must be two whole numbers (N, M) with 1 <= N < M, e.g. (2, 4); got {data.get('nm')}")
+        raise InputError(f"nm must be two whole numbers (N, M) with 1 <= N < M, e.g. (2, 4); got {data.get('nm')}")
     return {**data, "nm": (n, m), "target_sparsity": None, "target_macs_ratio": None}
 
 
@@ -199,7 +206,7 @@ class ReadOnlyDict(dict):
     Make another with ``spec.model_copy(update={"knobs": {...}})``."""
 
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a CandidateSpec's knobs and allocation are read-only; build a new spec with model_copy(update=...)")
+        raise UsageError("a CandidateSpec's knobs and allocation are read-only; build a new spec with model_copy(update=...)")
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
 

@@ -21,7 +21,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from search.config import SearchConfig, parse_config
+from search.config import ConfigError, SearchConfig, local_store_uri, parse_config
 from search.config import load_config as _load_yaml
 from search.export.rebuild import ExportError, artifact, rebuild
 from search.records import query
@@ -42,8 +42,18 @@ def load_config(source: str | Path | dict[str, Any] | SearchConfig | None = None
 
 
 def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
-    """Run (or resume) the search of ``cfg`` until its budget is spent; its results."""
+    """Run (or resume) the search of ``cfg`` until its budget is spent; its results.
+
+    Raises:
+        search.config.ConfigError: ``cfg`` is not a ``SearchConfig`` (make one with ``load_config``).
+    """
     from search.runner.driver import run_search
+
+    if not isinstance(cfg, SearchConfig):
+        raise ConfigError(
+            f"run() takes a SearchConfig, got {type(cfg).__name__}; make one with ps.load_config(...) "
+            "from a YAML path or a dict of the YAML's sections"
+        )
 
     out = run_search(cfg, quiet=quiet)
     return Results(out.tracking_uri, out.experiment, out.parent_run_id, cfg)
@@ -51,7 +61,7 @@ def run(cfg: SearchConfig, quiet: bool = True) -> "Results":
 
 def results(experiment: str, run_dir: str | Path = "runs", tracking_uri: str | None = None) -> "Results":
     """The results of an earlier search of ``experiment`` (its latest parent run) in ``run_dir``'s store."""
-    uri = tracking_uri or f"sqlite:///{Path(run_dir).expanduser().resolve() / 'mlflow.db'}"
+    uri = tracking_uri or local_store_uri(run_dir)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     parents = (

@@ -15,18 +15,41 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.data.splits import DataConfig
-from pipeline.errors import InputError, excerpt
+from pipeline.errors import excerpt
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig
 from pipeline.pruning.methods import get_method
 from pipeline.spec import Frozen, Granularity, RecalSpec, ReconSettings, Scope
-
-
-class ConfigError(InputError):
-    """The configuration is invalid; the message names the field."""
-
+from search.configfile import ConfigError, read_config_file
 
 Range = tuple[float, float]
+STORE_FILE = "mlflow.db"  # the run folder's default MLflow store
+
+
+def local_store(run_dir: str | Path) -> Path:
+    """The SQLite MLflow store of the run folder ``run_dir`` (the default tracking store)."""
+    return Path(run_dir).expanduser().resolve() / STORE_FILE
+
+
+def local_store_uri(run_dir: str | Path) -> str:
+    """The tracking URI of ``local_store(run_dir)``."""
+    return f"sqlite:///{local_store(run_dir)}"
+
+
+def inside_folder(root: Path, path: str | Path, what: str) -> Path:
+    """``path`` resolved: a relative one inside ``root`` (the run folder; refused when it
+    escapes it), an absolute one as given (taken as deliberate). ``what`` names it in the
+    message (a field, a flag)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    full = (root / p).resolve()
+    if not full.is_relative_to(root):
+        raise ConfigError(
+            f"{what} {str(path)!r} escapes the run folder {root}: a relative path stays inside the run folder; "
+            "give an absolute path to write elsewhere on purpose"
+        )
+    return full
 
 
 def _seed() -> Any:
@@ -38,10 +61,10 @@ def _check_range(v: Range, what: str, high_inclusive: bool) -> Range:
     """A (low, high) range inside (0, 1), or (0, 1] when ``high_inclusive``."""
     top_ok = v[1] <= 1 if high_inclusive else v[1] < 1
     if v[0] > v[1]:
-        raise ValueError(f"{what} range [{v[0]}, {v[1]}] is reversed; write [{v[1]}, {v[0]}]")
+        raise ConfigError(f"{what} range [{v[0]}, {v[1]}] is reversed; write [{v[1]}, {v[0]}]")
     if not (0 < v[0] <= v[1] and top_ok):
         bound = "<= 1" if high_inclusive else "< 1"
-        raise ValueError(f"{what} range must satisfy 0 < low <= high {bound}")
+        raise ConfigError(f"{what} range must satisfy 0 < low <= high {bound}")
     return v
 
 
@@ -115,18 +138,18 @@ class SpaceConfig(Frozen):
             try:
                 method = get_method(method_name)
             except ValueError as e:
-                raise ValueError(f"{excerpt(method_name, 60)}: {e}") from None
+                raise ConfigError(f"{excerpt(method_name, 60)}: {e}") from None
             for name, (low, high) in ranges.items():
                 knob = method.knobs.get(name)
                 if knob is None:
                     close = difflib.get_close_matches(name, list(method.knobs), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise ValueError(
+                    raise ConfigError(
                         f"{method_name}.{name[:60]}: method {method_name!r} has no such knob; its knobs are {sorted(method.knobs)}{hint}"
                     )
                 problem = knob.range_problem(low, high)
                 if problem:
-                    raise ValueError(f"{method_name}.{name}: {problem}")
+                    raise ConfigError(f"{method_name}.{name}: {problem}")
         return v
 
     @field_validator("allocation")
@@ -135,7 +158,7 @@ class SpaceConfig(Frozen):
         # stage names are checked against the model in preflight (search.runner.preflight)
         for stage, (low, high) in v.items():
             if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
-                raise ValueError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")
+                raise ConfigError(f"{excerpt(stage, 60)}: multiplier range [{low}, {high}] must satisfy 0 <= low <= high, finite")
         return v
 
     @model_validator(mode="after")
@@ -143,7 +166,7 @@ class SpaceConfig(Frozen):
         for name in self.methods:
             supported = get_method(name).granularities
             if not set(supported) & set(self.granularity):
-                raise ValueError(
+                raise ConfigError(
                     f"space.granularity: method {name!r} supports {list(supported)}, none of {self.granularity}; add one or drop the method"
                 )
         return self
@@ -164,7 +187,7 @@ class ObjectiveConfig(Frozen):
     @model_validator(mode="after")
     def _constraint(self) -> "ObjectiveConfig":
         if self.mode == "constrained" and self.max_macs_ratio is None and self.min_sparsity is None:
-            raise ValueError("constrained mode needs max_macs_ratio or min_sparsity")
+            raise ConfigError("constrained mode needs max_macs_ratio or min_sparsity")
         return self
 
 
@@ -181,6 +204,19 @@ class BudgetConfig(Frozen):
 
     trials: int = Field(24, ge=1)
     wall_time_s: float | None = Field(None, gt=0)
+
+
+class RecordsConfig(Frozen):
+    """What a candidate's record keeps besides its metrics, masks and kept channels.
+
+    ``refit_weights``: reconstruction's refit weights (float32, the largest artifact by
+    far) stored for ``all`` candidates (a rebuild loads them), for the ``front`` only
+    (candidates on the Pareto front of feasible candidates when recorded, a superset of
+    the final front), or for none (``replay``); a record without them is rebuilt by
+    replaying the fit on the recorded calibration images (checked by fingerprint).
+    """
+
+    refit_weights: Literal["all", "front", "replay"] = "all"
 
 
 class ActorsConfig(Frozen):
@@ -233,6 +269,7 @@ class SearchConfig(Frozen):
     ray_address: str | None = None
     tracking_uri: str | None = None
     optuna_storage: str | None = None
+    records: RecordsConfig = Field(default_factory=RecordsConfig)  # how much of each candidate its record keeps
     log_models: bool = False  # at the end, log the Pareto front's networks as MLflow models (runs:/RUN/model)
     seed: int = _seed()
 
@@ -247,7 +284,7 @@ class SearchConfig(Frozen):
         try:
             make_url(v)
         except ArgumentError:
-            raise ValueError(
+            raise ConfigError(
                 f"{excerpt(v)} is not a database URL; use e.g. sqlite:////abs/path/optuna.db or postgresql://host/db, or leave it unset for a journal file in run_dir"
             ) from None
         return v
@@ -257,17 +294,17 @@ class SearchConfig(Frozen):
         from pipeline.models import list_models
 
         if self.model.name not in list_models():
-            raise ValueError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
+            raise ConfigError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
         check_paths = (info.context or {}).get("check_paths", True)
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():
-                raise ValueError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
+                raise ConfigError(f"{field}: {path} does not exist (relative paths are read from {Path.cwd()})")
         calib_users = {"recalibration": self.recalibration.images}
         if "lsq" in self.space.reconstruct:
             calib_users["reconstruction"] = self.reconstruction.images
         for section, images in calib_users.items():
             if images > self.data.calib_size:
-                raise ValueError(
+                raise ConfigError(
                     f"{section}.images: {images} calibration images requested but "
                     f"data.calib_size is {self.data.calib_size}; raise calib_size or lower images"
                 )
@@ -278,7 +315,7 @@ class SearchConfig(Frozen):
     def _run_dir(cls, v: str) -> str:
         p = Path(v).expanduser().resolve()
         if p == Path(p.anchor) or p == Path.home().resolve():
-            raise ValueError(
+            raise ConfigError(
                 f"{v!r} is {'the file system root' if p == Path(p.anchor) else 'your home folder'}; give the search a folder of its own, e.g. runs"
             )
         return v
@@ -293,17 +330,11 @@ class SearchConfig(Frozen):
 
     def resolved_tracking_uri(self) -> str:
         """The MLflow tracking URI: as configured, else a SQLite file in the run folder."""
-        return self.tracking_uri or f"sqlite:///{self.run_path / 'mlflow.db'}"
+        return self.tracking_uri or local_store_uri(self.run_path)
 
     def inside_run_dir(self, relative: str) -> Path:
-        """A path inside the run folder; refuses relative paths that escape it."""
-        p = Path(relative)
-        if p.is_absolute():
-            return p
-        full = (self.run_path / p).resolve()
-        if not full.is_relative_to(self.run_path):
-            raise ConfigError(f"path {relative!r} escapes the run folder {self.run_path}; give an absolute path to write elsewhere on purpose")
-        return full
+        """A path inside the run folder (``inside_folder``)."""
+        return inside_folder(self.run_path, relative, "path")
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -342,6 +373,4 @@ def merge_sections(base: dict, over: dict) -> dict:
 
 def load_config(path: str | Path, overrides: dict | None = None, check_paths: bool = True) -> SearchConfig:
     """Read (bounded, see ``search.configfile``) and validate a YAML config file."""
-    from search.configfile import read_config_file  # it raises ConfigError: imported here against the cycle
-
     return parse_config(read_config_file(path), overrides, check_paths)

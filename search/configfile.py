@@ -15,7 +15,13 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from search.config import ConfigError
+from pipeline.errors import InputError
+
+
+class ConfigError(InputError):
+    """The configuration is invalid; the message names the field (``search.config``
+    re-exports it: config reading and validation raise the same error)."""
+
 
 MAX_BYTES = 256 * 1024
 MAX_VALUES = 20_000

@@ -168,8 +168,7 @@ def test_transform_takes_uint8_float_and_pil_images():
 def test_transform_resizes_pil_images_as_the_imagefolder_loader():
     from PIL import Image
 
-    from pipeline.data.preprocess import Preprocessing
-    from pipeline.data.splits import fit_image
+    from pipeline.data.preprocess import Preprocessing, fit_image
 
     pre = Preprocessing((0.5,) * 3, (0.5,) * 3, (3, 8, 8), "RGB", 2, resize=8)
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))

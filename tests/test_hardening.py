@@ -295,7 +295,10 @@ def test_every_error_class_has_one_root_and_input_errors_exit_2():
         assert issubclass(cls, InputError), cls
     assert issubclass(NumericsError, PrunesearchError) and not issubclass(NumericsError, InputError)
     # the builtin each used to be still catches it
-    assert issubclass(RecordError, RuntimeError) and issubclass(QueryError, LookupError) and issubclass(ConfigError, ValueError)
+    assert issubclass(RecordError, ValueError) and issubclass(QueryError, LookupError) and issubclass(ConfigError, ValueError)
+    # one builtin each: an InputError is a ValueError, never a RuntimeError too
+    for cls in (RecordError, ExportError):
+        assert not issubclass(cls, RuntimeError), cls
 
 
 def test_a_programming_error_keeps_its_traceback(monkeypatch, tmp_path):

@@ -223,7 +223,7 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
     from pydantic import ValidationError
 
     from search.config import parse_config
-    from search.records.runs import spec_params
+    from search.study.encoding import spec_params
     from search.study.space import suggest
 
     with pytest.raises(ValidationError, match="mode"):
@@ -231,7 +231,7 @@ def test_spec_refuses_unknown_modes_and_the_space_offers_the_choice():
     cfg = parse_config({"space": {"reconstruct": ["none", "lsq"]}, "reconstruction": {"images": 128, "ridge": 0.01}})
     spec = suggest(FixedTrial({"target_sparsity": 0.8, "reconstruct": "lsq"}), cfg)
     assert spec.reconstruct == ReconSpec(mode="lsq", images=128, ridge=0.01, layers="all")
-    assert spec_params(spec)["reconstruct"] == "lsq" and spec_params(spec)["recon_images"] == "128"
+    assert spec_params(spec)["reconstruct"] == "lsq" and spec_params(spec)["reconstruct.images"] == "128"
     assert suggest(FixedTrial({"target_sparsity": 0.8, "reconstruct": "none"}), cfg).reconstruct.mode == "none"
     assert CandidateSpec.from_json(spec.to_json()) == spec
 

@@ -29,7 +29,7 @@ def test_search_records_every_candidate_once_and_resumes(tmp_path, ray_local):
         assert r.info.status == "FINISHED"
         assert METRICS <= set(r.data.metrics), METRICS - set(r.data.metrics)
         assert r.data.tags["mlflow.parentRunId"] == out.parent_run_id
-        assert r.data.params["method"] == "magnitude" and "recal_images" in r.data.params
+        assert r.data.params["method"] == "magnitude" and "recal.images" in r.data.params
         assert abs(r.data.metrics["sparsity"] - r.data.metrics["target_sparsity"]) < 1e-3
         assert {"plan.parquet", "spec.json", "bn_variance.parquet"} <= {f.path for f in client.list_artifacts(r.info.run_id)}
     # both actors did work: each candidate records the process that evaluated it

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.errors import InputError
+
 
 def normalise(images: np.ndarray, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 (0..255) or float ([0, 1]) images -> float32 (N, C, H, W) tensor,
@@ -78,16 +80,22 @@ class Preprocessing:
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
-            raise ValueError(f"images must have shape (N, {h}, {w}, {c}) or ({h}, {w}, {c}) (height, width, channels), got {x.shape}")
+            raise InputError(f"images must have shape (N, {h}, {w}, {c}) or ({h}, {w}, {c}) (height, width, channels), got {x.shape}")
         return normalise(x, self.mean, self.std)
 
     def _fit(self, pic: Any) -> Any:
         pic = pic.convert(self.channel_order if self.channel_order in ("RGB", "L") else "RGB")
         if self.resize is not None:
-            from pipeline.data.splits import fit_image
-
             return fit_image(pic, self.resize)
         return pic
+
+
+def fit_image(img: Any, size: int) -> Any:
+    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``size`` x ``size``
+    (what ``imagefolder`` does to every image, and what an export's transform repeats)."""
+    from torchvision.transforms import functional as F
+
+    return F.center_crop(F.resize(img, size), size)
 
 
 def _is_pil(x: Any) -> bool:

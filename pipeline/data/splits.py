@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from pipeline.data.preprocess import Preprocessing, normalise
+from pipeline.data.preprocess import Preprocessing, fit_image, normalise
 from pipeline.errors import InputError
 from pipeline.registry import Registry
 from pipeline.spec import Frozen
@@ -58,9 +58,9 @@ class DataConfig(Frozen):
     @classmethod
     def _finite(cls, v: tuple[float, ...] | None, info: ValidationInfo) -> tuple[float, ...] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
-            raise ValueError("values must be finite numbers")
+            raise InputError("values must be finite numbers")
         if v is not None and info.field_name == "std" and not all(x > 0 for x in v):
-            raise ValueError("values must be > 0 (pixels are divided by them)")
+            raise InputError("values must be > 0 (pixels are divided by them)")
         return v
 
 
@@ -217,14 +217,6 @@ def class_names(cfg: DataConfig) -> tuple[str, ...] | None:
         cls = getattr(torchvision.datasets, cfg.name.upper())  # CIFAR10 / CIFAR100
         return tuple(cls(str(_require(cfg.path, "data.path")), train=False, download=False).classes)
     return None
-
-
-def fit_image(img, size: int):
-    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``size`` x ``size``
-    (what ``imagefolder`` does to every image, and what an export's transform repeats)."""
-    from torchvision.transforms import functional as F
-
-    return F.center_crop(F.resize(img, size), size)
 
 
 def _require(path: str | None, field: str) -> Path:

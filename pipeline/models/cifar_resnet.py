@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.models import ModelConfig, register_model
+from pipeline.models.registry import ModelConfig, register_model
 
 
 class PadShortcut(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.models import ModelConfig, register_model
+from pipeline.models.registry import ModelConfig, register_model
 
 
 class DigitsCNN(nn.Module):

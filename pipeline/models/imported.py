@@ -12,7 +12,7 @@ import re
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.models import ModelConfig, register_model
+from pipeline.models.registry import ModelConfig, register_model
 
 # "pkg.mod:Class" or "pkg.mod:Outer.Inner": dotted identifiers either side of one colon.
 _PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

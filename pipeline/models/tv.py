@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from pipeline.errors import InputError
-from pipeline.models import ModelConfig, register_model
+from pipeline.models.registry import ModelConfig, register_model
 
 # torchvision.models builder names, registered as "torchvision:<name>". Add one to add a model.
 TORCHVISION_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v2", "vgg11_bn")

@@ -34,3 +34,12 @@ def stage_of(name: str) -> str:
     """The stage a module or parameter belongs to: its first dotted component
     (``layer2.0.conv1.weight`` -> ``layer2``), the unit of per-stage allocation."""
     return name.split(".", 1)[0]
+
+
+def stages(model: nn.Module, prune_stem: bool = True, prune_head: bool = True) -> dict[str, list[str]]:
+    """Stage name -> its prunable layers' names, in model order: the keys a per-stage
+    allocation accepts."""
+    out: dict[str, list[str]] = {}
+    for name in prunable_layers(model, prune_stem, prune_head):
+        out.setdefault(stage_of(name), []).append(name)
+    return out

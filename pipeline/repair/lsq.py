@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import UsageError
+
 _CHUNK_BYTES = 64 * 2**20  # memory for a batch of masked row systems
 
 
@@ -30,7 +32,7 @@ class LayerFit:
 
     def __init__(self, layer: nn.Module, out_idx: torch.Tensor | None) -> None:
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            raise TypeError(f"LayerFit refits Conv2d and Linear layers, not {type(layer).__name__}")
+            raise UsageError(f"LayerFit refits Conv2d and Linear layers, not {type(layer).__name__}")
         self.layer, self.out_idx = layer, out_idx
         self.groups = getattr(layer, "groups", 1)
         self.xtx: torch.Tensor | None = None  # (G, d, d) float64

@@ -3,7 +3,7 @@
 One-shot pruning shrinks each layer's output variance while every BatchNorm still
 divides by the dense network's running variance; the shrinkage compounds with depth
 ("signal collapse"). Re-estimating the statistics on a few hundred calibration
-images undoes it without touching a single weight (methods.md, section 1).
+images undoes it without touching a single weight (docs/methods.md, section 1).
 """
 
 from __future__ import annotations

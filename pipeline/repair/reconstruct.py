@@ -1,6 +1,6 @@
 """Reconstruction: refit a pruned network's kept weights so each layer reproduces the dense one.
 
-Layer by layer in execution order (sequential reconstruction, methods.md section 8):
+Layer by layer in execution order (sequential reconstruction, docs/methods.md section 8):
 the inputs of layer k come from the pruned network whose layers before k are already
 refit, the targets from the dense network on the same calibration images; each layer
 solves ridge least squares on its im2col inputs (``pipeline.repair.lsq``). The target is the
@@ -81,14 +81,16 @@ def reconstruct(
     Args:
         dense: the dense base model (not modified); module names as in ``pruned``.
         pruned: the network ``plan`` produced (``pipeline.build.apply_plan``).
-        images: calibration images (N, C, H, W), normalised; all are used.
-        spec: ridge, batch size, which layers.
+        images: calibration images (N, C, H, W), normalised; the first ``spec.images``
+            are used (the stage takes its own count: callers pass all they have).
+        spec: image count, ridge, batch size, which layers.
         plan: what was pruned (masks stay masks, kept channels stay kept).
 
     Returns:
         The refit state-dict entries (``NAME.weight``, ``NAME.bias``) of ``pruned``, and
         the report.
     """
+    images = images[: spec.images]
     flags = {m: m.training for m in (*dense.modules(), *pruned.modules())}
     dense.eval(), pruned.eval()  # BN uses stored statistics; recalibration follows after
     try:

@@ -33,7 +33,9 @@ def _uri(args: argparse.Namespace) -> str:
 
             check_server(args.tracking_uri)  # seconds, not MLflow's minutes of retries
         return args.tracking_uri
-    db = Path(args.run_dir).expanduser().resolve() / "mlflow.db"
+    from search.config import local_store
+
+    db = local_store(args.run_dir)
     if not db.exists():
         raise InputError(f"no MLflow store at {db}; run a search first or pass --run-dir / --tracking-uri")
     return f"sqlite:///{db}"
@@ -144,14 +146,9 @@ def export_path(run_dir: str, output: str | None) -> Path | None:
     outside it), an absolute one as given (taken as deliberate); None without ``-o``."""
     if output is None:
         return None
-    p = Path(output).expanduser()
-    if p.is_absolute():
-        return p
-    root = Path(run_dir).expanduser().resolve()
-    full = (root / p).resolve()
-    if not full.is_relative_to(root):
-        raise InputError(f"-o {output}: a relative output path stays inside the run folder {root}; give an absolute path to write elsewhere")
-    return full
+    from search.config import inside_folder
+
+    return inside_folder(Path(run_dir).expanduser().resolve(), output, "-o")
 
 
 def export(args: argparse.Namespace) -> int:

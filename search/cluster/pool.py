@@ -22,7 +22,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError, ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
 
-from pipeline.evaluator import Evaluator, evaluator_actor
+from pipeline.evaluator import Evaluator
 from pipeline.spec import CandidateResult, CandidateSpec
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,23 @@ class _SharedArgsEvaluator(Evaluator):
     def __init__(self, shared: str) -> None:
         args = ray.get(ray.get_actor(shared).get.remote())
         super().__init__(*(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args))
+
+
+def evaluator_actor(
+    num_cpus: float = 1, num_gpus: float = 0, resources: dict[str, float] | None = None, max_restarts: int = 3, cls: type = Evaluator
+):
+    """``cls`` (an ``Evaluator``; the pool's ``_SharedArgsEvaluator``) as a Ray actor class
+    with the given resource request.
+
+    A restarted actor re-runs ``__init__`` (reloading the model and data from the
+    object store); in-flight calls are not retried by Ray: the driver resubmits them.
+    Candidates run one at a time; ``status`` is answered from its own concurrency group
+    (call it with ``.options(concurrency_group="status")``) while one runs.
+    """
+    # type-ignored: ray's overloads of remote() leave out concurrency_groups, an actor option
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None, max_restarts=max_restarts, concurrency_groups={"status": 1})(  # type: ignore[call-overload]
+        cls
+    )
 
 
 @dataclass

@@ -14,7 +14,6 @@ Each graph format is checked against the PyTorch outputs on validation images.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pipeline.data.preprocess import Preprocessing
 from pipeline.data.splits import preprocessing
 from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.structure import shrink
+from search.export.mlmodel import log_candidate_model, quiet_loggers
 from search.export.rebuild import ExportError, Rebuilt, rebuild, refuse_imports
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,6 @@ def export(
         json_path.write_text(json.dumps(sidecar, indent=2))
     uri = version = None
     if log_model or register:
-        from search.export.mlmodel import log_candidate_model
-
         uri, version = log_candidate_model(tracking_uri, run_id, rb.model, check[:2], pre, register)
     return Exported(paths["pt"], paths["pt2"], paths["json"], paths["onnx"], rb.recorded_accuracy, rb.rebuilt_accuracy, diffs, uri, version)
 
@@ -176,20 +174,6 @@ def _write_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> float | None:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return _check("ONNX", torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), model(x))
-
-
-@contextlib.contextmanager
-def quiet_loggers(*names: str):
-    """Raise the named loggers to WARNING for the block (libraries that log INFO per step)."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def load_exported(path: str | Path, allow_import: bool = False) -> Loaded:

@@ -3,7 +3,8 @@
 The record holds plain data only: the search config (``config.json`` on the parent
 run), the candidate spec (``spec.json``) and its plan (``plan.parquet``). Rebuilding
 creates the base model from its checkpoint (or the run folder's cached base model),
-applies the plan through ``Evaluator.rebuild`` (the code path the search used),
+applies the plan through ``Evaluator.rebuild`` (``pipeline.build.build_candidate``, the code path the search used),
+replays reconstruction when the record keeps no refit weights (``records.refit_weights``),
 recalibrates, and checks that the accuracy reproduces the recorded one. No code
 stored in a record is ever executed or unpickled.
 """
@@ -29,7 +30,7 @@ from search.records.runs import PARENT_TAG
 from search.runner.basemodel import base_state
 
 
-class ExportError(InputError, RuntimeError):
+class ExportError(InputError):
     """The record cannot be rebuilt, or the rebuilt candidate does not reproduce it."""
 
 
@@ -37,7 +38,8 @@ class ExportError(InputError, RuntimeError):
 class Rebuilt:
     """A recorded candidate rebuilt: the network (eval mode, CPU), what it came from, and
     its fresh measurements (``metrics``: the evaluator's, as the search records them;
-    ``accuracy`` equals ``rebuilt_accuracy``)."""
+    ``accuracy`` equals ``rebuilt_accuracy``). ``plan`` holds the refit weights, replayed
+    when the record kept none."""
 
     model: nn.Module
     run_id: str
@@ -77,15 +79,25 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
     refuse_imports(cfg.model, allow_import, f"run {run_id}")
     splits = load_data(cfg.data)
+    tags = run.data.tags
+    replay = spec.reconstruct.mode == "lsq" and not plan.refit  # recorded without its refit weights
     evaluator = Evaluator(
         cfg.model,
         base_state(cfg, splits),
         splits,
         cfg.measure.model_copy(update={"latency_repeats": 1}),
-        threads=torch.get_num_threads(),
+        # a replayed fit sums in the order the search's actor did: its thread count
+        threads=int(tags.get("info.threads", 1)) if replay else torch.get_num_threads(),
         device="cpu",
     )
+    if replay and tags.get("info.calib_sha256") != evaluator.calibration_fingerprint():
+        raise ExportError(
+            f"run {run_id} was recorded without its refit weights (records.refit_weights) and its calibration images "
+            "are not the ones the data now gives (fingerprint differs): the data changed since the search, so the fit cannot be replayed"
+        )
     model, result = evaluator.rebuild(spec, plan)
+    if replay:
+        plan = PrunePlan.from_parquet(result.plan)  # with the refit weights the replay fitted
     recorded, rebuilt = run.data.metrics["accuracy"], result.metrics["accuracy"]
     if abs(recorded - rebuilt) > tolerance:
         raise ExportError(f"rebuilt accuracy {rebuilt:.6f} differs from the recorded {recorded:.6f}; the base model or data changed since the search")

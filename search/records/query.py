@@ -9,6 +9,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
+from search.study.encoding import row_settings
 
 COLUMNS = ["accuracy", "accuracy_before_recal", "sparsity", "macs", "macs_dense", "macs_ratio", "params", "latency_ms"]
 FLAGS: dict[str, dict[float | None, str]] = {"feasible": {1.0: "yes", 0.0: "no"}}  # table columns shown as words
@@ -71,18 +72,17 @@ def has_run(tracking_uri: str, run_id: str) -> bool:
 
 def _row(run: Any) -> dict[str, Any]:
     p, t = run.data.params, run.data.tags
+    settings = row_settings(p)
+    knobs, allocation = settings.pop("knobs"), settings.pop("allocation")
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "trial": int(t.get("trial_number", -1)),
         "state": t.get("state", ""),
-        "method": p.get("method", ""),
-        "granularity": p.get("granularity", ""),
-        "scope": p.get("scope", ""),
-        "reconstruct": p.get("reconstruct", "none"),
+        **settings,
         "node": t.get("node", ""),
         "error": t.get("error", ""),
-        "knobs": {k.removeprefix("knob."): float(v) for k, v in p.items() if k.startswith("knob.")},
-        "allocation": {k.removeprefix("alloc."): float(v) for k, v in p.items() if k.startswith("alloc.")},
+        "knobs": knobs,  # after node and error, as tables always showed them
+        "allocation": allocation,
         "baseline": t.get("baseline") == "1",
     }
     row.update(run.data.metrics)
@@ -153,7 +153,7 @@ def best(
         if value is None:
             continue
         field, op = FILTERS[name]
-        text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(float(value))
+        text = f"'{str(value).replace(chr(39), '')}'" if field.startswith("params.") else repr(_bound(name, value))
         clauses.append(f"{field} {op} {text}")
     rows = [r for r in candidate_rows(tracking_uri, experiment, filters=" and ".join(clauses)) if "accuracy" in r and "macs" in r]
     if feasible is not None:
@@ -166,6 +166,17 @@ def best(
     sign = -1.0 if descending else 1.0
     ordered = sorted(chosen, key=lambda r: (metric not in r, sign * r.get(metric, 0.0), r["macs"], r["trial"]))
     return ordered if top is None else ordered[:top]
+
+
+def _bound(name: str, value: Any) -> float:
+    """A numeric filter's value: a finite number (None, not NaN, leaves a filter open)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name}={value!r}: a number is expected") from None
+    if not math.isfinite(number):
+        raise QueryError(f"{name}={value!r}: a finite number is expected (None leaves the filter open)")
+    return number
 
 
 #: metrics where more is better: sorted descending unless told otherwise

@@ -6,7 +6,8 @@ the two is repaired on resume from the record alone. Records are never rewritten
 
 Child runs carry:
 - params: the spec flattened (``method``, ``granularity``, ``target_sparsity``, knobs
-  as ``knob.NAME``, ``reconstruct``, ``recal_images``, ...) and the full ``spec`` JSON;
+  as ``knob.NAME``, ``reconstruct``, ``recal.images``, ...: ``search.study.encoding``)
+  and the full ``spec`` JSON;
 - metrics: accuracy, accuracy_before_recal, sparsity, macs, macs_dense, params,
   latency_ms, prune_s, recon_s, recal_s, eval_s, ... (numbers users sort on);
 - metrics added by the driver: ``feasible`` (1 or 0: meets the objective's constraints);
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.errors import InputError
 from pipeline.spec import CandidateResult, CandidateSpec
+from search.study.encoding import spec_params, target_metrics
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, "Evaluations");
@@ -38,7 +40,7 @@ PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value (characters)
 _BATCH_PARAMS = 100  # MLflow's limit on params per log_batch
 
 
-class RecordError(InputError, RuntimeError):
+class RecordError(InputError):
     """The tracking store cannot be reached or written."""
 
 
@@ -226,39 +228,5 @@ def _fit(value: str) -> str:
     return value[: PARAM_VALUE_MAX - len(mark)] + mark
 
 
-def spec_params(spec: CandidateSpec) -> dict[str, str]:
-    """The spec as flat MLflow params (strings); ``spec`` holds the exact JSON."""
-    p = {
-        "method": spec.method,
-        "granularity": spec.granularity,
-        "scope": spec.scope,
-        "target_sparsity": "" if spec.target_sparsity is None else f"{spec.target_sparsity:.6g}",
-        "target_macs_ratio": "" if spec.target_macs_ratio is None else f"{spec.target_macs_ratio:.6g}",
-        "nm": "" if spec.nm is None else f"{spec.nm[0]}:{spec.nm[1]}",
-        "reconstruct": spec.reconstruct.mode,
-        "recal_images": str(spec.recal.images),
-        "recal_mode": spec.recal.mode,
-        "recal_augment": str(spec.recal.augment),
-        "recal_pad": str(spec.recal.pad),
-        "finetune_steps": str(spec.finetune_steps),
-        "finetune_lr": f"{spec.finetune_lr:.6g}",
-        "seed": str(spec.seed),
-        "spec": spec.to_json(),
-    }
-    if spec.reconstruct.mode != "none":
-        p.update(
-            {"recon_images": str(spec.reconstruct.images), "recon_ridge": f"{spec.reconstruct.ridge:.6g}", "recon_layers": spec.reconstruct.layers}
-        )
-    p.update({f"knob.{k}": f"{v:.6g}" for k, v in spec.knobs.items()})
-    p.update({f"alloc.{k}": f"{v:.6g}" for k, v in spec.allocation.items()})
-    return p
-
-
 def _knob_metrics(spec: CandidateSpec) -> list[Metric]:
-    # numeric knobs are metrics too, so users can filter and sort on them
-    vals = {f"knob_{k}": v for k, v in spec.knobs.items()}
-    if spec.target_sparsity is not None:
-        vals["target_sparsity"] = spec.target_sparsity
-    if spec.target_macs_ratio is not None:
-        vals["target_macs_ratio"] = spec.target_macs_ratio
-    return [Metric(k, float(v), 0, 0) for k, v in vals.items()]
+    return [Metric(k, v, 0, 0) for k, v in target_metrics(spec).items()]

@@ -25,8 +25,9 @@ from pipeline.errors import InputError
 from search.cluster.connect import check_ray_address, connect_ray, default_actor_count, stop_local_ray
 from search.cluster.pool import EvaluatorPool
 from search.config import SearchConfig
-from search.export.mlmodel import log_front_models
+from search.export.front import log_front_models
 from search.records.query import candidate_rows
+from search.records.refit import RefitPolicy
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
 from search.runner.basemodel import base_state
@@ -119,7 +120,8 @@ def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, stat
     started_ray = connect_ray(cfg)
     _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
-    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
+    keep_refit = cfg.records.refit_weights != "replay"  # replay: the actors send none
+    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device, keep_refit)
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
     try:
@@ -211,10 +213,14 @@ def _try(fn, *args) -> None:
 
 def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: EvaluatorPool, quiet: bool) -> tuple[int, int, bool]:
     remaining = cfg.budget.trials - recorded_trials(study)
+    mine = f"tags.`mlflow.parentRunId` = '{parent_id}'"
     steering = PressureSteering(cfg)
     if steering.active:
-        for row in candidate_rows(recorder.uri, cfg.experiment, filters=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        for row in candidate_rows(recorder.uri, cfg.experiment, filters=mine):
             steering.observe(row["method"], row["knobs"], row["state"], row.get("sparsity"))
+    refit = RefitPolicy(
+        cfg.records.refit_weights, candidate_rows(recorder.uri, cfg.experiment, filters=mine) if cfg.records.refit_weights == "front" else ()
+    )
     deadline = time.monotonic() + cfg.budget.wall_time_s if cfg.budget.wall_time_s else float("inf")
     progress = Progress(total=max(remaining, 0), quiet=quiet, parallel=len(pool.actors))
     last_status = time.monotonic()
@@ -239,6 +245,7 @@ def _loop(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, pool: Ev
                     trial = trials.pop(number)
                     # a RecordError here stops the search: unrecorded trials stay RUNNING and resume re-queues them
                     extra = derived_metrics(cfg, result.state, dict(result.metrics))
+                    result = refit.apply(result, extra)
                     run_id = recorder.record(parent_id, number, result, trial_tags(trial), extra)
                     tell(study, cfg, trial, run_id, result.state, dict(result.metrics))
                     steering.observe_result(result)

@@ -8,7 +8,7 @@ from pipeline.build import apply_plan, plan_candidate
 from pipeline.data.splits import DataError, Splits
 from pipeline.measure import NumericsError, accuracy, macs
 from pipeline.models import build_model, load_base
-from pipeline.pruning.layers import prunable_weights, stage_of
+from pipeline.pruning.layers import stages
 from pipeline.pruning.methods import PruneContext, get_method
 from pipeline.spec import CandidateSpec
 from search.config import ConfigError, SearchConfig
@@ -59,7 +59,7 @@ def check_constraint(cfg: SearchConfig, splits: Splits, state: dict[str, torch.T
     """Refuse a MACs constraint that no candidate of the space can meet, naming the field."""
     limit = cfg.objective.max_macs_ratio
     if cfg.objective.mode == "constrained" and limit is not None:
-        lowest = lowest_macs_ratio(cfg, splits, state)
+        lowest = most_pruned_macs_ratio(cfg, splits, state)
         if lowest is not None and lowest > limit:
             raise ConfigError(
                 f"objective.max_macs_ratio: {limit} is below what any candidate of this space can reach "
@@ -67,10 +67,12 @@ def check_constraint(cfg: SearchConfig, splits: Splits, state: dict[str, torch.T
             )
 
 
-def lowest_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> float | None:
+def most_pruned_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.Tensor]) -> float | None:
     """Effective-MACs ratio of the most aggressive one-shot candidate of the space (magnitude
     at the top of the sparsity range, or channels at the bottom of the MACs range); None
-    when the space has no one-shot method (sizes are then outcomes of training)."""
+    when the space has no one-shot method (sizes are then outcomes of training). Measured
+    on the space's candidates; ``structure.lowest_macs_ratio`` is the channel selection's
+    floor on one channel graph."""
     if not any(get_method(m).target == "sparsity" for m in cfg.space.methods):
         return None
     model = load_base(cfg.model, state)
@@ -97,11 +99,7 @@ def lowest_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, torch.
 def model_stages(cfg: SearchConfig) -> dict[str, list[str]]:
     """Stage name -> its prunable layers (``space.prune_stem`` / ``prune_head`` honoured):
     the keys ``space.allocation`` accepts. Builds the architecture only (no checkpoint)."""
-    model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
-    out: dict[str, list[str]] = {}
-    for name in prunable_weights(model, cfg.space.prune_stem, cfg.space.prune_head):
-        out.setdefault(stage_of(name), []).append(name.removesuffix(".weight"))
-    return out
+    return stages(build_model(cfg.model.model_copy(update={"checkpoint": None})), cfg.space.prune_stem, cfg.space.prune_head)
 
 
 def check_allocation(cfg: SearchConfig) -> None:

@@ -27,6 +27,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from pipeline.pruning.methods import Knob, get_method
+from search.study import encoding as enc
 from search.study.space import nm_name, searched_knobs
 
 if TYPE_CHECKING:
@@ -55,20 +56,20 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
         points = [(g, s, None) for g in grans if g != "nm" for s in scopes] + [("nm", scopes[0], nm) for nm in space.nm if "nm" in grans]
         for (gran, scope, nm), recon in itertools.product(points, space.reconstruct):
             p: dict[str, Any] = {}
-            _choice(p, "method", name, space.methods)
-            _choice(p, f"{name}.granularity", gran, grans)
-            _choice(p, f"{name}.scope", scope, scopes)
+            _choice(p, enc.METHOD, name, space.methods)
+            _choice(p, enc.granularity_param(name), gran, grans)
+            _choice(p, enc.scope_param(name), scope, scopes)
             if nm is not None:
-                _choice(p, "nm", nm_name(nm), [nm_name(x) for x in space.nm])
+                _choice(p, enc.NM, nm_name(nm), [nm_name(x) for x in space.nm])
             elif method.target == "sparsity" and gran == "unstructured":
-                p["target_sparsity"] = sparsity
+                p[enc.TARGET_SPARSITY] = sparsity
             elif method.target == "sparsity":
-                p["macs_ratio"] = macs_ratio
+                p[enc.TARGET_MACS_RATIO] = macs_ratio
             for knob_name in searched_knobs(space, name):
-                p[f"{name}.{knob_name}"] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
+                p[enc.knob_param(name, knob_name)] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
             if method.allocates and space.allocation and nm is None:
-                p["allocate"] = False
-            _choice(p, "reconstruct", recon, space.reconstruct)
+                p[enc.ALLOCATE] = False
+            _choice(p, enc.RECONSTRUCT, recon, space.reconstruct)
             out.append(p)
     return out
 

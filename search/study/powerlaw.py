@@ -1,7 +1,7 @@
 """Curve fits the search uses: Hyperflows density vs pressure, accuracy vs density
 (their figure: ``search.records.plots.fit_figure``).
 
-Pressure (methods.md section 4): final density D (fraction of prunable weights
+Pressure (docs/methods.md section 4): final density D (fraction of prunable weights
 kept, in (0, 1)) at fixed pressure gamma (dimensionless, > 0) follows
 ``D = c * gamma ** -(a0 + a1 * ln gamma)``, fitted as a quadratic in ln gamma by
 least squares on ln D. Multiplicative run-to-run noise is additive in ln D, so
@@ -26,7 +26,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, stats
 
+from pipeline.errors import InputError
+
 _MAX_SPAN = 60.0  # widest interval search in ln gamma (a factor e^60): beyond that say "unbounded"
+
+
+class FitError(InputError):
+    """A curve that cannot be fitted or inverted from the points given (too few, out of
+    range, a target the curve does not reach)."""
 
 
 @dataclass(frozen=True)
@@ -107,16 +114,16 @@ def fit_pressure(gamma: ArrayLike, density: ArrayLike, quadratic: bool = True) -
     g = np.asarray(gamma, dtype=float).ravel()
     d = np.asarray(density, dtype=float).ravel()
     if g.shape != d.shape:
-        raise ValueError(f"gamma and density differ in length: {g.size} vs {d.size}")
+        raise FitError(f"gamma and density differ in length: {g.size} vs {d.size}")
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(d))):
-        raise ValueError("gamma and density must be finite")
+        raise FitError("gamma and density must be finite")
     if np.any(g <= 0):
-        raise ValueError(f"gamma must be > 0 (got min {g.min():g})")
+        raise FitError(f"gamma must be > 0 (got min {g.min():g})")
     keep = (d > 0) & (d < 1)  # D >= 1: below the threshold pressure, says nothing about the slope
     g, d, n_excl = g[keep], d[keep], int((~keep).sum())
     n_distinct = np.unique(g).size
     if g.size < 2 or n_distinct < 2:
-        raise ValueError(f"need >= 2 usable points at distinct gamma with 0 < D < 1; got {g.size} ({n_excl} excluded)")
+        raise FitError(f"need >= 2 usable points at distinct gamma with 0 < D < 1; got {g.size} ({n_excl} excluded)")
     quad = quadratic and g.size >= 4 and n_distinct >= 3
     p = 3 if quad else 2
     x, y = np.log(g), np.log(d)
@@ -166,9 +173,9 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
             beyond a factor e^60 from the fitted pressures (a flat fit).
     """
     if not 0 < target_density < 1:
-        raise ValueError(f"target density must be in (0, 1), got {target_density}")
+        raise FitError(f"target density must be in (0, 1), got {target_density}")
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise FitError(f"level must be in (0, 1), got {level}")
     lo_b, hi_b = decreasing_branch(fit)
     y0, lnc, a0, a1 = math.log(target_density), math.log(fit.c), fit.a0, fit.a1
     disc = a0**2 - 4 * a1 * (y0 - lnc)
@@ -178,7 +185,7 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
         else:
             ext = math.exp(lnc + a0**2 / (4 * a1))  # ln D at the branch vertex
             rng = f"(0, {ext:.4g}]" if a1 > 0 else f"[{ext:.4g}, inf)"
-        raise ValueError(f"target density {target_density:g} not reachable by the fitted curve; reachable densities: {rng}")
+        raise FitError(f"target density {target_density:g} not reachable by the fitted curve; reachable densities: {rng}")
     sq = math.sqrt(disc)
     # Root with a0 + 2 a1 L = +sq >= 0, i.e. the one on the decreasing branch; the
     # rationalised form avoids cancellation when a1 is tiny (and covers a1 = 0).
@@ -187,7 +194,7 @@ def predict_pressure(fit: PressureFit, target_density: float, level: float = 0.9
     if not (math.isfinite(L0) and fitted[0] - _MAX_SPAN <= L0 <= fitted[1] + _MAX_SPAN):
         # a flat fit (every density near 1: the slope is noise) puts the target at a
         # pressure like e^1000; that is no prediction, and exp() of it would overflow
-        raise ValueError(
+        raise FitError(
             f"target density {target_density:g} lies at pressure e^{L0:.4g}, more than a factor "
             f"e^{_MAX_SPAN:g} beyond the fitted pressures [{fit.gamma_min:.4g}, {fit.gamma_max:.4g}]: "
             f"the fitted curve is too flat to predict it (slope a0={a0:.3g}, a1={a1:.3g})"
@@ -263,11 +270,11 @@ def fit_accuracy(density: ArrayLike, accuracy: ArrayLike) -> AccuracyFit:
     d = np.asarray(density, dtype=float).ravel()
     err = 1.0 - np.asarray(accuracy, dtype=float).ravel()
     if d.shape != err.shape:
-        raise ValueError(f"density and accuracy differ in length: {d.size} vs {err.size}")
+        raise FitError(f"density and accuracy differ in length: {d.size} vs {err.size}")
     if d.size < 3:
-        raise ValueError(f"need >= 3 points to fit 3 parameters, got {d.size}")
+        raise FitError(f"need >= 3 points to fit 3 parameters, got {d.size}")
     if not (np.all(np.isfinite(d)) and np.all(np.isfinite(err))) or np.any((d <= 0) | (d > 1)):
-        raise ValueError("density must be finite and in (0, 1], accuracy finite")
+        raise FitError("density must be finite and in (0, 1], accuracy finite")
     lb, ub = np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, 10.0])
     # Start point: the model is linear in (e0, k) for fixed b, so scan b and solve exactly;
     # curve_fit from a poor start often stalls with b at a bound.

@@ -3,8 +3,8 @@
 The space is conditional on the method: one-shot methods get a target sparsity
 (unstructured) or a MACs ratio (channel); outcome methods (hyperflows) get their
 knobs, pressure first, on the method's declared prior (log-uniform for pressure).
-Parameter names carry the method (``hyperflows.pressure``) so that every name keeps
-one distribution across the study.
+Parameter names are spelled by ``search.study.encoding`` (they carry the method,
+``hyperflows.pressure``, so that every name keeps one distribution across the study).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.pruning.methods import Knob, get_method
-from pipeline.spec import CandidateSpec, ReconSpec
+from pipeline.spec import CandidateSpec
 from search.config import ConfigError
+from search.study import encoding as enc
 
 if TYPE_CHECKING:
     import optuna
@@ -25,29 +26,29 @@ if TYPE_CHECKING:
 def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     """Sample one candidate of ``cfg.space`` from ``trial``."""
     space = cfg.space
-    method_name = _categorical(trial, "method", space.methods)
+    method_name = _categorical(trial, enc.METHOD, space.methods)
     method = get_method(method_name)
     grans = [g for g in space.granularity if g in method.granularities]
     if not grans:
         raise ConfigError(f"space.granularity: method {method_name!r} supports {list(method.granularities)}, none of {space.granularity}")
-    gran = _categorical(trial, f"{method_name}.granularity", grans)
-    scope = _categorical(trial, f"{method_name}.scope", [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
+    gran = _categorical(trial, enc.granularity_param(method_name), grans)
+    scope = _categorical(trial, enc.scope_param(method_name), [s for s in space.scope if s in method.scopes] or [method.scopes[0]])
     target_sparsity = target_macs = nm = None
     if gran == "nm":
-        nm = nm_pattern(_categorical(trial, "nm", [nm_name(p) for p in space.nm]))
+        nm = nm_pattern(_categorical(trial, enc.NM, [nm_name(p) for p in space.nm]))
     elif method.target == "sparsity" and gran == "unstructured":
-        target_sparsity = trial.suggest_float("target_sparsity", *space.sparsity)
+        target_sparsity = trial.suggest_float(enc.TARGET_SPARSITY, *space.sparsity)
     elif method.target == "sparsity":
-        target_macs = trial.suggest_float("macs_ratio", *space.macs_ratio)
+        target_macs = trial.suggest_float(enc.TARGET_MACS_RATIO, *space.macs_ratio)
     knobs = {}
     for name in searched_knobs(space, method_name):
-        knobs[name] = _suggest_knob(trial, f"{method_name}.{name}", method.knobs[name], space.knobs.get(method_name, {}).get(name))
+        knobs[name] = _suggest_knob(trial, enc.knob_param(method_name, name), method.knobs[name], space.knobs.get(method_name, {}).get(name))
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
-    if method.allocates and gran != "nm" and space.allocation and trial.suggest_categorical("allocate", [True, False]):
-        allocation = {stage: trial.suggest_float(f"alloc.{stage}", *rng) for stage, rng in space.allocation.items()}
-    reconstruct = ReconSpec(mode=_categorical(trial, "reconstruct", space.reconstruct), **cfg.reconstruction.model_dump())
+    if method.allocates and gran != "nm" and space.allocation and trial.suggest_categorical(enc.ALLOCATE, [True, False]):
+        allocation = {stage: trial.suggest_float(enc.alloc_param(stage), *rng) for stage, rng in space.allocation.items()}
+    reconstruct = cfg.reconstruction.with_mode(_categorical(trial, enc.RECONSTRUCT, space.reconstruct))
     return CandidateSpec(
         method=method_name,
         granularity=gran,
@@ -69,7 +70,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
 
 def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
     """Knobs of ``method_name`` that are trial parameters (named ``method.knob``): those
-    given a range in ``space.knobs`` or without a default; the others keep their default."""
+    given a range in ``space.knobs`` or without a default (``encoding.knob_param``); the others keep their default."""
     method = get_method(method_name)
     ranges = space.knobs.get(method_name, {})
     return [name for name, knob in method.knobs.items() if name in ranges or knob.default is None]

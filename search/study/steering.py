@@ -1,7 +1,7 @@
 """Power-law steering: place a steered knob (hyperflows' pressure) where the target lies.
 
 Density after pressure-driven pruning follows D(gamma) = c * gamma^-(a0 + a1 ln gamma)
-(methods.md, 4). Once a few candidates are measured, the fit is inverted for the target
+(docs/methods.md, 4). Once a few candidates are measured, the fit is inverted for the target
 density and every ``every``-th new trial is enqueued at a pressure drawn log-uniformly
 from the prediction interval; the others stay with the sampler, so the search keeps
 exploring. Fits are refreshed as candidates arrive.
@@ -30,6 +30,7 @@ from typing import Any
 from pipeline.pruning.methods import get_method
 from pipeline.spec import CandidateResult
 from search.config import SearchConfig
+from search.study import encoding as enc
 from search.study import powerlaw
 from search.study.space import searched_knobs
 
@@ -128,11 +129,11 @@ class PressureSteering:
     def _params(self, curve: Curve, gamma: float) -> dict[str, Any]:
         method, budget = curve
         low, high = self._range(curve)
-        params: dict[str, Any] = {f"{method}.{_steered(curve)}": min(max(gamma, low), high)}
+        params: dict[str, Any] = {enc.knob_param(method, _steered(curve)): min(max(gamma, low), high)}
         searched = searched_knobs(self.cfg.space, method)  # the others keep their default, as fitted
-        params.update({f"{method}.{k}": _typed(get_method(method).knobs[k], v) for k, v in budget if k in searched})
+        params.update({enc.knob_param(method, k): _typed(get_method(method).knobs[k], v) for k, v in budget if k in searched})
         if len(self.cfg.space.methods) > 1:
-            params["method"] = method
+            params[enc.METHOD] = method
         return params
 
 

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from pipeline.errors import InputError, excerpt
 from search.config import ConfigError, SearchConfig
 from search.study.baselines import BASELINE_ATTR, enqueue_baselines
+from search.study.encoding import upgrade_params
 
 if TYPE_CHECKING:
     from search.records.runs import Recorder
@@ -196,6 +197,6 @@ def repair(study: optuna.Study, cfg: SearchConfig, recorder: "Recorder", parent_
         else:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             # the re-run keeps what chose it (baseline, steered)
-            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k in (BASELINE_ATTR, "steered")})
+            study.enqueue_trial(upgrade_params(t.params), user_attrs={k: v for k, v in t.user_attrs.items() if k in (BASELINE_ATTR, "steered")})
             requeued += 1
     return told, requeued

@@ -1,5 +1,5 @@
 """Activation-aware scores: what a unit carries into the next layer, not its filter's size
-(methods.md, 9; the unstructured score is Wanda, Sun et al. 2023).
+(docs/methods.md, 9; the unstructured score is Wanda, Sun et al. 2023).
 
 A filter's norm says little about its channel when a BatchNorm follows: BN divides the
 filter's scale out and multiplies its own gamma in. These scores look at the signal.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Hashable, Literal
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.pruning import structure
 from pipeline.pruning.layers import prunable_weights, stage_of
 from pipeline.pruning.plan import PrunePlan
@@ -160,16 +161,16 @@ class PruningMethod(ABC):
     def check(self, spec: "CandidateSpec") -> None:
         """Raise ``ValueError`` naming the field if ``spec`` asks for something unsupported."""
         if spec.granularity not in self.granularities:
-            raise ValueError(f"method {self.name!r} supports granularity {list(self.granularities)}, but the candidate asks for {spec.granularity!r}")
+            raise InputError(f"method {self.name!r} supports granularity {list(self.granularities)}, but the candidate asks for {spec.granularity!r}")
         if spec.scope not in self.scopes:
-            raise ValueError(f"method {self.name!r} supports scope {list(self.scopes)}, but the candidate asks for {spec.scope!r}")
+            raise InputError(f"method {self.name!r} supports scope {list(self.scopes)}, but the candidate asks for {spec.scope!r}")
         if spec.allocation and spec.granularity == "nm":
-            raise ValueError("granularity 'nm' prunes every layer to its N:M pattern; remove the per-stage allocation from the candidate")
+            raise InputError("granularity 'nm' prunes every layer to its N:M pattern; remove the per-stage allocation from the candidate")
         if spec.allocation and not self.allocates:
-            raise ValueError(f"method {self.name!r} takes no per-stage allocation; remove it from the candidate")
+            raise InputError(f"method {self.name!r} takes no per-stage allocation; remove it from the candidate")
         unknown = set(spec.knobs) - set(self.knobs)
         if unknown:
-            raise ValueError(f"method {self.name!r} has no knob {sorted(unknown)}; its knobs are {sorted(self.knobs)}")
+            raise InputError(f"method {self.name!r} has no knob {sorted(unknown)}; its knobs are {sorted(self.knobs)}")
 
     def knob(self, spec: "CandidateSpec", name: str) -> float:
         """The value of knob ``name`` for ``spec``, or its default."""
@@ -181,7 +182,7 @@ class PruningMethod(ABC):
             return knobs[name]
         default = self.knobs[name].default
         if default is None:
-            raise ValueError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
+            raise InputError(f"method {self.name!r} needs knob {name!r}; set it in the candidate's knobs")
         return default
 
     def knob_values(self, spec: "CandidateSpec") -> dict[str, float]:
@@ -232,11 +233,11 @@ class ImportanceMethod(PruningMethod):
 
     def weight_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
         """Parameter name -> score of each weight (higher = more important)."""
-        raise ValueError(f"method {self.name!r} has no unstructured scores")
+        raise InputError(f"method {self.name!r} has no unstructured scores")
 
     def channel_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", groups: list) -> dict[str, torch.Tensor]:
         """Channel group name -> score of each output channel (higher = more important)."""
-        raise ValueError(f"method {self.name!r} has no channel scores")
+        raise InputError(f"method {self.name!r} has no channel scores")
 
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         if spec.granularity == "channel":
@@ -245,7 +246,7 @@ class ImportanceMethod(PruningMethod):
             assert spec.nm is not None  # CandidateSpec fills it in for nm
             return PrunePlan(masks=nm_masks(self._cached_scores(model, ctx, spec), *spec.nm))
         if spec.target_sparsity is None:
-            raise ValueError(f"method {self.name!r} needs target_sparsity for unstructured pruning")
+            raise InputError(f"method {self.name!r} needs target_sparsity for unstructured pruning")
         scores = self._cached_scores(model, ctx, spec)
         base = self.global_split(model, ctx, spec, scores) if spec.scope == "global" else None
         ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores} if spec.allocation else None
@@ -271,7 +272,7 @@ class ImportanceMethod(PruningMethod):
 
     def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         if spec.target_macs_ratio is None:
-            raise ValueError(f"method {self.name!r} needs target_macs_ratio for channel pruning")
+            raise InputError(f"method {self.name!r} needs target_macs_ratio for channel pruning")
         graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)
         key = self.cache_key(spec)
         if key not in ctx.cache:

@@ -1,4 +1,4 @@
-"""Hyperflows: pressure, flow and regrowth (methods.md, 4).
+"""Hyperflows: pressure, flow and regrowth (docs/methods.md, 4).
 
 Every prunable weight w_i gets a presence parameter m_i ~ U[0.2, 0.5]; the network uses
 w_i * 1[m_i >= 0], and m_i receives the straight-through gradient 0.25 * w_i * dL/d(w_i

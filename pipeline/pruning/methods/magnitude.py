@@ -1,4 +1,4 @@
-"""Magnitude pruning: the baseline every method is compared with (methods.md, 2)."""
+"""Magnitude pruning: the baseline every method is compared with (docs/methods.md, 2)."""
 
 from __future__ import annotations
 

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.pruning import structure
 from pipeline.pruning.capture import hooked_pass
 from pipeline.pruning.layers import stage_of
@@ -167,7 +168,7 @@ class OBS(PruningMethod):
 
     def _channel_plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         if spec.target_macs_ratio is None:
-            raise ValueError("method 'obs' needs target_macs_ratio for channel pruning")
+            raise InputError("method 'obs' needs target_macs_ratio for channel pruning")
         graph = structure.cached_graph(model, ctx, spec.prune_stem, spec.prune_head)
         modules: dict[str, Any] = dict(model.named_modules())  # conv / linear layers where indexed
         ends = {g.name: [c for c in g.consumers if _reads_group(modules[c], g.size)] for g in graph.groups}

@@ -1,4 +1,4 @@
-"""OCSPruner: one-cycle structured pruning, stability-driven (methods.md, 5).
+"""OCSPruner: one-cycle structured pruning, stability-driven (docs/methods.md, 5).
 
 A deep copy of the trained base model trains for ``epochs`` x ``steps_per_epoch`` SGD
 steps. After every epoch the channel groups are scored and the subnetwork for the MACs
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.pruning import structure
 from pipeline.pruning.methods.base import Knob, PruneContext, TrainingMethod
 from pipeline.pruning.methods.registry import register_method
@@ -77,7 +78,7 @@ class Ocs(TrainingMethod):
     def check(self, spec: CandidateSpec) -> None:
         super().check(spec)
         if spec.target_macs_ratio is None:
-            raise ValueError("method 'ocs' needs target_macs_ratio (fraction of dense MACs kept)")
+            raise InputError("method 'ocs' needs target_macs_ratio (fraction of dense MACs kept)")
 
     def plan(self, model: nn.Module, ctx: PruneContext, spec: CandidateSpec) -> PrunePlan:
         out = train_ocs(model, ctx, spec)

@@ -1,4 +1,4 @@
-"""Screening: class-wise ANOVA F statistics decide what to keep (methods.md, 3).
+"""Screening: class-wise ANOVA F statistics decide what to keep (docs/methods.md, 3).
 
 A unit matters if its activation separates the classes of a labelled calibration set.
 Units are a layer's input channels / features (unstructured: every weight inherits the
@@ -31,6 +31,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.pruning.capture import hooked_pass, per_weight_inputs
 from pipeline.pruning.methods.base import ImportanceMethod, Knob, PruneContext, weights_of
 from pipeline.pruning.methods.magnitude import filter_norms
@@ -131,12 +132,12 @@ class ClassSums:
         present = self.n > 0
         k, total = int(present.sum()), float(self.n.sum())
         if k < 2:
-            raise ValueError(
+            raise InputError(
                 "screening needs calibration images of at least 2 classes; the calibration labels "
                 f"hold {k} class, so the F statistic is undefined (use a larger or stratified calib split)"
             )
         if total <= k:
-            raise ValueError(f"screening needs more calibration images than classes; got {int(total)} images of {k} classes")
+            raise InputError(f"screening needs more calibration images than classes; got {int(total)} images of {k} classes")
         n, s = self.n[present, None], self.s[present]
         explained = (s * s / n).sum(0)
         between = (explained - s.sum(0) ** 2 / total).clamp_min(0)

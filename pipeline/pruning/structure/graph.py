@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from pipeline.errors import InputError
 from pipeline.modes import eval_mode
 from pipeline.pruning.layers import stage_of
 from pipeline.pruning.structure.macs import MacTerm, count_macs, mac_terms
@@ -82,9 +83,9 @@ class ChannelGraph:
         for name, k in keep.items():
             size = sizes.get(name)
             if size is None:
-                raise ValueError(f"keep names {name!r}, which is not a channel group of this graph")
+                raise InputError(f"keep names {name!r}, which is not a channel group of this graph")
             if not 1 <= k <= size:
-                raise ValueError(f"group {name!r} must keep 1..{size} channels, got {k}")
+                raise InputError(f"group {name!r} must keep 1..{size} channels, got {k}")
         return count_macs(self._terms, {**sizes, **keep})
 
 

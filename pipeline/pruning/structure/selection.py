@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from pipeline.errors import InputError
 from pipeline.pruning.bisection import smallest_passing
 from pipeline.pruning.structure.graph import ChannelGraph
 
@@ -58,15 +59,15 @@ def select_channels(
         ValueError: bad arguments, or the target is below the lowest reachable ratio.
     """
     if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+        raise InputError(f"scope must be 'global' or 'layerwise', got {scope!r}")
     if not 0.0 < target_macs_ratio <= 1.0:
-        raise ValueError(f"target_macs_ratio must be in (0, 1], got {target_macs_ratio}")
+        raise InputError(f"target_macs_ratio must be in (0, 1], got {target_macs_ratio}")
     if not 0.0 <= max_prune_fraction < 1.0:
-        raise ValueError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
+        raise InputError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
     sizes = _checked_sizes(graph, scores)
     unknown = sorted(set(group_ratios or {}) - set(sizes))
     if unknown:
-        raise ValueError(f"group_ratios names {unknown}, which are not scored channel groups; groups: {list(sizes)}")
+        raise InputError(f"group_ratios names {unknown}, which are not scored channel groups; groups: {list(sizes)}")
     caps = _caps(sizes, max_prune_fraction)
     budget = target_macs_ratio * graph.dense_macs
 
@@ -85,7 +86,7 @@ def select_channels(
     if removed is None:
         # a stage with multiplier 0 never prunes, so it is not in the lowest reachable point
         lowest = macs_of({g: caps[g] if mult[g] > 0 else 0 for g in sizes}) / graph.dense_macs
-        raise ValueError(
+        raise InputError(
             f"target_macs_ratio {target_macs_ratio} cannot be met: removing at most {max_prune_fraction:.0%} "
             f"of each group's channels, the lowest MACs ratio reachable is {lowest:.4f}"
         )
@@ -96,7 +97,7 @@ def lowest_macs_ratio(graph: ChannelGraph, max_prune_fraction: float = 0.75) -> 
     """Lowest MACs ratio (pruned / dense MACs of one image) that ``select_channels`` can
     reach when every group loses at most ``max_prune_fraction`` of its channels."""
     if not 0.0 <= max_prune_fraction < 1.0:
-        raise ValueError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
+        raise InputError(f"max_prune_fraction must be in [0, 1), got {max_prune_fraction}")
     sizes = graph.sizes
     caps = _caps(sizes, max_prune_fraction)
     return graph.macs({g: sizes[g] - caps[g] for g in sizes}) / graph.dense_macs
@@ -111,11 +112,11 @@ def _checked_sizes(graph: ChannelGraph, scores: dict[str, torch.Tensor]) -> dict
     sizes = graph.sizes
     for name, s in scores.items():
         if name not in sizes:
-            raise ValueError(f"scores name {name!r}, which is not a channel group; groups: {list(sizes)}")
+            raise InputError(f"scores name {name!r}, which is not a channel group; groups: {list(sizes)}")
         if tuple(s.shape) != (sizes[name],) or not torch.isfinite(s).all():
-            raise ValueError(f"scores[{name!r}] must be finite with shape ({sizes[name]},), got {tuple(s.shape)}")
+            raise InputError(f"scores[{name!r}] must be finite with shape ({sizes[name]},), got {tuple(s.shape)}")
     if not scores:
-        raise ValueError(f"scores is empty; score at least one of the groups {list(sizes)}")
+        raise InputError(f"scores is empty; score at least one of the groups {list(sizes)}")
     return {n: sizes[n] for n in sizes if n in scores}
 
 

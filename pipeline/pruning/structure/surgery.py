@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from pipeline.errors import InputError
 from pipeline.modes import eval_mode
 from pipeline.pruning.structure.graph import ChannelGraph, ChannelGroup, UnsupportedModelError, is_depthwise, traced_groups
 
@@ -41,7 +42,7 @@ def shrink(model: nn.Module, channels: dict[str, torch.Tensor], graph: ChannelGr
     for name, idx in channels.items():
         if name not in found:
             why = excluded.get(name, "it is not a Conv2d of this model")
-            raise ValueError(f"cannot prune channels of {name!r}: {why}; channel groups: {sorted(found)}")
+            raise InputError(f"cannot prune channels of {name!r}: {why}; channel groups: {sorted(found)}")
         if graph is not None:
             _check_group_of(found[name], modules)
         idx = _checked_index(name, idx, modules[name].out_channels)
@@ -65,7 +66,7 @@ def _check_group_of(group: ChannelGroup, modules: dict[str, nn.Module]) -> None:
     conv = modules.get(group.name)
     missing = [n for n in (group.norm, *group.consumers) if n and n not in modules]
     if not isinstance(conv, nn.Conv2d) or conv.out_channels != group.size or missing:
-        raise ValueError(
+        raise InputError(
             f"the graph passed to shrink is not this model's: its group {group.name!r} ({group.size} channels"
             f"{', members ' + str(missing) if missing else ''}) does not match; pass this model's graph or none"
         )
@@ -75,10 +76,10 @@ def _checked_index(name: str, idx: torch.Tensor, size: int) -> torch.Tensor:
     idx = torch.as_tensor(idx)
     if idx.ndim != 1 or idx.numel() == 0 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
         got = f"{idx.dtype} {tuple(idx.shape)}"
-        raise ValueError(f"channels[{name!r}] must be a non-empty 1-D integer tensor, got {got}")
+        raise InputError(f"channels[{name!r}] must be a non-empty 1-D integer tensor, got {got}")
     idx = torch.sort(idx.to(torch.int64)).values
     if idx[0] < 0 or idx[-1] >= size or torch.unique(idx).numel() != idx.numel():
-        raise ValueError(f"channels[{name!r}] must be distinct indices in [0, {size}), got {idx.tolist()}")
+        raise InputError(f"channels[{name!r}] must be distinct indices in [0, {size}), got {idx.tolist()}")
     return idx
 
 
