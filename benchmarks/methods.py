@@ -70,8 +70,14 @@ TARGETS = [
     {"granularity": "unstructured", "point": 0.9, "beat": 0.65, "reference": "global magnitude + REFLOW, 90 %: 49.6 %"},
     {"granularity": "channel", "point": 2.0, "beat": 0.78, "reference": "OCS (trains 120 steps), 2x fewer MACs: 74.5 % (search)"},
     {"granularity": "channel", "point": 2.5, "beat": 0.68, "reference": "OCS (trains 120 steps), 2.5x fewer MACs: 60.5 %"},
+    # issue 22 (second-order pruning), against the 2026-12-01 run's best rows
+    {"granularity": "unstructured", "point": 0.8, "beat": 0.90, "reference": "issue 22: magnitude global + lsq, 80 %: 88.8 %"},
+    {"granularity": "unstructured", "point": 0.9, "beat": 0.82, "reference": "issue 22: magnitude global + lsq, 90 %: 75.6 %"},
+    {"granularity": "nm", "point": "2:4", "beat": 0.905, "reference": "issue 22: 2:4 (no row before)"},
+    {"granularity": "channel", "point": 2.0, "beat": 0.85, "reference": "issue 22: magnitude layerwise (L1) + lsq, 2x: 81.4 %"},
+    {"granularity": "channel", "point": 2.5, "beat": 0.80, "reference": "issue 22: magnitude layerwise (L1) + lsq, 2.5x: 76.4 %"},
 ]
-SECTIONS = ("unstructured", "channel", "reconstruction", "seeds")  # seeds: benchmarks/seeds.py
+SECTIONS = ("unstructured", "channel", "reconstruction", "nm", "seeds")  # seeds: benchmarks/seeds.py
 
 
 @dataclass
@@ -124,6 +130,7 @@ class BenchConfig:
         ("magnitude layerwise", "magnitude", "layerwise"),
         ("activation (Wanda) global", "activation", "global"),
         ("activation (Wanda) layerwise", "activation", "layerwise"),
+        ("obs global", "obs", "global"),
     )
     recon_channel: tuple[tuple[str, str, str], ...] = (
         ("magnitude layerwise (L1)", "magnitude", "layerwise"),
@@ -132,7 +139,12 @@ class BenchConfig:
         ("activation layerwise", "activation", "layerwise"),
         ("bn_activation global", "bn_activation", "global"),
         ("ocs", "ocs", "global"),
+        ("obs global", "obs", "global"),
+        ("obs layerwise", "obs", "layerwise"),
     )
+    # N:M patterns of the nm section: every method whose granularities include nm, with the
+    # unstructured setting and its chosen reconstruction
+    nm_patterns: tuple[tuple[int, int], ...] = ((2, 4), (4, 8))
     latency_repeats: int = 20  # the evaluator's latency_ms (batch 1)
     latency_b64_repeats: int = 3  # the extra batch-64 latency of structured candidates
     latency_rounds: int = 3  # structured latency: lowest median of this many rounds
@@ -246,7 +258,7 @@ class ResultCache:
 # ---------------------------------------------------------------- rows
 
 
-def row_of(ev: Evaluator, res: CandidateResult, label: str, point: float, pivot: str | None = None, note: str = "") -> dict[str, Any]:
+def row_of(ev: Evaluator, res: CandidateResult, label: str, point: float | str, pivot: str | None = None, note: str = "") -> dict[str, Any]:
     """One JSON row: the spec, every metric, and the test accuracy before recalibration.
     ``pivot``: the row of the report's pivot tables (default: ``label``); ``note``: what the
     cell adds to the accuracy (a knob chosen on validation)."""
@@ -536,10 +548,34 @@ def select_recon(ev: Evaluator, cfg: BenchConfig, settings: dict[str, Setting]) 
     return chosen, table
 
 
-def run_reconstructed(ev: Evaluator, cfg: BenchConfig, settings: dict[str, Setting], recon: dict[str, ReconSpec]) -> list[dict[str, Any]]:
-    """Every listed method with reconstruction (the chosen setting) at the reconstruction points."""
+def run_nm(ev: Evaluator, cfg: BenchConfig, setting: Setting, recon: ReconSpec, only: set[str] | None) -> list[dict[str, Any]]:
+    """Every method that declares ``nm`` granularity, at each of ``cfg.nm_patterns``, with
+    reconstruction (the unstructured setting); the row's point is the pattern (``"2:4"``)."""
     rows: list[dict[str, Any]] = []
-    known = set(list_methods())
+    for n, m in cfg.nm_patterns:
+        log(f"N:M {n}:{m}")
+        for name in list_methods():
+            if "nm" not in get_method(name).granularities or (only is not None and name not in only):
+                continue
+            spec = CandidateSpec(
+                method=name,
+                granularity="nm",
+                nm=(n, m),
+                prune_stem=setting.prune_stem,
+                prune_head=setting.prune_head,
+                recal=setting.recal,
+                reconstruct=recon,
+            )
+            rows.append(row_of(ev, ev.evaluate(spec), f"{name} {n}:{m} + lsq", f"{n}:{m}"))
+    return rows
+
+
+def run_reconstructed(
+    ev: Evaluator, cfg: BenchConfig, settings: dict[str, Setting], recon: dict[str, ReconSpec], only: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every listed method (of ``only``, when given) with reconstruction (the chosen setting) at the reconstruction points."""
+    rows: list[dict[str, Any]] = []
+    known = set(list_methods()) & (only if only is not None else set(list_methods()))
     lists = {"unstructured": (cfg.recon_sparsities, cfg.recon_unstructured), "channel": (cfg.recon_reductions, cfg.recon_channel)}
     for gran, (points, methods) in lists.items():
         setting = settings[gran]
@@ -637,6 +673,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated sections to run: {', '.join(SECTIONS)} (default: all)")
     ap.add_argument(
+        "--methods",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated methods: the reconstruction and nm sections run only their rows (with --rows-from, the other "
+        "methods' rows of those sections are kept, and the reconstruction setting is the earlier run's, as it is for the nm "
+        "section run without the reconstruction section)",
+    )
+    ap.add_argument(
         "--rows-from",
         type=Path,
         default=None,
@@ -652,18 +696,23 @@ def _read_json(path: Path | None, flag: str) -> dict[str, Any] | None:
     return None if path is None else read_json(path, flag)
 
 
-def _kept_rows(prev: dict[str, Any] | None, section: str) -> list[dict[str, Any]]:
-    """Rows of ``section`` from a previous run, marked with that run's date and commit."""
+def _section_of(row: dict[str, Any]) -> str:
+    """The section that measures ``row``."""
+    if row.get("section") == "seeds":  # benchmarks/seeds.py marks its rows
+        return "seeds"
+    if row["granularity"] == "nm":
+        return "nm"
+    return "reconstruction" if (row.get("reconstruct") or {}).get("mode", "none") != "none" else row["granularity"]
+
+
+def _kept_rows(prev: dict[str, Any] | None, section: str, rerun: set[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of ``section`` from a previous run, marked with that run's date and commit; with
+    ``rerun``, only the rows of the other methods (those methods' rows are measured again)."""
     if prev is None:
         return []
-    recon = section == "reconstruction"
     out = []
     for r in prev["rows"]:
-        is_recon = (r.get("reconstruct") or {}).get("mode", "none") != "none"
-        if r.get("section") == "seeds" or section == "seeds":
-            if r.get("section") == section:
-                out.append({**r, "from_run": r.get("from_run") or f"{prev['machine'].get('date', '?')} @ {prev['machine'].get('git_commit', '?')}"})
-        elif is_recon == recon and (recon or r["granularity"] == section):
+        if _section_of(r) == section and (rerun is None or r["method"] not in rerun):
             out.append({**r, "from_run": r.get("from_run") or f"{prev['machine'].get('date', '?')} @ {prev['machine'].get('git_commit', '?')}"})
     return out
 
@@ -673,6 +722,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sections = {x.strip() for x in args.sections.split(",") if x.strip()}
     if sections - set(SECTIONS):
         raise SystemExit(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
+    only = {x.strip() for x in args.methods.split(",") if x.strip()} if args.methods else None
+    if only is not None and only - set(list_methods()):
+        raise SystemExit(f"--methods: unknown {sorted(only - set(list_methods()))}; choose from {', '.join(list_methods())}")
     cfg = BenchConfig.quick_config() if args.quick else BenchConfig()
     cfg = replace(cfg, threads=args.threads)
     if args.hyperflows:
@@ -734,14 +786,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     phases["diagnostics"] = t.s
     recon: dict[str, ReconSpec] = {}
     with Timer() as t:
-        if "reconstruction" in sections:
+        reuse = only is not None or "reconstruction" not in sections  # the setting is chosen with the reconstruction section
+        if ({"reconstruction", "nm"} & sections) and reuse and prev is not None and prev.get("chosen_reconstruction"):
+            recon = {g: ReconSpec(**c) for g, c in prev["chosen_reconstruction"].items()}
+            recon_table = prev.get("recon_selection", [])
+            log(f"reconstruction setting from {args.rows_from}")
+        elif {"reconstruction", "nm"} & sections:
             log("choosing the reconstruction setting on validation")
             recon, recon_table = select_recon(ev, cfg, settings)
-            rows += run_reconstructed(ev, cfg, settings, recon)
+        else:
+            recon_table = (prev or {}).get("recon_selection", [])
+        if "reconstruction" in sections:
+            rows += run_reconstructed(ev, cfg, settings, recon, only) + (_kept_rows(prev, "reconstruction", only) if only is not None else [])
         else:
             rows += _kept_rows(prev, "reconstruction")
-            recon_table = (prev or {}).get("recon_selection", [])
     phases["reconstruction"] = t.s
+    with Timer() as t:
+        if "nm" in sections:
+            rows += run_nm(ev, cfg, settings["unstructured"], recon["unstructured"], only) + (
+                _kept_rows(prev, "nm", only) if only is not None else []
+            )
+        else:
+            rows += _kept_rows(prev, "nm")
+    phases["nm"] = t.s
     with Timer() as t:
         if "seeds" in sections:
             unstructured, channel = settings["unstructured"], settings["channel"]
@@ -782,7 +849,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sections_run": sorted(sections),
         "rows_from": str(args.rows_from) if args.rows_from else None,
         "recon_selection": recon_table,
-        "chosen_reconstruction": {g: r.model_dump() for g, r in recon.items()},
+        "chosen_reconstruction": {g: r.model_dump() for g, r in recon.items()} or (prev or {}).get("chosen_reconstruction", {}),
         "dense": dense,
         "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
         "raw_l1_diagnostic": diag,

@@ -166,13 +166,16 @@ def _header(result: dict[str, Any]) -> list[str]:
 def _targets(result: dict[str, Any]) -> list[str]:
     trows = []
     for t in result["targets"]:
-        unit = f"{t['point']:.0%} sparsity" if t["granularity"] == "unstructured" else f"{t['point']}x fewer MACs"
-        who = "one-shot" if t["granularity"] == "unstructured" else "structured"
+        unit = {"unstructured": f"{t['point']:.0%} sparsity" if t["granularity"] == "unstructured" else "", "nm": f"{t['point']} (N:M)"}.get(
+            t["granularity"], f"{t['point']}x fewer MACs"
+        )
+        who = {"unstructured": "one-shot", "nm": "semi-structured"}.get(t["granularity"], "structured")
         met = {True: "**met**", False: "not met", None: "not run"}[t["met"]]
         extra = f"; best of all (incl. trained masks): {t['best_any_label']} {pct(t['best_any_test_accuracy'])}" if t.get("best_any_label") else ""
         vsel = f"{t.get('val_selected_label', '')} {pct(t.get('val_selected_test_accuracy'))}"
         best = f"{t['best_label']} {pct(t['best_test_accuracy'])}{extra}" if t["best_label"] else "not run"
-        trows.append([f"{unit} ({who})", f"> {pct(t['beat'], 0)} %", t.get("reference", ""), best, vsel, met])
+        digits = 0 if abs(t["beat"] * 100 - round(t["beat"] * 100)) < 1e-9 else 1
+        trows.append([f"{unit} ({who})", f"> {pct(t['beat'], digits)} %", t.get("reference", ""), best, vsel, met])
     return [
         "## Targets\n",
         md_table(["target", "beat", "reference", "best test (reporting)", "chosen on val → its test", "status"], trows),

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.errors import InputError, UsageError
 
-Granularity = Literal["unstructured", "channel"]
+Granularity = Literal["unstructured", "channel", "nm"]
 Scope = Literal["global", "layerwise"]
 
 
@@ -110,8 +110,9 @@ class CandidateSpec(Frozen):
 
     Attributes:
         method: name in the method registry (``pipeline.pruning.methods.list_methods()``).
-        granularity: ``unstructured`` (single weights) or ``channel`` (whole output
-            channels, physically removed).
+        granularity: ``unstructured`` (single weights), ``channel`` (whole output
+            channels, physically removed) or ``nm`` (semi-structured: N of every M
+            consecutive input weights kept, ``nm``).
         scope: ``global`` ranks all prunable units together; ``layerwise`` prunes each
             layer to the same sparsity.
         target_sparsity: fraction of prunable weights to remove (unstructured), in
@@ -119,6 +120,10 @@ class CandidateSpec(Frozen):
             candidates and for methods whose sparsity is an outcome (hyperflows).
         target_macs_ratio: fraction of dense MACs to keep (channel granularity),
             in (0, 1]; e.g. 0.5 means 2x fewer MACs. A spec has at most one target.
+        nm: for ``nm`` granularity, (N, M): every output row of a pruned layer keeps N
+            of each M consecutive input weights (the weight's row flattened as
+            ``weight.reshape(out, -1)``, i.e. the rows of the im2col matmul); (2, 4)
+            when an ``nm`` spec gives none, None for the other granularities.
         knobs: method-specific numeric knobs (``pressure``, ``steps``,
             ``screening_weight``, ...); see each method's ``knobs`` attribute.
             Read-only, like ``allocation``.
@@ -143,6 +148,7 @@ class CandidateSpec(Frozen):
     scope: Scope = "global"
     target_sparsity: float | None = Field(None, gt=0, lt=1)
     target_macs_ratio: float | None = Field(None, gt=0, le=1)
+    nm: tuple[int, int] | None = None
     knobs: dict[str, float] = Field(default_factory=dict, validate_default=True)
     allocation: dict[str, float] = Field(default_factory=dict, validate_default=True)
     prune_stem: bool = True
@@ -160,6 +166,10 @@ class CandidateSpec(Frozen):
             return data
         data = dict(data)
         gran = data.get("granularity", "unstructured")
+        if gran == "nm":
+            return _nm_fields(data)
+        if data.get("nm") is not None:
+            raise InputError(f"nm {data['nm']} is for granularity 'nm'; the candidate's granularity is {gran!r}: drop nm or set granularity: nm")
         if "target_sparsity" not in data and gran == "unstructured" and data.get("target_macs_ratio") is None:
             data["target_sparsity"] = 0.5  # the unstructured default; channel candidates have none
         if data.get("target_sparsity") is not None and data.get("target_macs_ratio") is not None:
@@ -191,6 +201,17 @@ class CandidateSpec(Frozen):
         if isinstance(data, dict) and data.get("granularity") == "channel" and data.get("target_macs_ratio") is not None:
             data["target_sparsity"] = None
         return cls.model_validate(data)
+
+
+def _nm_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """An ``nm`` spec's fields: the pattern checked (default 2:4); it has no other target."""
+    for key in ("target_sparsity", "target_macs_ratio"):
+        if data.get(key) is not None:
+            raise InputError(f"granularity 'nm' sets the sparsity by its pattern nm=(N, M); drop {key} ({data[key]})")
+    n, m = data.get("nm") or (2, 4)
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
+        raise InputError(f"nm must be two whole numbers (N, M) with 1 <= N < M, e.g. (2, 4); got {data.get('nm')}")
+    return {**data, "nm": (n, m), "target_sparsity": None, "target_macs_ratio": None}
 
 
 class ReadOnlyDict(dict):

@@ -122,6 +122,9 @@ class SpaceConfig(Frozen):
             images; settings in the config's ``reconstruction:`` section).
         recon: reconstruction settings searched as well (``ReconSpace``): worth it when
             candidates are cheap (``fidelity:``).
+        nm: N:M patterns ``[N, M]`` for ``granularity: nm`` (Optuna parameter ``nm``,
+            values ``"N:M"``), e.g. ``[[2, 4], [4, 8]]``: keep N of every M consecutive
+            input weights.
     """
 
     methods: list[str] = Field(default_factory=lambda: ["magnitude"], min_length=1)
@@ -136,6 +139,17 @@ class SpaceConfig(Frozen):
     target_sparsity: float | None = Field(None, gt=0, lt=1)
     reconstruct: list[Literal["none", "lsq"]] = Field(["none"], min_length=1)
     recon: ReconSpace = Field(default_factory=ReconSpace)
+    nm: list[tuple[int, int]] = Field([(2, 4)], min_length=1)
+
+    @field_validator("nm")
+    @classmethod
+    def _nm(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for n, m in v:
+            if not 1 <= n < m:
+                raise ConfigError(f"pattern [{n}, {m}] must keep N of every M weights with 1 <= N < M, e.g. [2, 4]")
+        if len(set(v)) < len(v):
+            raise ConfigError(f"patterns {[list(p) for p in v]} repeat one; list each once")
+        return v
 
     @field_validator("sparsity", "macs_ratio")
     @classmethod

@@ -23,6 +23,8 @@ def _specs(name: str) -> list[CandidateSpec]:
         out.append(CandidateSpec(method=name, target_sparsity=None if m.target == "outcome" else 0.7, knobs=knobs, seed=1))
     if "channel" in m.granularities:
         out.append(CandidateSpec(method=name, granularity="channel", target_sparsity=None, target_macs_ratio=0.5, knobs=knobs, seed=1))
+    if "nm" in m.granularities:
+        out.append(CandidateSpec(method=name, granularity="nm", nm=(2, 4), knobs=knobs, seed=1))
     return out
 
 
@@ -38,6 +40,8 @@ def test_method_contract(name, digits_model, ctx, digits):
         if spec.granularity == "channel":
             _, eff = macs(model, ctx.example_input)
             assert abs(eff / dense - 0.5) <= 0.02, f"{name}: MACs ratio {eff / dense:.4f} for target 0.5"
+        elif spec.nm is not None:
+            assert plan.masks and all(bool((m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all()) for m in plan.masks.values()), f"{name}: not 2:4"
         elif spec.target_sparsity is not None:
             kept = sum(int(m.sum()) for m in plan.masks.values())
             total = sum(m.numel() for m in plan.masks.values())

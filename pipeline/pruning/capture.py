@@ -21,16 +21,27 @@ BATCH = 256  # calibration images per forward pass
 Hook = Callable[[str, nn.Module, torch.Tensor, slice], None]
 
 
+class _Done(Exception):
+    """Raised by a hook of ``hooked_pass(stop=True)``: the rest of the forward is not needed."""
+
+
 @torch.no_grad()
-def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, inputs: bool, batch: int = BATCH) -> None:
+def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, inputs: bool, batch: int = BATCH, stop: bool = False) -> None:
     """Run ``model`` over ``x`` (N, C, H, W) in batches, calling ``fn`` at every call of
-    each module in ``names`` (a module called twice per forward reports twice)."""
+    each module in ``names`` (a module called twice per forward reports twice). With
+    ``stop``, each forward ends once every module of ``names`` has been called once (what
+    comes after them is not run: a forward that needs it must not use ``stop``)."""
     modules = dict(model.named_modules())
     rows = {"now": slice(0, 0)}
+    seen: set[str] = set()
+    want = set(names)
 
     def hook(name: str):
         def run(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
             fn(name, mod, (args[0] if inputs else out).detach(), rows["now"])
+            seen.add(name)
+            if stop and seen >= want:
+                raise _Done
 
         return run
 
@@ -39,7 +50,11 @@ def hooked_pass(model: nn.Module, x: torch.Tensor, names: list[str], fn: Hook, i
         with eval_mode(model):
             for i in range(0, len(x), batch):
                 rows["now"] = slice(i, min(i + batch, len(x)))
-                model(x[rows["now"]])
+                seen.clear()
+                try:
+                    model(x[rows["now"]])
+                except _Done:
+                    pass
     finally:
         for h in handles:
             h.remove()

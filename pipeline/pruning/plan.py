@@ -53,7 +53,8 @@ class PrunePlan:
             output channels it keeps (structured pruning; applied first).
         weights: state-dict entries (dense shapes, float32) that replace the base
             model's before channels and masks are applied: what methods that train
-            (hyperflows, ocs) learned. Empty for one-shot methods.
+            (hyperflows, ocs) learned, or the compensating update of a method that
+            changes the weights it keeps (obs). Empty for the other one-shot methods.
         diagnostics: what the method reports about how it got there (OCS: its stable
             epoch and stability history), plain numbers or lists of numbers; stored as
             JSON in the Parquet metadata, scalars surface as metrics ``<method>_<key>``.

@@ -73,3 +73,28 @@ def layerwise_masks(
 def _count(fraction: float, numel: int) -> int:
     """Weights to remove for ``fraction`` of ``numel``; at least one always stays."""
     return int(round(min(max(fraction, 0.0), 1.0 - 1.0 / numel) * numel))
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
+    """N:M mask of one weight: in each output row (``scores.reshape(out, -1)``, the row of
+    the im2col matmul) every M consecutive entries keep their N highest scores (ties: the
+    lower position is kept). None when the row length is not a multiple of M: such a
+    layer (e.g. a stem conv with 3 * 3 * 3 inputs) has no N:M form and stays dense."""
+    rows = scores.detach().reshape(scores.shape[0], -1).float()
+    if rows.shape[1] % m:
+        return None
+    blocks = rows.reshape(rows.shape[0], -1, m)
+    # stable descending sort: the N first of each block are kept
+    order = torch.sort(blocks, dim=-1, descending=True, stable=True).indices
+    keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, order[..., :n], True)
+    return keep.reshape(scores.shape)
+
+
+def nm_masks(scores: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """``nm_mask`` of every scored tensor; tensors without an N:M form are left out (dense)."""
+    out = {}
+    for name, s in scores.items():
+        mask = nm_mask(s, n, m)
+        if mask is not None:
+            out[name] = mask
+    return out

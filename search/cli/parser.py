@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-macs", type=_positive_float, help="keep candidates with at most this many effective MACs")
     b.add_argument("--max-macs-ratio", type=_fraction, help="effective MACs at most this fraction of the dense model's")
     b.add_argument("--max-latency-ms", type=_positive_float, help="measured latency_ms at most this (per latency_batch images)")
-    b.add_argument("--granularity", metavar="{unstructured,channel}", help="keep one granularity")
+    b.add_argument("--granularity", metavar="{unstructured,channel,nm}", help="keep one granularity")
     b.add_argument(
         "--feasibility",
         choices=["feasible", "infeasible", "any"],

@@ -5,7 +5,7 @@ Figures are drawn on an Agg canvas without pyplot, so no global backend is switc
 drawing is safe in any process. Each ``*_figure`` returns the matplotlib ``Figure``
 (tests read its artists); ``*_plot`` returns the PNG bytes logged to the parent run.
 
-Markers say the granularity (circle: unstructured, square: channel), colours the
+Markers say the granularity (circle: unstructured, square: channel, diamond: N:M), colours the
 method; a hollow marker is a candidate that breaks the constraint (``feasible`` 0).
 """
 
@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from search.study import powerlaw
 
-MARKERS = {"unstructured": "o", "channel": "s"}
+MARKERS = {"unstructured": "o", "channel": "s", "nm": "D"}
 
 
 def _figure(width: float, height: float, cols: int = 1):

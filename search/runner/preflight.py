@@ -85,6 +85,7 @@ def most_pruned_macs_ratio(cfg: SearchConfig, splits: Splits, state: dict[str, t
             granularity=gran,
             target_sparsity=cfg.space.sparsity[1] if gran == "unstructured" else None,
             target_macs_ratio=cfg.space.macs_ratio[0] if gran == "channel" else None,
+            nm=min(cfg.space.nm, key=lambda p: p[0] / p[1]) if gran == "nm" else None,  # the sparsest pattern
             prune_stem=cfg.space.prune_stem,
             prune_head=cfg.space.prune_head,
         )

@@ -1,7 +1,9 @@
 """The baselines a new study starts from: every plain method of the space, at the target.
 
 One trial per method x granularity x scope (x reconstruction, when the space offers
-more than one), with the method's default knobs and no per-stage allocation. They are
+more than one), with the method's default knobs and no per-stage allocation; ``nm``
+granularity gives one trial per N:M pattern of ``space.nm`` instead of one per scope
+(a pattern prunes every row the same way whatever the scope). They are
 enqueued before any sampled trial, so a search never returns a worse network than
 the best plain method it contains, and the sampler explores around them.
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.pruning.methods import Knob, get_method
 from search.study import encoding as enc
-from search.study.space import searched_knobs
+from search.study.space import nm_name, searched_knobs
 
 if TYPE_CHECKING:
     import optuna
@@ -51,18 +53,21 @@ def baseline_params(cfg: SearchConfig) -> list[dict[str, Any]]:
         method = get_method(name)
         grans = [g for g in space.granularity if g in method.granularities]
         scopes: list[str] = [s for s in space.scope if s in method.scopes] or [method.scopes[0]]
-        for gran, scope, recon in itertools.product(grans, scopes, space.reconstruct):
+        points = [(g, s, None) for g in grans if g != "nm" for s in scopes] + [("nm", scopes[0], nm) for nm in space.nm if "nm" in grans]
+        for (gran, scope, nm), recon in itertools.product(points, space.reconstruct):
             p: dict[str, Any] = {}
             _choice(p, enc.METHOD, name, space.methods)
             _choice(p, enc.granularity_param(name), gran, grans)
             _choice(p, enc.scope_param(name), scope, scopes)
-            if method.target == "sparsity" and gran == "unstructured":
+            if nm is not None:
+                _choice(p, enc.NM, nm_name(nm), [nm_name(x) for x in space.nm])
+            elif method.target == "sparsity" and gran == "unstructured":
                 p[enc.TARGET_SPARSITY] = sparsity
             elif method.target == "sparsity":
                 p[enc.TARGET_MACS_RATIO] = macs_ratio
             for knob_name in searched_knobs(space, name):
                 p[enc.knob_param(name, knob_name)] = _knob_value(method.knobs[knob_name], space.knobs.get(name, {}).get(knob_name))
-            if method.allocates and space.allocation:
+            if method.allocates and space.allocation and nm is None:
                 p[enc.ALLOCATE] = False
             _choice(p, enc.RECONSTRUCT, recon, space.reconstruct)
             if recon == "lsq":

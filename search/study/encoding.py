@@ -7,8 +7,8 @@ and nowhere else:
   ``baselines`` and ``steering`` enqueue them): ``method``, ``METHOD.granularity``,
   ``METHOD.scope``, ``target_sparsity``, ``macs_ratio_target``, ``METHOD.KNOB``,
   ``allocate``, ``alloc.STAGE``, ``reconstruct``, ``recon.SETTING`` (the searched
-  reconstruction settings of an ``lsq`` trial: ``space.recon``). A choice with one option
-  is no parameter.
+  reconstruction settings of an ``lsq`` trial: ``space.recon``), ``nm`` (``"2:4"``). A
+  choice with one option is no parameter.
 - **MLflow params** of a candidate run (``spec_params``; read back by ``row_settings``):
   the spec's field names, nested settings dotted as in ``spec.json``
   (``reconstruct.images``, ``recal.images``), ``knob.NAME``, ``alloc.STAGE``, and the
@@ -39,6 +39,7 @@ TARGET_SPARSITY = "target_sparsity"
 TARGET_MACS_RATIO = "macs_ratio_target"
 ALLOCATE = "allocate"
 RECONSTRUCT = "reconstruct"
+NM = "nm"  # the N:M pattern of granularity nm, "2:4"
 #: Optuna names of studies written by earlier versions -> the current names
 LEGACY_OPTUNA = {"macs_ratio": TARGET_MACS_RATIO}
 #: MLflow params of records written by earlier versions -> the current names
@@ -92,6 +93,7 @@ def spec_params(spec: CandidateSpec) -> dict[str, str]:
         "scope": spec.scope,
         "target_sparsity": _num(spec.target_sparsity),
         "target_macs_ratio": _num(spec.target_macs_ratio),
+        NM: "" if spec.nm is None else f"{spec.nm[0]}:{spec.nm[1]}",
         RECONSTRUCT: spec.reconstruct.mode,
         "recal.images": str(spec.recal.images),
         "recal.mode": spec.recal.mode,

@@ -38,8 +38,10 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     # an outcome method may take a target under some knobs (hyperflows' controller): its
     # knobs come first; the others keep the order their studies were sampled in
     knobs = {} if method.target == "sparsity" else _suggest_knobs(trial, space, method_name)
-    target_sparsity = target_macs = None
-    if method.target_for(knobs) == "sparsity" and gran == "unstructured":
+    target_sparsity = target_macs = nm = None
+    if gran == "nm":
+        nm = nm_pattern(_categorical(trial, enc.NM, [nm_name(p) for p in space.nm]))
+    elif method.target_for(knobs) == "sparsity" and gran == "unstructured":
         target_sparsity = trial.suggest_float(enc.TARGET_SPARSITY, *space.sparsity)
     elif method.target_for(knobs) == "sparsity":
         target_macs = trial.suggest_float(enc.TARGET_MACS_RATIO, *space.macs_ratio)
@@ -48,7 +50,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
     allocation = {}
     # the scope's own split is a point of the space too: with ranges alone a search
     # can only move away from it (on ResNet-20 at 90 % that lost 4.5 points)
-    if method.allocates and space.allocation and trial.suggest_categorical(enc.ALLOCATE, [True, False]):
+    if method.allocates and gran != "nm" and space.allocation and trial.suggest_categorical(enc.ALLOCATE, [True, False]):
         allocation = {stage: trial.suggest_float(enc.alloc_param(stage), *rng) for stage, rng in space.allocation.items()}
     reconstruct = cfg.reconstruction.with_mode(_categorical(trial, enc.RECONSTRUCT, space.reconstruct))
     if reconstruct.mode == "lsq":
@@ -59,6 +61,7 @@ def suggest(trial: "optuna.Trial", cfg: "SearchConfig") -> CandidateSpec:
         scope=scope,
         target_sparsity=target_sparsity,
         target_macs_ratio=target_macs,
+        nm=nm,
         knobs=knobs,
         allocation=allocation,
         prune_stem=space.prune_stem,
@@ -101,6 +104,17 @@ def searched_knobs(space: "SpaceConfig", method_name: str) -> list[str]:
     method = get_method(method_name)
     ranges = space.knobs.get(method_name, {})
     return [name for name, knob in method.knobs.items() if name in ranges or knob.default is None]
+
+
+def nm_name(pattern: tuple[int, int]) -> str:
+    """The Optuna value of an N:M pattern: ``"2:4"``."""
+    return f"{pattern[0]}:{pattern[1]}"
+
+
+def nm_pattern(name: str) -> tuple[int, int]:
+    """``nm_name``'s inverse."""
+    n, m = name.split(":")
+    return int(n), int(m)
 
 
 def _categorical(trial: "optuna.Trial", name: str, choices: Sequence[str]) -> str:

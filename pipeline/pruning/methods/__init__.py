@@ -5,6 +5,7 @@ from pipeline.pruning.methods import hyperflows as _hyperflows  # noqa: E402,F40
 
 # Built-in methods register themselves on import, one line each.
 from pipeline.pruning.methods import magnitude as _magnitude  # noqa: E402,F401
+from pipeline.pruning.methods import obs as _obs  # noqa: E402,F401
 from pipeline.pruning.methods import ocs as _ocs  # noqa: E402,F401
 from pipeline.pruning.methods import random as _random  # noqa: E402,F401
 from pipeline.pruning.methods import screening as _screening  # noqa: E402,F401

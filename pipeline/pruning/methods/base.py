@@ -29,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.pruning import structure
 from pipeline.pruning.layers import prunable_weights, stage_of
 from pipeline.pruning.plan import PrunePlan
-from pipeline.pruning.thresholds import global_masks, layerwise_masks
+from pipeline.pruning.thresholds import global_masks, layerwise_masks, nm_masks
 
 if TYPE_CHECKING:
     from pipeline.data.splits import Splits
@@ -176,6 +176,8 @@ class PruningMethod(ABC):
             raise InputError(f"method {self.name!r} supports granularity {list(self.granularities)}, but the candidate asks for {spec.granularity!r}")
         if spec.scope not in self.scopes:
             raise InputError(f"method {self.name!r} supports scope {list(self.scopes)}, but the candidate asks for {spec.scope!r}")
+        if spec.allocation and spec.granularity == "nm":
+            raise InputError("granularity 'nm' prunes every layer to its N:M pattern; remove the per-stage allocation from the candidate")
         if spec.allocation and not self.allocates:
             raise InputError(f"method {self.name!r} takes no per-stage allocation; remove it from the candidate")
         unknown = set(spec.knobs) - set(self.knobs)
@@ -240,7 +242,8 @@ class ImportanceMethod(PruningMethod):
     """A one-shot method: importance scores once, selection for any target.
 
     It prunes weights (``weight_scores``) and channels (``channel_scores``); a method that
-    scores only one of them narrows ``granularities``.
+    scores only one of them narrows ``granularities``. A method that adds ``nm`` to its
+    granularities gets N:M masks from its weight scores (``thresholds.nm_masks``).
     """
 
     granularities: ClassVar[tuple[str, ...]] = ("unstructured", "channel")
@@ -272,15 +275,21 @@ class ImportanceMethod(PruningMethod):
     def plan(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> PrunePlan:
         if spec.granularity == "channel":
             return self._channel_plan(model, ctx, spec)
+        if spec.granularity == "nm":
+            assert spec.nm is not None  # CandidateSpec fills it in for nm
+            return PrunePlan(masks=nm_masks(self._cached_scores(model, ctx, spec), *spec.nm))
         if spec.target_sparsity is None:
             raise InputError(f"method {self.name!r} needs target_sparsity for unstructured pruning")
-        key = self.cache_key(spec)
-        if key not in ctx.cache:
-            ctx.cache[key] = self.weight_scores(model, ctx, spec)
-        scores = ctx.cache[key]
+        scores = self._cached_scores(model, ctx, spec)
         base = self.global_split(model, ctx, spec, scores) if spec.scope == "global" else None
         ratios = {n: spec.allocation.get(stage_of(n), 1.0) for n in scores} if spec.allocation else None
         return PrunePlan(masks=layerwise_masks(scores, spec.target_sparsity, ratios, base))
+
+    def _cached_scores(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec") -> dict[str, torch.Tensor]:
+        key = self.cache_key(spec)
+        if key not in ctx.cache:
+            ctx.cache[key] = self.weight_scores(model, ctx, spec)
+        return ctx.cache[key]
 
     def global_split(self, model: nn.Module, ctx: PruneContext, spec: "CandidateSpec", scores: dict[str, torch.Tensor]) -> dict[str, float]:
         """Parameter name -> fraction of it that global scope removes at ``spec.target_sparsity``.

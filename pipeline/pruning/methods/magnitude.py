@@ -12,7 +12,10 @@ from pipeline.spec import CandidateSpec
 
 @register_method("magnitude")
 class Magnitude(ImportanceMethod):
-    """|w| per weight; the Lp norm of its filter per output channel (``norm`` knob: 1 or 2)."""
+    """|w| per weight (unstructured and N:M); the Lp norm of its filter per output channel
+    (``norm`` knob: 1 or 2)."""
+
+    granularities = ("unstructured", "channel", "nm")
 
     knobs = {"norm": Knob(1, 2, integer=True, default=1, limits=(1, 2))}
     score_knobs = ("norm",)
