@@ -13,9 +13,11 @@ as a Ray actor. Contract:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
+import resource
 import time
 import traceback
 from typing import Any
@@ -26,6 +28,7 @@ from torch import nn
 from pipeline import measure
 from pipeline.build import apply_plan, plan_candidate
 from pipeline.data.splits import Splits
+from pipeline.devices import GpuLock, actor_device, device_name
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, load_base
 from pipeline.pruning.methods import PruneContext
@@ -50,6 +53,8 @@ class Evaluator:
         measure_cfg: what and how to measure.
         threads: torch intra-op threads of this evaluator (1 per actor on shared CPUs).
         device: ``cpu``, ``cuda`` or ``auto``.
+        num_gpus: the GPUs the actor asked Ray for (``pipeline.devices.pick_device``):
+            0 is the CPU, whatever is visible; > 0 the GPU Ray assigned. None outside Ray.
     """
 
     def __init__(
@@ -60,25 +65,39 @@ class Evaluator:
         measure_cfg: MeasureConfig,
         threads: int = 1,
         device: str = "auto",
+        num_gpus: float | None = None,
     ) -> None:
         torch.set_num_threads(threads)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        self.device, gpu_key = actor_device(device, num_gpus)
+        self._gpu = GpuLock(gpu_key) if gpu_key else None
         self.base = load_base(model_cfg, base_state).to(self.device)
-        splits = splits.to(self.device)  # once per actor: every candidate runs on the device
+        splits = splits.to(self.device)  # raw pixels stay shared (CPU) or move once as uint8 (GPU)
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
         self.ctx = PruneContext.from_splits(splits)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
-        self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
+        self.dense_accuracy = self._val_accuracy(self.base)
         self.ctx.on_step = self._on_step
         self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
-        self._probe = splits.calib.x[:_PROBE_IMAGES]
+        self._probe = splits.calib.batch(0, _PROBE_IMAGES)
         self._dense_var = bn_output_variance(self.base, self._probe)
 
     def node(self) -> dict[str, Any]:
-        """Where this evaluator runs: Ray node id (when in Ray), host, process id, device, torch threads."""
-        return {"node_id": _ray_node_id(), "host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
+        """Where this evaluator runs: Ray node id (when in Ray), host, process id, device
+        (``cuda:0``), its type and name, torch threads, precision, and the process's peak
+        resident memory so far (``peak_rss_mb``, MiB)."""
+        return {
+            "node_id": _ray_node_id(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "device_type": self.device.type,
+            "device_name": device_name(self.device),
+            "threads": self.threads,
+            "precision": self.cfg.precision,
+            "peak_rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}",
+        }
 
     def status(self) -> dict[str, Any] | None:
         """The candidate being evaluated now: ``spec``, ``elapsed_s`` (wall seconds), and
@@ -135,7 +154,11 @@ class Evaluator:
         return m["accuracy"]
 
     def _val_accuracy(self, model: nn.Module) -> float:
-        return measure.accuracy(model, self.splits.val.x, self.splits.val.y, self.cfg.eval_batch)
+        return measure.accuracy(model, self.splits.val, self.splits.val.y, self.cfg.eval_batch, self.cfg.precision)
+
+    def _work(self) -> contextlib.AbstractContextManager:
+        """Held while a candidate computes on a shared GPU (a latency measurement waits for it)."""
+        return self._gpu.shared() if self._gpu is not None else contextlib.nullcontext()
 
     def _pruned(self, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]) -> tuple[nn.Module, PrunePlan]:
         """The pruned (and, for a new plan, reconstructed) network of ``spec`` and its plan."""
@@ -158,7 +181,8 @@ class Evaluator:
         stored statistics when they score higher on validation than ``m["accuracy_before_recal"]``.
         Sets ``m["accuracy"]`` and ``m["recal_applied"]``."""
         stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
-        recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
+        with measure.autocast(self.device, self.cfg.precision):
+            recalibrated = recalibrate(model, self.ctx.calib_x, spec.recal, seed=spec.seed, black=self.splits.black)
         m["accuracy"] = self._val_accuracy(model) if recalibrated else m["accuracy_before_recal"]
         if recalibrated and stored is not None and m["accuracy"] < m["accuracy_before_recal"]:
             model.load_state_dict(stored)  # the stored statistics scored higher: keep them
@@ -168,7 +192,36 @@ class Evaluator:
 
     def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None) -> tuple[CandidateResult, nn.Module]:
         m: dict[str, float] = {}
+        with self._work():
+            model, plan, table = self._measured(spec, plan, m)
+        t0 = time.perf_counter()
+        lock = self._gpu.exclusive() if self._gpu is not None else contextlib.nullcontext()
+        with lock:  # nothing else runs on this GPU while it is timed
+            m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats, self.cfg.precision)
+        m["eval_s"] += time.perf_counter() - t0
+        info = {
+            **self._info(),
+            "latency_batch": str(self.cfg.latency_batch),
+            "latency_device": f"{self.device.type} {device_name(self.device)}",
+            "latency_precision": self.cfg.precision,
+            "latency_threads": str(self.threads),
+        }
+        result = CandidateResult(
+            spec=spec,
+            state="ok",
+            metrics=m,
+            info=info,
+            plan=plan.to_parquet(),
+            diagnostics=table,
+            diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
+        )
+        return result, model
+
+    def _measured(self, spec: CandidateSpec, plan: PrunePlan | None, m: dict[str, float]):
+        """Everything of ``_evaluate`` but the latency: (model, plan, signal-collapse table)."""
         model, plan = self._pruned(spec, plan, m)
+        if self.device.type == "cuda" and self.cfg.precision != "fp32":
+            model = model.to(memory_format=torch.channels_last)
 
         t0 = time.perf_counter()
         m["accuracy_before_recal"] = self._val_accuracy(model)
@@ -198,21 +251,9 @@ class Evaluator:
         m.update(self._size_metrics(model, spec))
         m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
         if self.cfg.test_accuracy:
-            m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
-        m["latency_ms"] = measure.latency_ms(model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats)
+            m["test_accuracy"] = measure.accuracy(model, self.splits.test, self.splits.test.y, self.cfg.eval_batch, self.cfg.precision)
         m["eval_s"] = time.perf_counter() - t0
-        info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
-        table = variance_table(self._dense_var, var_before, var_after)
-        result = CandidateResult(
-            spec=spec,
-            state="ok",
-            metrics=m,
-            info=info,
-            plan=plan.to_parquet(),
-            diagnostics=table,
-            diagnostics_png=variance_plot(table) if self.cfg.collapse_plot else b"",
-        )
-        return result, model
+        return model, plan, variance_table(self._dense_var, var_before, var_after)
 
     def _reconstruct(self, model: nn.Module, plan: PrunePlan, spec: CandidateSpec, m: dict[str, float]) -> PrunePlan:
         """Refit ``model`` in place; the plan returned carries the refit weights."""

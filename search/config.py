@@ -184,7 +184,13 @@ class ActorsConfig(Frozen):
     threads: int = Field(1, ge=1)
     queue: int = Field(2, ge=1)
     max_retries: int = Field(2, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU Ray assigned when num_gpus > 0, else the CPU
+
+    @model_validator(mode="after")
+    def _gpu_given(self) -> "ActorsConfig":
+        if self.device == "cuda" and self.num_gpus == 0:
+            raise ValueError("device: cuda needs num_gpus > 0 (an actor computes only on a GPU Ray gave it); set actors.num_gpus, e.g. 1 or 0.25")
+        return self
 
 
 class BaseTrainingConfig(Frozen):

@@ -1,6 +1,7 @@
 """The preprocessing a model expects, as plain data, and the one function that applies it.
 
-``load_data`` normalises every split with ``normalise``; an export records a
+``normalise`` is the host-side twin of ``pipeline.data.store.normalise_batch`` (the same float32
+operations); an export records a
 ``Preprocessing`` next to the weights, so a model used elsewhere gets its images
 exactly as the search scored them. Only numpy and torch are needed to apply it.
 """
@@ -86,7 +87,7 @@ class Preprocessing:
         if self.resize is not None:
             from pipeline.data.splits import fit_image
 
-            return fit_image(pic, self.resize)
+            return fit_image(pic, self.resize, self.input_shape[1])
         return pic
 
 

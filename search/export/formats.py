@@ -88,7 +88,7 @@ def export(
         raise ExportError(f"-o: {output} is a folder; give a file name, e.g. {Path(output) / 'best.pt'}")
     rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
     pre = preprocessing(rb.cfg.data, rb.splits)
-    check = rb.splits.val.x[:_CHECK_IMAGES]
+    check = rb.splits.val.batch(0, _CHECK_IMAGES)
     paths: dict[str, Path | None] = {"pt": None, "pt2": None, "json": None, "onnx": None}
     diffs: dict[str, float] = {}
     if output is not None:

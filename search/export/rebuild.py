@@ -76,7 +76,13 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         spec = CandidateSpec.from_json(artifact(client, run_id, "spec.json", d).decode())
         plan = PrunePlan.from_parquet(artifact(client, run_id, "plan.parquet", d))
     refuse_imports(cfg.model, allow_import, f"run {run_id}")
-    splits = load_data(cfg.data)
+    if cfg.data.name == "import" and not allow_import:
+        raise ExportError(
+            f"run {run_id} names data factory {cfg.data.import_path!r}; rebuilding it would import and run that code. "
+            "Pass --allow-import (allow_import=True) only if you trust it"
+        )
+    recorded_subsets = cfg.inside_run_dir(f"data/{cfg.name}-subsets.npz")  # the images the search scored
+    splits = load_data(cfg.data, record=recorded_subsets if recorded_subsets.exists() else None)
     evaluator = Evaluator(
         cfg.model,
         base_state(cfg, splits),

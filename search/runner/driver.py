@@ -29,7 +29,7 @@ from search.export.mlmodel import log_front_models
 from search.records.query import candidate_rows
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
-from search.runner.basemodel import base_state
+from search.runner.basemodel import base_state, needs_train
 from search.runner.lock import RunFolderLock, StudyHeartbeat
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
@@ -81,7 +81,8 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     finished = _resume_finished(cfg, recorder)
     if finished is not None:
         return finished
-    splits = load_data(cfg.data)
+    # only the subsets (raw uint8), at the positions recorded for this run; train only if read
+    splits = load_data(cfg.data, train=needs_train(cfg), record=cfg.inside_run_dir(f"data/{cfg.name}-subsets.npz"))
     check_labels(cfg, splits)
     check_allocation(cfg)
     check_model_fits(cfg, splits)
@@ -119,7 +120,8 @@ def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, stat
     started_ray = connect_ray(cfg)
     _term_is_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit)
     count = cfg.actors.count or default_actor_count(cfg, ray.cluster_resources())
-    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device)
+    # numpy pixels in the object store: the actors of a node map one copy (zero-copy)
+    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device, cfg.actors.num_gpus)
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
     try:
