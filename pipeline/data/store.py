@@ -109,8 +109,8 @@ class _EpochBatches:
 
 @dataclass
 class StreamSplit:
-    """Training images read on demand: ``source`` (a ``pipeline.data.sources.ImageSet``) at
-    ``indices``; nothing is decoded until a method asks for batches."""
+    """Training images read on demand: ``source`` (a ``pipeline.data.sources.DatasetImages``)
+    at ``indices``; nothing is decoded until a method asks for batches."""
 
     source: Any
     indices: np.ndarray
@@ -132,7 +132,7 @@ class StreamSplit:
 
         from pipeline.data.decode import Checked, collate
 
-        ds = Checked(self.source, self.indices, "train")
+        ds = Checked(self.source.ds, self.indices, "train")
         loader = DataLoader(
             ds, batch_sampler=_EpochBatches(len(self), batch_size, generator), num_workers=self.workers, collate_fn=partial(collate, split="train")
         )
