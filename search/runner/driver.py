@@ -53,6 +53,7 @@ class SearchOutcome:
     recorded_total: int  # candidates recorded in the study so far (all invocations)
     interrupted: bool
     loop_s: float = 0.0  # wall seconds from the first candidate submitted to the last recorded (actors ready)
+    data_s: float = 0.0  # wall seconds reading and decoding the data subsets (start-up)
 
 
 def actor_prefix(name: str, parent_id: str) -> str:
@@ -82,7 +83,9 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     if finished is not None:
         return finished
     # only the subsets (raw uint8), at the positions recorded for this run; train only if read
+    t_data = time.monotonic()
     splits = load_data(cfg.data, train=needs_train(cfg), record=cfg.inside_run_dir(f"data/{cfg.name}-subsets.npz"))
+    data_s = time.monotonic() - t_data
     check_labels(cfg, splits)
     check_allocation(cfg)
     check_model_fits(cfg, splits)
@@ -112,7 +115,7 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
             signal.signal(signal.SIGTERM, previous)
     if cfg.log_models and not interrupted:
         log_front_models(recorder.uri, cfg.experiment, parent_id)
-    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s, data_s)
 
 
 def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, state, splits, quiet: bool) -> tuple[int, int, bool, float]:
