@@ -162,10 +162,12 @@ def data_part(a: argparse.Namespace) -> list[dict[str, Any]]:
             spec = t / f"search{n}.json"
             spec.write_text(json.dumps(search_config(folder, base, t / f"run{n}", a)))
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-            proc = subprocess.run([sys.executable, __file__, "--child", str(spec)], capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(spec)], stdout=subprocess.PIPE, text=True, env=env
+            )  # its log on our stderr
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SCALE ")]
             if proc.returncode or not line:
-                raise SystemExit(f"search on {n} images failed:\n{proc.stderr[-3000:]}")
+                raise SystemExit(f"search on {n} images failed (exit {proc.returncode}); its log is above")
             fig = json.loads(line[-1][6:])
             row = {"folder_images": n, "image_size": a.image_size, "calib_size": a.calib, "val_size": a.val, "test_size": a.test, **fig}
             print(row, flush=True)
@@ -174,7 +176,10 @@ def data_part(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    out = ["# Scale figures\n", f"Machine: {doc.get('machine', {}).get('cpu_model', '')}, {doc.get('machine', {}).get('logical_cpus', '')} logical CPUs.\n"]
+    out = [
+        "# Scale figures\n",
+        f"Machine: {doc.get('machine', {}).get('cpu_model', '')}, {doc.get('machine', {}).get('logical_cpus', '')} logical CPUs.\n",
+    ]
     for part in PARTS:
         rows = doc.get(part) or []
         out.append(f"\n## {part}\n")

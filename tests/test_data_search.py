@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from data_factories import reads
+
+from search.runner.driver import run_search
 
 from conftest import candidate_runs, search_config
-from data_factories import reads
-from search.runner.driver import run_search
 
 
 @pytest.mark.slow
