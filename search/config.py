@@ -250,6 +250,9 @@ class SearchConfig(Frozen):
 
         if self.model.name not in list_models():
             raise ValueError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
+        from pipeline.data.sources import LOADERS
+
+        LOADERS.get(self.data.name)  # "data.name: unknown data set ...; did you mean ...?" (a ValueError)
         check_paths = (info.context or {}).get("check_paths", True)
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():

@@ -19,8 +19,12 @@ def _digits_cfg(**over):
 
 
 def test_a_misspelt_loader_is_refused_with_the_closest_name():
+    from search.config import ConfigError, parse_config
+
     with pytest.raises(RegistryError, match="data.name: unknown data set 'imagefoldr'.*did you mean 'imagefolder'"):
         load_data(DataConfig(name="imagefoldr"))
+    with pytest.raises(ConfigError, match="data.name: unknown data set 'cifar1O'.*did you mean 'cifar10'"):
+        parse_config({"data": {"name": "cifar1O"}})
 
 
 def test_an_import_data_set_gives_raw_subsets_normalised_like_today(tmp_path):
