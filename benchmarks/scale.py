@@ -6,7 +6,7 @@ one part can be re-run without losing the rest:
 
 - ``data`` (this part, issue 20): an ImageFolder of generated JPEGs (``--folders`` sizes,
   256 px, centre-cropped to ``--image-size``), a search of torchvision ``resnet18``
-  (a base trained for a few steps at 32 px on the same kind of images, so it beats
+  (a base trained for a few steps at the input size on the same kind of images, so it beats
   chance; the cost figures do not depend on its accuracy) with magnitude candidates:
   ``startup_s`` (driver start to the first candidate submitted, Ray start included),
   ``data_s`` (reading and decoding the subsets), peak resident memory of the driver and
@@ -78,8 +78,9 @@ def make_folder(root: Path, images: int, link_from: Path | None = None) -> Path:
     return root
 
 
-def train_base(path: Path, steps: int = 20) -> Path:
-    """resnet18 trained ``steps`` SGD steps at 32 px on generated images (product training loop)."""
+def train_base(path: Path, side: int, steps: int = 20) -> Path:
+    """resnet18 trained ``steps`` SGD steps on generated images at the model's input size
+    ``side`` (product training loop; trained at another size it scores at chance)."""
     import torch
 
     from pipeline.data.preprocess import normalise
@@ -88,7 +89,7 @@ def train_base(path: Path, steps: int = 20) -> Path:
 
     torch.manual_seed(0)
     labels = np.arange(320) % CLASSES
-    x = normalise(np.stack([picture(int(c), 10_000 + i, 32) for i, c in enumerate(labels)]), MEAN, STD)
+    x = normalise(np.stack([picture(int(c), 10_000 + i, side) for i, c in enumerate(labels)]), MEAN, STD)
     model = build_model(ModelConfig(name="torchvision:resnet18", num_classes=CLASSES))
     train_classifier(model, x, torch.from_numpy(labels), steps, lr=0.05, batch_size=16)
     torch.save(model.state_dict(), path)
@@ -156,7 +157,7 @@ def data_part(a: argparse.Namespace) -> list[dict[str, Any]]:
         t0 = time.monotonic()
         big = make_folder(t / f"folder{sizes[-1]}", sizes[-1])
         print(f"generated {sizes[-1]} JPEGs in {time.monotonic() - t0:.0f} s", flush=True)
-        base = train_base(t / "base.pt")
+        base = train_base(t / "base.pt", a.image_size)
         for n in sizes:
             folder = big if n == sizes[-1] else make_folder(t / f"folder{n}", n, link_from=big)
             spec = t / f"search{n}.json"
