@@ -176,7 +176,7 @@ def plan_model(evaluator: Evaluator, plan: bytes | PrunePlan, spec: StemHead) ->
 
 def plan_accuracy(evaluator: Evaluator, plan: bytes | PrunePlan, spec: StemHead, split: Split, batch: int = 512) -> float:
     """Top-1 of the plan's network with the stored (dense) BatchNorm statistics on ``split``."""
-    return measure.accuracy(plan_model(evaluator, plan, spec), split.x, split.y, batch)
+    return measure.accuracy(plan_model(evaluator, plan, spec), split, split.y, batch)
 
 
 def dense_reference(evaluator: Evaluator) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def dense_reference(evaluator: Evaluator) -> dict[str, Any]:
     t = evaluator.splits.test
     return {
         "val_accuracy": evaluator.dense_accuracy,
-        "test_accuracy": measure.accuracy(evaluator.base, t.x, t.y, evaluator.cfg.eval_batch),
+        "test_accuracy": measure.accuracy(evaluator.base, t, t.y, evaluator.cfg.eval_batch),
         "macs": evaluator.dense_macs,
     }
 

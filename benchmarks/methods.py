@@ -318,7 +318,7 @@ def row_of(ev: Evaluator, res: CandidateResult, label: str, point: float | str, 
     if spec.granularity == "channel":
         row["kept_per_stage"] = kept_per_stage(plan.channels)
     t = ev.splits.test
-    row["test_accuracy_before_recal"] = measure.accuracy(model, t.x, t.y, ev.cfg.eval_batch)
+    row["test_accuracy_before_recal"] = measure.accuracy(model, t, t.y, ev.cfg.eval_batch)
     # sparsity over *all* conv/linear weights (the metric counts only the prunable ones,
     # which exclude the stem/head when they are not pruned)
     row["sparsity_all_weights"] = measure.pruned_fraction(model, ev.base)
@@ -414,7 +414,7 @@ def dense_reference(ev: Evaluator, setting: Setting) -> dict[str, Any]:
     }
     m = copy.deepcopy(ev.base)
     recalibrate(m, ev.ctx.calib_x, setting.recal, black=ev.splits.black)
-    out["recalibrated"] = {"recal": setting.recal.model_dump(), "test_accuracy": measure.accuracy(m, t.x, t.y)}
+    out["recalibrated"] = {"recal": setting.recal.model_dump(), "test_accuracy": measure.accuracy(m, t, t.y)}
     return out
 
 

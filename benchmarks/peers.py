@@ -343,8 +343,8 @@ def part_unstructured(b: Bench, sparsities) -> list[dict[str, Any]]:
         tools["torch_l1"] = {
             "label": "torch global_unstructured L1 (no recalibration)",
             "sparsity": measure.pruned_fraction(model, b.ev.base),  # over every conv/linear weight
-            "val_accuracy": measure.accuracy(model, s.val.x, s.val.y),
-            "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
+            "val_accuracy": measure.accuracy(model, s.val, s.val.y),
+            "test_accuracy": measure.accuracy(model, s.test, s.test.y),
             "wall_s": prune_s,
             "loadavg": loadavg(),
             "_plan": PrunePlan(masks=masks).to_parquet(),
@@ -543,8 +543,8 @@ def part_structured(b: Bench, targets, pool) -> list[dict[str, Any]]:
                 "macs": m["macs"],
                 "max_logit_diff_vs_shrink": diff,
                 "channels": {g: int(v.numel()) for g, v in plan.channels.items()},
-                "val_accuracy": measure.accuracy(model, s.val.x, s.val.y),
-                "test_accuracy": measure.accuracy(model, s.test.x, s.test.y),
+                "val_accuracy": measure.accuracy(model, s.val, s.val.y),
+                "test_accuracy": measure.accuracy(model, s.test, s.test.y),
                 "val_recal": m["accuracy"],
                 "test_recal": m["test_accuracy"],
                 "recal_applied": m["recal_applied"],

@@ -1,25 +1,23 @@
-"""Scale: what prunesearch costs on models and data the size users prune.
+#!/usr/bin/env python
+"""Scale figures: what a search costs as the data set and the model grow (``results/scale.json``).
 
-Parts (``--part``), each writing only its own list of ``benchmarks/results/scale.json``
-and keeping the others, so runs of different parts merge:
+The JSON holds three lists, each written by one ``--part`` and kept by the others, so
+one part can be re-run without losing the rest:
 
-- ``reconstruction``: ``pipeline.repair.reconstruct.reconstruct`` on a torchvision
-  model (random weights, BatchNorm statistics estimated on the images, synthetic
-  normal images, magnitude plan) in a fresh process per row, so ``peak_rss_mb`` is that
-  process's own peak resident memory. Rows: ``model``, ``image_size``, ``images``,
-  ``granularity``, ``solver``, ``seconds``, ``solve_seconds``, ``peak_rss_mb``,
-  ``mean_layer_error`` (relative squared layer output error after the fit, averaged
-  over the refit layers), ``max_memory_gb``, ``threads``. ``--tree DIR --solver NAME``
-  measures another checkout's code (``--tree /work/main --solver before``: the solver
-  before this change); a row replaces the row of the same model, size, images,
-  granularity, target and solver.
+- ``data`` (this part, issue 20): an ImageFolder of generated JPEGs (``--folders`` sizes,
+  256 px, centre-cropped to ``--image-size``), a search of torchvision ``resnet18``
+  (a base trained for a few steps at the input size on the same kind of images, so it beats
+  chance; the cost figures do not depend on its accuracy) with magnitude candidates:
+  ``startup_s`` (driver start to the first candidate submitted, Ray start included),
+  ``data_s`` (reading and decoding the subsets), peak resident memory of the driver and
+  of the actors (the largest ``info.peak_rss_mb`` any candidate recorded).
+- ``reconstruction`` and ``records``: filled by their own parts (issue 21).
 
-Run (1 torch thread by default)::
+Each search runs in a fresh process (``--child``), so its peak memory is its own.
 
-    nice -n 10 .venv/bin/python benchmarks/scale.py --part reconstruction \\
-        --model resnet18 --granularity unstructured --target 0.8 --size 224 --images 256
-    nice -n 10 .venv/bin/python benchmarks/scale.py --part reconstruction \\
-        --model resnet50 --granularity channel --target 0.5 --size 224 --images 64 256 1024 --max-memory-gb 2
+Run (full scale; about an hour on 2 cores):
+
+    nice -n 10 .venv/bin/python benchmarks/scale.py --part data --folders 2000 20000 --candidates 16 --calib 256 --val 1000
 """
 
 from __future__ import annotations
@@ -27,170 +25,219 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
+import tempfile
+import time
+from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
-def _one(job: dict[str, Any]) -> dict[str, Any]:
-    """One reconstruction in this process (its code from ``sys.path``): the row's figures."""
-    import resource
-    import time
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reporting import RESULTS_DIR, md_table, write_json, write_text  # noqa: E402
 
+PARTS = ("data", "reconstruction", "records")
+CLASSES = 2  # two colours: a base trained for seconds beats chance, which the preflight requires
+SIDE = 256  # generated images: the evaluation transform resizes the short side to 256 and crops 224
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _colour(label: int) -> np.ndarray:
+    return np.array([(label * 97) % 256, (label * 57 + 80) % 256, (label * 151 + 160) % 256], dtype=np.float32)
+
+
+def picture(label: int, index: int, side: int = SIDE) -> np.ndarray:
+    """A (side, side, 3) uint8 image of class ``label``: the class colour, a gradient, noise."""
+    rng = np.random.default_rng(label * 1_000_003 + index)
+    ramp = np.linspace(-30, 30, side, dtype=np.float32)[None, :, None]
+    px = _colour(label)[None, None] + ramp + rng.normal(0, 25, (side, side, 3)).astype(np.float32)
+    return np.clip(px, 0, 255).astype(np.uint8)
+
+
+def _write(job: tuple[Path, int, int]) -> None:
+    from PIL import Image
+
+    root, label, index = job
+    Image.fromarray(picture(label, index)).save(root / f"c{label}" / f"{index:06d}.jpg", quality=85)
+
+
+def make_folder(root: Path, images: int, link_from: Path | None = None) -> Path:
+    """``images`` JPEGs in ``CLASSES`` class folders (links to ``link_from``'s first ones, if given)."""
+    for c in range(CLASSES):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    jobs = [(root, i % CLASSES, i // CLASSES) for i in range(images)]
+    if link_from is not None:
+        for _, c, i in jobs:
+            (root / f"c{c}" / f"{i:06d}.jpg").symlink_to(link_from / f"c{c}" / f"{i:06d}.jpg")
+        return root
+    with Pool(2) as pool:
+        pool.map(_write, jobs, chunksize=64)
+    return root
+
+
+def train_base(path: Path, side: int, steps: int = 20) -> Path:
+    """resnet18 trained ``steps`` SGD steps on generated images at the model's input size
+    ``side`` (product training loop; trained at another size it scores at chance)."""
     import torch
 
-    from pipeline.build import apply_plan, plan_candidate
+    from pipeline.data.preprocess import normalise
     from pipeline.models import ModelConfig, build_model
-    from pipeline.pruning.methods import PruneContext
-    from pipeline.repair.reconstruct import reconstruct
-    from pipeline.spec import CandidateSpec, ReconSpec
+    from pipeline.train import train_classifier
 
-    torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=f"torchvision:{job['model']}", num_classes=1000))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(job["images"], 3, job["size"], job["size"], generator=g)
-    model.train()
-    with torch.no_grad():  # random-init BN statistics describe nothing: estimate them once
-        for i in range(0, min(len(x), 64), 16):
-            model(x[i : i + 16])
-    model.eval()
-    y = torch.zeros(len(x), dtype=torch.int64)
-    ctx = PruneContext(calib_x=x[:16], calib_y=y[:16], train_x=x[:16], train_y=y[:16], example_input=x[:1], num_classes=1000)
-    unstructured = job["granularity"] == "unstructured"
-    spec = CandidateSpec(
-        granularity=job["granularity"],
-        target_sparsity=job["target"] if unstructured else None,
-        target_macs_ratio=None if unstructured else job["target"],
-    )
-    plan = plan_candidate(model, ctx, spec)
-    pruned = apply_plan(model, plan)
-    settings: dict[str, Any] = {"mode": "lsq", "images": len(x), "batch_size": job["batch"]}
-    if "max_memory_gb" in ReconSpec.model_fields:
-        settings["max_memory_gb"] = job["max_memory_gb"]
-    t0 = time.perf_counter()
-    _, report = reconstruct(model, pruned, x, ReconSpec(**settings), plan)
-    seconds = time.perf_counter() - t0
+    labels = np.arange(320) % CLASSES
+    x = normalise(np.stack([picture(int(c), 10_000 + i, side) for i, c in enumerate(labels)]), MEAN, STD)
+    model = build_model(ModelConfig(name="torchvision:resnet18", num_classes=CLASSES))
+    train_classifier(model, x, torch.from_numpy(labels), steps, lr=0.05, batch_size=16)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def search_config(folder: Path, base: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
     return {
-        "seconds": round(seconds, 1),
-        "solve_seconds": round(report.solve_s, 1) if hasattr(report, "solve_s") else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "mean_layer_error": report.mean(report.error_after),
-        "mean_layer_error_before": report.mean(report.error_before),
-        "layers": len(report.layers),
-        "skipped": len(report.skipped),
+        "name": f"scale-{folder.name}",
+        "run_dir": str(run_dir),
+        "model": {"name": "torchvision:resnet18", "num_classes": CLASSES, "checkpoint": str(base)},
+        "data": {
+            "name": "imagefolder",
+            "path": str(folder),
+            "image_size": a.image_size,
+            "mean": list(MEAN),
+            "std": list(STD),
+            "calib_size": a.calib,
+            "val_size": a.val,
+            "test_size": a.test,
+            "workers": 2,
+        },
+        "space": {"methods": ["magnitude"], "granularity": ["unstructured"], "reconstruct": ["none"], "sparsity": [0.3, 0.6]},
+        "recalibration": {"images": a.calib, "batch_size": 64},
+        "objective": {"mode": "pareto"},
+        "budget": {"trials": a.candidates},
+        "actors": {"count": a.actors, "num_cpus": 1, "threads": 1},
+        "measure": {"latency_repeats": 3, "test_accuracy": False, "collapse_plot": False, "eval_batch": 100},
     }
 
 
-if __name__ == "__main__" and "--one" in sys.argv:  # a child: import the code of --tree only
-    job = json.loads(sys.argv[sys.argv.index("--one") + 1])
-    sys.path.insert(0, job["tree"])
-    print("ROW " + json.dumps(_one(job)))
-    sys.exit(0)
+def child(spec: Path) -> None:
+    """One search in this process; prints a JSON line of its figures."""
+    import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from common import log, machine_info  # noqa: E402
-from reporting import md_table, read_json, write_json, write_text  # noqa: E402
+    torch.set_num_threads(1)
+    from mlflow.tracking import MlflowClient
 
-RESULTS = REPO / "benchmarks" / "results"
-KEY = ("model", "image_size", "images", "granularity", "target", "solver")
+    from search.config import parse_config
+    from search.runner.driver import run_search
+
+    cfg = parse_config(json.loads(spec.read_text()))
+    t0 = time.monotonic()
+    out = run_search(cfg, quiet=True)
+    wall = time.monotonic() - t0
+    runs = MlflowClient(out.tracking_uri).search_runs([MlflowClient(out.tracking_uri).get_experiment_by_name(out.experiment).experiment_id])
+    actor_rss = [float(r.data.tags["info.peak_rss_mb"]) for r in runs if "info.peak_rss_mb" in r.data.tags]
+    fig = {
+        "candidates": out.evaluated,
+        "failed": out.failed,
+        "wall_s": round(wall, 1),
+        "startup_s": round(wall - out.loop_s, 1),
+        "data_s": round(out.data_s, 1),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "actor_peak_rss_mb": max(actor_rss) if actor_rss else None,
+    }
+    print("SCALE " + json.dumps(fig), flush=True)
 
 
-def reconstruction_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def data_part(a: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    for images in args.images:
-        job = {
-            "tree": str(Path(args.tree).resolve()),
-            "model": args.model,
-            "size": args.size,
-            "images": images,
-            "granularity": args.granularity,
-            "target": args.target,
-            "threads": args.threads,
-            "batch": args.batch,
-            "max_memory_gb": args.max_memory_gb,
-        }
-        log(f"reconstruction {args.model} {args.size}px {images} images {args.granularity} {args.target} solver={args.solver}")
-        env = {**os.environ, "PYTHONPATH": job["tree"], "OMP_NUM_THREADS": str(args.threads)}
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"the measurement failed:\n{out.stderr[-3000:]}")
-        got = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("ROW "))[4:])
-        row = {
-            "model": args.model,
-            "image_size": args.size,
-            "images": images,
-            "granularity": args.granularity,
-            "target": args.target,
-            "solver": args.solver,
-            **got,
-            "max_memory_gb": args.max_memory_gb if args.solver != "before" else None,
-            "threads": args.threads,
-        }
-        log(f"  {row['seconds']} s (solve {row['solve_seconds']} s), peak RSS {row['peak_rss_mb']} MB, layer error {row['mean_layer_error']:.4g}")
-        rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="prunesearch-scale-") as tmp:
+        t = Path(tmp)
+        sizes = sorted(a.folders)
+        t0 = time.monotonic()
+        big = make_folder(t / f"folder{sizes[-1]}", sizes[-1])
+        print(f"generated {sizes[-1]} JPEGs in {time.monotonic() - t0:.0f} s", flush=True)
+        base = train_base(t / "base.pt", a.image_size)
+        for n in sizes:
+            folder = big if n == sizes[-1] else make_folder(t / f"folder{n}", n, link_from=big)
+            spec = t / f"search{n}.json"
+            spec.write_text(json.dumps(search_config(folder, base, t / f"run{n}", a)))
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(spec)], stdout=subprocess.PIPE, text=True, env=env
+            )  # its log on our stderr
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SCALE ")]
+            if proc.returncode or not line:
+                raise SystemExit(f"search on {n} images failed (exit {proc.returncode}); its log is above")
+            fig = json.loads(line[-1][6:])
+            row = {"folder_images": n, "image_size": a.image_size, "calib_size": a.calib, "val_size": a.val, "test_size": a.test, **fig}
+            print(row, flush=True)
+            rows.append(row)
     return rows
 
 
-def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``old`` with the rows of ``new`` replacing those of the same ``KEY``."""
-    keys = {tuple(r.get(k) for k in KEY) for r in new}
-    return [r for r in old if tuple(r.get(k) for k in KEY) not in keys] + new
-
-
-def markdown(data: dict[str, Any]) -> str:
-    parts = ["# Scale\n", f"Machine: {data.get('machine', {})}\n"]
-    rows = data.get("reconstruction", [])
-    if rows:
-        parts.append("## Reconstruction\n")
-        header = ["model", "px", "images", "granularity", "target", "solver", "s", "solve s", "peak RSS MB", "layer error"]
-        body = [
-            [
-                r["model"],
-                r["image_size"],
-                r["images"],
-                r["granularity"],
-                r["target"],
-                r["solver"],
-                r["seconds"],
-                r.get("solve_seconds"),
-                r["peak_rss_mb"],
-                f"{r['mean_layer_error']:.4g}",
-            ]
-            for r in sorted(rows, key=lambda r: tuple(str(r.get(k)) for k in KEY))
-        ]
-        parts.append(md_table(header, body))
-    for name in sorted(set(data) - {"machine", "reconstruction"}):
-        if isinstance(data[name], list) and data[name]:
-            parts.append(f"## {name}\n")
-            cols = list(data[name][0])
-            parts.append(md_table(cols, [[r.get(c) for c in cols] for r in data[name]]))
-    return "\n".join(parts) + "\n"
+def render(doc: dict[str, Any]) -> str:
+    out = [
+        "# Scale figures\n",
+        f"Machine: {doc.get('machine', {}).get('cpu_model', '')}, {doc.get('machine', {}).get('logical_cpus', '')} logical CPUs.\n",
+    ]
+    for part in PARTS:
+        rows = doc.get(part) or []
+        out.append(f"\n## {part}\n")
+        note = doc.get("notes", {}).get(part)
+        if note:
+            out.append(f"\n{note}\n")
+        if rows:
+            keys = list(dict.fromkeys(k for r in rows for k in r))
+            out.append("\n" + md_table(keys, ([r.get(k) for k in keys] for r in rows)))
+        else:
+            out.append("\n(not measured yet)\n")
+    return "".join(out)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=["reconstruction"], required=True, help="which list of scale.json to (re)measure")
-    p.add_argument("--model", default="resnet18", help="torchvision model name (random weights)")
-    p.add_argument("--granularity", choices=["unstructured", "channel"], default="unstructured")
-    p.add_argument("--target", type=float, default=0.8, help="sparsity (unstructured) or MACs kept (channel)")
-    p.add_argument("--size", type=int, default=224, help="image side, pixels")
-    p.add_argument("--images", type=int, nargs="+", default=[256], help="calibration image counts, one row each")
-    p.add_argument("--batch", type=int, default=64, help="reconstruction.batch_size")
-    p.add_argument("--max-memory-gb", type=float, default=None, help="reconstruction.max_memory_gb (None: no limit)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tree", default=str(REPO), help="the checkout whose code is measured")
-    p.add_argument("--solver", default="new", help="the rows' solver label (before: the code before this change)")
-    p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
-    args = p.parse_args()
-    data = read_json(args.out, "--out") if args.out.exists() else {}
-    data["machine"] = machine_info()
-    data["reconstruction"] = merge(data.get("reconstruction", []), reconstruction_rows(args))
-    write_json(args.out, data)
-    write_text(args.out.with_suffix(".md"), markdown(data))
-    log(f"wrote {args.out}")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--part", default="data")
+    if pre.parse_known_args()[0].part == "reconstruction":  # its own flags: benchmarks/scale_reconstruction.py
+        import scale_reconstruction
+
+        return scale_reconstruction.main()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=PARTS, default="data")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--folders", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--candidates", type=int, default=16)
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--val", type=int, default=1000)
+    ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--note", default="", help="what this run's scale is, when it is not the full one")
+    ap.add_argument(
+        "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared", help="shared assets (records part: ResNet-20, CIFAR-10)"
+    )
+    ap.add_argument("--recon-images", type=int, default=512, help="records part: reconstruction images of the ResNet-20 replay search")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import common
+
+    doc: dict[str, Any] = json.loads(a.out.read_text()) if a.out.exists() else {}
+    doc = {**{p: [] for p in PARTS}, **doc}
+    if a.part == "records":
+        import scale_records
+
+        doc[a.part] = scale_records.records_rows(a.shared, a.recon_images)
+    else:
+        doc[a.part] = data_part(a)
+    doc.setdefault("machines", {})[a.part] = common.machine_info()
+    doc["machine"] = common.machine_info()
+    doc.setdefault("notes", {})[a.part] = a.note
+    write_json(a.out, doc)
+    write_text(a.out.with_suffix(".md"), render(doc))
+    print(f"wrote {a.out} and {a.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

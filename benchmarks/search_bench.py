@@ -184,9 +184,9 @@ def sequential_loop(assets, sparsities: list[float], recal: RecalSpec) -> float:
         model = copy.deepcopy(assets.base)
         weights = prunable_weights(model)
         apply_masks(model, global_masks({n: w.detach().abs() for n, w in weights.items()}, sp))
-        measure.accuracy(model, s.val.x, s.val.y)
+        measure.accuracy(model, s.val, s.val.y)
         recalibrate(model, s.calib.x, recal)
-        measure.accuracy(model, s.val.x, s.val.y)
+        measure.accuracy(model, s.val, s.val.y)
     return time.perf_counter() - t0
 
 
@@ -195,9 +195,9 @@ def floor_cost(assets, recal: RecalSpec, repeats: int = 3) -> float:
     s, model = assets.splits, copy.deepcopy(assets.base)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        measure.accuracy(model, s.val.x, s.val.y)
+        measure.accuracy(model, s.val, s.val.y)
         recalibrate(model, s.calib.x, recal)
-        measure.accuracy(model, s.val.x, s.val.y)
+        measure.accuracy(model, s.val, s.val.y)
     return (time.perf_counter() - t0) / repeats
 
 

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -46,35 +46,39 @@ class BuildContext(PruneContext):
     """A ``PruneContext`` plus what the later stages read.
 
     Attributes:
-        val_x, val_y: validation images (N, C, H, W) and int64 labels (N,): keep-better
+        val_x, val_y: validation images (float32 (N, C, H, W), or a data split whose raw
+            pixels are normalised batch by batch) and int64 labels (N,): keep-better
             recalibration and the ``accuracy*`` metrics; None (``ps.prune``): no accuracy
             is measured and keep-better is refused.
         black: a black pixel after normalisation, per channel (``Splits.black``), for the
             recalibration's augmentation padding; None pads with 0.
         eval_batch: images per forward pass when scoring accuracy.
+        precision: ``fp32``, ``bf16`` or ``fp16``: accuracy and recalibration run under that
+            autocast (``measure.precision``).
         on_layer: called as ``on_layer(layers done, layers to refit)`` while reconstruction
             runs (an actor's progress, ``ps.prune``'s log); None: nobody listens.
     """
 
-    val_x: torch.Tensor | None = None
+    val_x: Any = None
     val_y: torch.Tensor | None = None
     black: Sequence[float] | None = None
     eval_batch: int = 512
+    precision: str = "fp32"
     on_layer: Callable[[int, int], None] | None = None
 
     @classmethod
-    def from_splits(cls, splits: "Splits", eval_batch: int = 512) -> "BuildContext":
-        """``PruneContext.from_splits`` plus the validation split, its black pixel and
-        ``eval_batch``."""
+    def from_splits(cls, splits: "Splits", eval_batch: int = 512, precision: str = "fp32") -> "BuildContext":
+        """``PruneContext.from_splits`` plus the validation split (normalised batch by
+        batch), its black pixel, ``eval_batch`` and ``precision``."""
         method_part = PruneContext.from_splits(splits)
         shared = {f.name: getattr(method_part, f.name) for f in dataclasses.fields(PruneContext)}
-        return cls(**shared, val_x=splits.val.x, val_y=splits.val.y, black=splits.black, eval_batch=eval_batch)
+        return cls(**shared, val_x=splits.val, val_y=splits.val.y, black=splits.black, eval_batch=eval_batch, precision=precision)
 
     def val_accuracy(self, model: nn.Module) -> float | None:
         """Top-1 of ``model`` on the validation images (a fraction), or None without them."""
         if self.val_x is None or self.val_y is None:
             return None
-        return measure.accuracy(model, self.val_x, self.val_y, self.eval_batch)
+        return measure.accuracy(model, self.val_x, self.val_y, self.eval_batch, self.precision)
 
 
 @dataclass
@@ -188,7 +192,8 @@ def _recalibrate(model: nn.Module, ctx: BuildContext, spec: CandidateSpec, m: di
     stored statistics when they score higher on validation than ``m["accuracy_before_recal"]``.
     Sets ``m["recal_applied"]`` and (with validation images) ``m["accuracy"]``."""
     stored = {k: v.clone() for k, v in model.state_dict().items()} if spec.recal.keep_better else None
-    recalibrated = recalibrate(model, ctx.calib_x, spec.recal, seed=spec.seed, black=ctx.black)
+    with measure.autocast(ctx.calib_x.device, ctx.precision):
+        recalibrated = recalibrate(model, ctx.calib_x, spec.recal, seed=spec.seed, black=ctx.black)
     _put(m, "accuracy", ctx.val_accuracy(model) if recalibrated else m.get("accuracy_before_recal"))
     if recalibrated and stored is not None and not keep_better(model, stored, m["accuracy_before_recal"], m["accuracy"]):
         m["accuracy"] = m["accuracy_before_recal"]  # the stored statistics scored higher: kept

@@ -13,10 +13,12 @@ wraps it as a Ray actor (the only place that does). Contract:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import platform
+import resource
 import time
 import traceback
 from typing import Any
@@ -27,6 +29,7 @@ from torch import nn
 from pipeline import measure
 from pipeline.build import BuildContext, build_candidate
 from pipeline.data.splits import Splits
+from pipeline.devices import GpuLock, actor_device, device_name
 from pipeline.fidelity import Rung, RungCache, run_rung
 from pipeline.measure import MeasureConfig
 from pipeline.models import ModelConfig, load_base
@@ -47,6 +50,10 @@ class Evaluator:
         measure_cfg: what and how to measure.
         threads: torch intra-op threads of this evaluator (1 per actor on shared CPUs).
         device: ``cpu``, ``cuda`` or ``auto``.
+        keep_refit: whether results carry reconstruction's refit weights in their plan
+            (``records.refit_weights: replay`` records none: a rebuild replays the fit).
+        num_gpus: the GPUs the actor asked Ray for (``pipeline.devices.pick_device``):
+            0 is the CPU, whatever is visible; > 0 the GPU Ray assigned. None outside Ray.
     """
 
     def __init__(
@@ -58,29 +65,43 @@ class Evaluator:
         threads: int = 1,
         device: str = "auto",
         keep_refit: bool = True,
+        num_gpus: float | None = None,
     ) -> None:
         torch.set_num_threads(threads)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        self.device, gpu_key = actor_device(device, num_gpus)
+        self._gpu = GpuLock(gpu_key) if gpu_key else None
         self.base = load_base(model_cfg, base_state).to(self.device)
-        splits = splits.to(self.device)  # once per actor: every candidate runs on the device
+        splits = splits.to(self.device)  # raw pixels stay shared (CPU) or move once as uint8 (GPU)
         self.splits = splits
         self.cfg = measure_cfg
         self.threads = threads
         self.keep_refit = keep_refit
         self._calib_sha: str | None = None
-        self.ctx = BuildContext.from_splits(splits, measure_cfg.eval_batch)
+        self.ctx = BuildContext.from_splits(splits, measure_cfg.eval_batch, measure_cfg.precision)
         self.dense_macs, _ = measure.macs(self.base, self.ctx.example_input)
-        self.dense_accuracy = measure.accuracy(self.base, splits.val.x, splits.val.y, measure_cfg.eval_batch)
+        self.dense_accuracy = self._val_accuracy(self.base)
         self.ctx.on_step = self._on_step
         self.ctx.on_layer = self._on_layer
         self._running: dict[str, Any] | None = None  # the candidate in progress, for ``status``
-        self._probe = splits.calib.x[:_PROBE_IMAGES]
+        self._probe = splits.calib.batch(0, _PROBE_IMAGES)
         self._dense_var = bn_output_variance(self.base, self._probe)
         self._rungs = RungCache()  # candidates' work between fidelity rungs (``pipeline.fidelity``)
 
     def node(self) -> dict[str, Any]:
-        """Where this evaluator runs: Ray node id (when in Ray), host, process id, device, torch threads."""
-        return {"node_id": _ray_node_id(), "host": platform.node(), "pid": os.getpid(), "device": str(self.device), "threads": self.threads}
+        """Where this evaluator runs: Ray node id (when in Ray), host, process id, device
+        (``cuda:0``), its type and name, torch threads, precision, and the process's peak
+        resident memory so far (``peak_rss_mb``, MiB)."""
+        return {
+            "node_id": _ray_node_id(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "device_type": self.device.type,
+            "device_name": device_name(self.device),
+            "threads": self.threads,
+            "precision": self.cfg.precision,
+            "peak_rss_mb": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}",
+        }
 
     def status(self) -> dict[str, Any] | None:
         """The candidate being evaluated now: ``spec``, ``elapsed_s`` (wall seconds), and
@@ -153,25 +174,47 @@ class Evaluator:
         unturned = spec.model_copy(update={"finetune_steps": 0}) if spec.finetune_steps else spec
         return build_candidate(self.base, self.ctx, unturned).metrics["accuracy"]
 
+    def _val_accuracy(self, model: nn.Module) -> float:
+        return measure.accuracy(model, self.splits.val, self.splits.val.y, self.cfg.eval_batch, self.cfg.precision)
+
+    def _work(self) -> contextlib.AbstractContextManager:
+        """Held while a candidate computes on a shared GPU (a latency measurement waits for it)."""
+        return self._gpu.shared() if self._gpu is not None else contextlib.nullcontext()
+
     def _evaluate(self, spec: CandidateSpec, plan: PrunePlan | None = None, trial: int | None = None) -> tuple[CandidateResult, nn.Module]:
         variance: dict[str, Any] = {}  # BN output variance before and after recalibration
 
         def observe(stage: str, model: nn.Module) -> None:
             variance[stage] = bn_output_variance(model, self._probe)
 
-        built = build_candidate(self.base, self.ctx, spec, plan, observe=observe)
-        model, plan, m = built.model, built.plan, built.metrics
-
-        t0 = time.perf_counter()
-        m.update(self._size_metrics(model, spec))
-        m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
-        if self.cfg.test_accuracy:
-            m["test_accuracy"] = measure.accuracy(model, self.splits.test.x, self.splits.test.y, self.cfg.eval_batch)
-        m["latency_ms"] = measure.latency_ms(
-            model, self.splits.input_shape, self.cfg.latency_batch, self.cfg.latency_repeats, self.cfg.latency_budget_s
-        )
+        with self._work():
+            built = build_candidate(self.base, self.ctx, spec, plan, observe=observe)
+            model, plan, m = built.model, built.plan, built.metrics
+            t0 = time.perf_counter()
+            m.update(self._size_metrics(model, spec))
+            m["dense_accuracy"] = self.dense_accuracy  # the same for every candidate: the drop at a glance
+            if self.cfg.test_accuracy:
+                m["test_accuracy"] = measure.accuracy(model, self.splits.test, self.splits.test.y, self.cfg.eval_batch, self.cfg.precision)
+        if self.device.type == "cuda" and self.cfg.precision != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+        lock = self._gpu.exclusive() if self._gpu is not None else contextlib.nullcontext()
+        with lock:  # nothing else runs on this GPU while it is timed
+            m["latency_ms"] = measure.latency_ms(
+                model,
+                self.splits.input_shape,
+                self.cfg.latency_batch,
+                self.cfg.latency_repeats,
+                self.cfg.precision,
+                budget_s=self.cfg.latency_budget_s,
+            )
         m["eval_s"] = time.perf_counter() - t0
-        info = {**self._info(), "latency_batch": str(self.cfg.latency_batch)}
+        info = {
+            **self._info(),
+            "latency_batch": str(self.cfg.latency_batch),
+            "latency_device": f"{self.device.type} {device_name(self.device)}",
+            "latency_precision": self.cfg.precision,
+            "latency_threads": str(self.threads),
+        }
         if spec.reconstruct.mode == "lsq":
             info["calib_sha256"] = self.calibration_fingerprint()
         table = variance_table(self._dense_var, variance["before_recal"], variance["after_recal"])

@@ -162,7 +162,7 @@ def run_rung(ev: RungHost, spec: CandidateSpec, rung: Rung, cache: RungCache) ->
         held.recal = s.recal
         held.metrics["recal_s"] = time.perf_counter() - t1
     n = rung.val_images or len(ev.splits.val.y)
-    x, y = ev.splits.val.x[:n], ev.splits.val.y[:n]
+    x, y = ev.splits.val.batch(0, n), ev.splits.val.y[:n]
     m = dict(held.metrics)
     m["accuracy_before_recal"] = measure.accuracy(held.before, x, y, ev.cfg.eval_batch)
     m["accuracy"] = measure.accuracy(held.after, x, y, ev.cfg.eval_batch) if held.applied else m["accuracy_before_recal"]

@@ -7,9 +7,11 @@ pass of ``latency_batch`` images on the evaluator's device with its torch thread
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -36,6 +38,8 @@ class MeasureConfig(Frozen):
             never used for selection).
         collapse_plot: draw each candidate's signal-collapse PNG in the actor
             (about 0.1 s of CPU per candidate; the Parquet table is always kept).
+        precision: ``fp32`` (default), ``bf16`` or ``fp16``: evaluation, recalibration and
+            latency run under ``torch.autocast`` to that type (and ``channels_last`` on CUDA).
     """
 
     eval_batch: int = Field(512, ge=1)
@@ -44,6 +48,14 @@ class MeasureConfig(Frozen):
     latency_budget_s: float = Field(10.0, gt=0, le=600)
     test_accuracy: bool = True
     collapse_plot: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bf16 / fp16 on ``device`` (nothing for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class NumericsError(PrunesearchError, RuntimeError):
@@ -51,8 +63,12 @@ class NumericsError(PrunesearchError, RuntimeError):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on images ``x`` (N, C, H, W) and labels ``y`` (N,).
+def accuracy(model: nn.Module, x: Any, y: torch.Tensor, batch: int = 512, precision: str = "fp32") -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on images ``x`` and labels ``y`` (N,).
+
+    ``x`` is a float32 (N, C, H, W) tensor, or a data split (``pipeline.data.store.Split``)
+    whose raw images are normalised one batch at a time. ``precision`` (``fp32``, ``bf16``,
+    ``fp16``) runs the forward passes under ``torch.autocast`` (``autocast``).
 
     Raises:
         NumericsError: if any logit is NaN or Inf.
@@ -60,8 +76,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     model.eval()
     device = next(model.parameters()).device
     correct = 0
+    get = x.batch if hasattr(x, "batch") else (lambda i, j: x[i:j])
     for i in range(0, len(x), batch):
-        logits = model(x[i : i + batch].to(device))
+        with autocast(device, precision):
+            logits = model(get(i, i + batch).to(device))
         if not torch.isfinite(logits).all():
             raise NumericsError("the pruned network produced NaN or Inf logits")
         correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
@@ -119,24 +137,35 @@ def pruned_fraction(model: nn.Module, base: nn.Module, prune_stem: bool = True, 
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int, budget_s: float | None = None) -> float:
-    """Median milliseconds of one eval forward pass of a (batch, *input_shape) input, over
-    ``repeats`` timed passes after 3 warm-ups; with ``budget_s``, over those that fit in
-    that many wall seconds (at least one)."""
+def latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...], batch: int, repeats: int, precision: str = "fp32", warmup: int = 3, budget_s: float | None = None
+) -> float:
+    """Median milliseconds of one eval forward pass of a (batch, *input_shape) input, after
+    ``warmup`` untimed passes, under ``precision``'s autocast, over ``repeats`` timed passes
+    (with ``budget_s``: those that fit in that many wall seconds, at least one). On CUDA each
+    pass is timed with CUDA events (GPU time of the pass, not the launch); on CPU by wall clock."""
     model.eval()
     device = next(model.parameters()).device
     x = torch.randn(batch, *input_shape, device=device)
+    if device.type == "cuda" and precision != "fp32":
+        x = x.contiguous(memory_format=torch.channels_last)
     times: list[float] = []
     deadline = time.perf_counter() + budget_s if budget_s is not None else math.inf
-    for i in range(repeats + 3):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append((time.perf_counter() - t0) * 1e3)
+    with autocast(device, precision):
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                model(x)
+                times.append((time.perf_counter() - t0) * 1e3)
             if time.perf_counter() >= deadline:
                 break
     return statistics.median(times)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -10,8 +10,13 @@ from torch import nn
 from pipeline.pruning.plan import apply_masks
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator):
-    """Endless shuffled mini-batches of (x, y)."""
+def batches(x: Any, y: torch.Tensor | None, batch_size: int, generator: torch.Generator):
+    """Endless shuffled mini-batches of (x, y): tensors, or a data split (``Split``,
+    ``StreamSplit``: raw images normalised batch by batch, in the same order; ``y`` unused)."""
+    if not isinstance(x, torch.Tensor):
+        yield from x.shuffled_batches(batch_size, generator)
+        return
+    assert y is not None
     while True:
         order = torch.randperm(len(x), generator=generator)
         for i in range(0, len(x) - batch_size + 1, batch_size):
@@ -21,8 +26,8 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
 
 def train_classifier(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Any,
+    y: torch.Tensor | None,
     steps: int,
     lr: float = 0.05,
     batch_size: int = 64,

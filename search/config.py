@@ -268,7 +268,13 @@ class ActorsConfig(Frozen):
     threads: int = Field(1, ge=1)
     queue: int = Field(2, ge=1)
     max_retries: int = Field(2, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU Ray assigned when num_gpus > 0, else the CPU
+
+    @model_validator(mode="after")
+    def _gpu_given(self) -> "ActorsConfig":
+        if self.device == "cuda" and self.num_gpus == 0:
+            raise ConfigError("device: cuda needs num_gpus > 0 (an actor computes only on a GPU Ray gave it); set actors.num_gpus, e.g. 1 or 0.25")
+        return self
 
 
 class BaseTrainingConfig(Frozen):
@@ -330,6 +336,9 @@ class SearchConfig(Frozen):
 
         if self.model.name not in list_models():
             raise ConfigError(f"model.name: unknown model {self.model.name!r}; valid models: {list_models()}")
+        from pipeline.data.sources import LOADERS
+
+        LOADERS.get(self.data.name)  # "data.name: unknown data set ...; did you mean ...?" (an InputError)
         check_paths = (info.context or {}).get("check_paths", True)
         for field, path in (("model.checkpoint", self.model.checkpoint), ("data.path", self.data.path), ("data.test_path", self.data.test_path)):
             if check_paths and path and not Path(path).expanduser().exists():

@@ -45,8 +45,8 @@ def test_example_configs_are_valid():
     assert {"digits.yaml", "resnet20_cifar10.yaml", "cluster.yaml"} <= {p.name for p in paths}, paths
     names = set()
     for path in paths:
-        # cluster configs name files that exist on the cluster, not here
-        names.add(load_config(path, check_paths="cluster" not in path.name).name)
+        # cluster configs name files that exist on the cluster, own_model.yaml the user's: not here
+        names.add(load_config(path, check_paths="cluster" not in path.name and path.name != "own_model.yaml").name)
     assert "digits-space" in names and len(names) == len(paths)
 
 

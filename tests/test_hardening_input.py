@@ -89,8 +89,11 @@ def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path, capsys):
         for i in range(3):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
-    err = _run(tmp_path, capsys, data={"name": "imagefolder", "path": str(tmp_path / "imgs")}, model={"num_classes": 2})
-    assert f"data: {tmp_path / 'imgs' / 'b' / 'broken.png'} cannot be read as an image" in err
+    # 7 images: 6 in the subsets, 1 for the training the base model needs; each is decoded
+    sizes = {"calib_size": 2, "val_size": 2, "test_size": 2}
+    err = _run(tmp_path, capsys, data={"name": "imagefolder", "path": str(tmp_path / "imgs"), **sizes}, model={"num_classes": 2}, recalibration={"images": 2})
+    broken = tmp_path / "imgs" / "b" / "broken.png"
+    assert f"index 6 ({broken}): reading it raised UnidentifiedImageError" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def test_an_unknown_name_lists_the_valid_ones_and_the_closest():
 def test_methods_models_and_loaders_share_it():
     assert list_methods() == METHODS.names() and "ocs" in METHODS
     assert list_models() == MODELS.names() and "digits_cnn" in MODELS
-    assert {"digits", "npz", "cifar10", "cifar100", "imagefolder"} == set(LOADERS.names())
+    assert {"digits", "npz", "cifar10", "cifar100", "imagefolder", "import"} == set(LOADERS.names())
     with pytest.raises(RegistryError, match="unknown pruning method 'magnitud'; valid methods: .*did you mean 'magnitude'"):
         get_method("magnitud")
     with pytest.raises(RegistryError, match="model.name: unknown model 'digits_cn'; valid models: .*did you mean 'digits_cnn'"):

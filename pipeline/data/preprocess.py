@@ -1,6 +1,7 @@
 """The preprocessing a model expects, as plain data, and the one function that applies it.
 
-``load_data`` normalises every split with ``normalise``; an export records a
+``normalise`` is the host-side twin of ``pipeline.data.store.normalise_batch`` (the same float32
+operations); an export records a
 ``Preprocessing`` next to the weights, so a model used elsewhere gets its images
 exactly as the search scored them. Only numpy and torch are needed to apply it.
 """
@@ -86,17 +87,17 @@ class Preprocessing:
     def _fit(self, pic: Any) -> Any:
         pic = pic.convert(self.channel_order if self.channel_order in ("RGB", "L") else "RGB")
         if self.resize is not None:
-            return fit_image(pic, self.resize)
+            return fit_image(pic, self.resize, self.input_shape[1])
         return pic
-
-
-def fit_image(img: Any, size: int) -> Any:
-    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``size`` x ``size``
-    (what ``imagefolder`` does to every image, and what an export's transform repeats)."""
-    from torchvision.transforms import functional as F
-
-    return F.center_crop(F.resize(img, size), size)
 
 
 def _is_pil(x: Any) -> bool:
     return type(x).__module__.startswith("PIL.")
+
+
+def fit_image(img, size: int, crop: int | None = None):
+    """Resize a PIL image's shorter edge to ``size`` and centre-crop it to ``crop`` (default
+    ``size``) square: what ``imagefolder`` does to every image, and what an export repeats."""
+    from torchvision.transforms import functional as F
+
+    return F.center_crop(F.resize(img, size), crop or size)

@@ -96,7 +96,7 @@ def export(
         check_output(Path(output), onnx, force)
     rb = rebuild(tracking_uri, run_id, tolerance, allow_import)
     pre = preprocessing(rb.cfg.data, rb.splits)
-    check = rb.splits.val.x[:_CHECK_IMAGES]
+    check = rb.splits.val.batch(0, _CHECK_IMAGES)
     paths: dict[str, Path | None] = {"pt": None, "pt2": None, "json": None, "onnx": None}
     diffs: dict[str, float] = {}
     if output is not None:

@@ -85,8 +85,14 @@ def rebuild(tracking_uri: str, run_id: str, tolerance: float = 1e-6, allow_impor
         cfg = validate.read_config(artifact(client, parent, "config.json", d), f"config.json of search run {parent}")
         spec = validate.read_spec(artifact(client, run_id, "spec.json", d), f"spec.json of run {run_id}", run.data.params.get("spec"))
         refuse_imports(cfg.model, allow_import, f"run {run_id}")
+        if cfg.data.name == "import" and not allow_import:
+            raise ExportError(
+                f"run {run_id} names data factory {cfg.data.import_path!r}; rebuilding it would import and run that code. "
+                "Pass --allow-import (allow_import=True) only if you trust it"
+            )
         plan = validate.read_plan(artifact(client, run_id, "plan.parquet", d), f"plan.parquet of run {run_id}", cfg.model)
-    splits = load_data(cfg.data)
+    recorded_subsets = cfg.inside_run_dir(f"data/{cfg.name}-subsets.npz")  # the images the search scored
+    splits = load_data(cfg.data, record=recorded_subsets if recorded_subsets.exists() else None)
     tags = run.data.tags
     replay = spec.reconstruct.mode == "lsq" and not plan.refit  # recorded without its refit weights
     evaluator = Evaluator(

@@ -15,6 +15,7 @@ import torch
 from pipeline.data.splits import Splits
 from pipeline.models import build_model, load_base
 from pipeline.models.checkpoint import CheckpointError, read_state_dict
+from pipeline.pruning.methods import get_method
 from pipeline.train import train_classifier
 from search.config import ConfigError, SearchConfig
 
@@ -41,6 +42,13 @@ def cache_name(cfg: SearchConfig) -> str:
     return f"{cfg.model.name.replace(':', '_')}-{cfg.data.name}-s{cfg.base_training.seed}-{digest}.pt"
 
 
+def needs_train(cfg: SearchConfig) -> bool:
+    """Whether anything reads the training split: a method of the space that trains,
+    fine-tuning, or a base model still to be trained (no checkpoint, no cache)."""
+    trains = any(get_method(m).trains for m in cfg.space.methods) or cfg.finetune_steps > 0
+    return trains or (not cfg.model.checkpoint and _cached(cfg) is None)
+
+
 def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     """The dense base model's state dict.
 
@@ -51,30 +59,30 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
     """
     if cfg.model.checkpoint:
         return build_model(cfg.model).state_dict()
-    name = cache_name(cfg)
-    local, shared = cache_path(cfg), cache_dir() / "base" / name
-    legacy = cfg.inside_run_dir(f"base/{name.rsplit('-', 1)[0]}.pt")  # a run folder from before the shared cache
-    for cached in (local, legacy, shared):
-        if cached.exists():
-            state = load_base(cfg.model, cached_state(cached)).state_dict()
-            if cached is shared:
-                log.info("base model %s: the cached one (%s)", cfg.model.name, shared)
-                _place(shared, local)
-            return state
+    cached = _cached(cfg)
+    local, shared = cache_path(cfg), cache_dir() / "base" / cache_name(cfg)
+    if cached is not None:
+        state = load_base(cfg.model, cached_state(cached)).state_dict()
+        if cached == shared:
+            log.info("base model %s: the cached one (%s)", cfg.model.name, shared)
+            _place(shared, local)
+        return state
     if cfg.base_training.steps == 0:
         raise ConfigError("model.checkpoint is not set and base_training.steps is 0: there is no trained model to prune")
     steps = cfg.base_training.steps
     log.info(
         "no model.checkpoint: training the base model %s on %d training images for %d steps, once (cached at %s)",
         cfg.model.name,
-        len(splits.train.x),
+        len(splits.train) if splits.train is not None else 0,
         steps,
         shared,
     )
     torch.manual_seed(cfg.base_training.seed)
     model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
     t0 = time.monotonic()
-    train_classifier(model, splits.train.x, splits.train.y, steps, cfg.base_training.lr, seed=cfg.base_training.seed, on_step=_StepLog(t0))
+    if splits.train is None:
+        raise ConfigError("the base model must be trained but the training split was not loaded (search.runner.driver.needs_train)")
+    train_classifier(model, splits.train, None, steps, cfg.base_training.lr, seed=cfg.base_training.seed, on_step=_StepLog(t0))
     log.info("trained the base model in %.0f s", time.monotonic() - t0)
     try:
         shared.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,14 @@ def base_state(cfg: SearchConfig, splits: Splits) -> dict[str, torch.Tensor]:
         log.warning("could not write the shared base-model cache %s (%s); keeping it in the run folder only", shared, e)
         _save(model.state_dict(), local)
     return model.state_dict()
+
+
+def _cached(cfg: SearchConfig) -> Path | None:
+    """The trained base model already cached for ``cfg``: the run folder's copy, a run
+    folder's file from before the shared cache, or the shared one; None: none yet."""
+    name = cache_name(cfg)
+    legacy = cfg.inside_run_dir(f"base/{name.rsplit('-', 1)[0]}.pt")
+    return next((p for p in (cache_path(cfg), legacy, cache_dir() / "base" / name) if p.exists()), None)
 
 
 def cache_path(cfg: SearchConfig) -> Path:

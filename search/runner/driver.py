@@ -38,7 +38,7 @@ from search.records.refit import RefitPolicy
 from search.records.report import finish_report
 from search.records.runs import Recorder, flat_params
 from search.records.store import create_store
-from search.runner.basemodel import base_state
+from search.runner.basemodel import base_state, needs_train
 from search.runner.lock import RunFolderLock, StudyHeartbeat, refuse_symlink
 from search.runner.preflight import check_allocation, check_base_model, check_constraint, check_labels, check_model_fits
 from search.runner.progress import STATUS_EVERY_S, Progress
@@ -63,6 +63,7 @@ class SearchOutcome:
     recorded_total: int  # candidates recorded in the study so far (all invocations)
     interrupted: bool
     loop_s: float = 0.0  # wall seconds from the first candidate submitted to the last recorded (actors ready)
+    data_s: float = 0.0  # wall seconds reading and decoding the data subsets (start-up)
 
 
 def actor_prefix(name: str, parent_id: str) -> str:
@@ -94,7 +95,10 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
     finished = _resume_finished(cfg, recorder) if recorder is not None else None
     if finished is not None:
         return finished
-    splits = load_data(cfg.data)
+    # only the subsets (raw uint8), at the positions recorded for this run; train only if read
+    t_data = time.monotonic()
+    splits = load_data(cfg.data, train=needs_train(cfg), record=cfg.inside_run_dir(f"data/{cfg.name}-subsets.npz"))
+    data_s = time.monotonic() - t_data
     check_labels(cfg, splits)
     check_allocation(cfg)
     check_model_fits(cfg, splits)
@@ -126,7 +130,7 @@ def _run_locked(cfg: SearchConfig, quiet: bool, held: contextlib.ExitStack) -> S
             signal.signal(signal.SIGTERM, previous)
     if cfg.log_models and not interrupted:
         log_front_models(recorder.uri, cfg.experiment, parent_id)
-    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s)
+    return SearchOutcome(parent_id, recorder.uri, cfg.experiment, evaluated, failed, recorded_trials(study), interrupted, loop_s, data_s)
 
 
 def _recorder(cfg: SearchConfig) -> Recorder:
@@ -144,7 +148,8 @@ def _evaluate(cfg: SearchConfig, study, recorder: Recorder, parent_id: str, stat
     # a cluster may add nodes; the local Ray (started here or by the caller) holds what it has
     count = actor_count(cfg, ray.cluster_resources(), can_grow=bool(cfg.ray_address or os.environ.get("RAY_ADDRESS")))
     keep_refit = cfg.records.refit_weights != "replay"  # replay: the actors send none
-    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device, keep_refit)
+    # numpy pixels in the object store: the actors of a node map one copy (zero-copy)
+    init = (cfg.model, ray.put(state), ray.put(splits), cfg.measure, cfg.actors.threads, cfg.actors.device, keep_refit, cfg.actors.num_gpus)
     a = cfg.actors
     pool = EvaluatorPool(count, init, a.num_cpus, a.num_gpus, a.resources, a.queue, a.max_retries, name=actor_prefix(cfg.name, parent_id))
     try:

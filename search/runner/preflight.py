@@ -28,10 +28,10 @@ def check_model_fits(cfg: SearchConfig, splits: Splits) -> None:
     model = build_model(cfg.model.model_copy(update={"checkpoint": None}))
     try:
         with torch.no_grad():
-            model(splits.val.x[:2])
+            model(splits.val.batch(0, 2))
     except RuntimeError as e:
         raise DataError(
-            f"data: images of shape {tuple(splits.val.x.shape[1:])} (C, H, W) do not fit model {cfg.model.name} "
+            f"data: images of shape {splits.input_shape} (C, H, W) do not fit model {cfg.model.name} "
             f"({str(e)[:200]}); check data.name / data.path against the model"
         ) from None
 
@@ -41,7 +41,7 @@ def check_base_model(cfg: SearchConfig, splits: Splits, state: dict[str, torch.T
     on the validation split (NaN weights, a broken normalisation, the wrong checkpoint)."""
     model = load_base(cfg.model, state)
     try:
-        acc = accuracy(model, splits.val.x, splits.val.y)
+        acc = accuracy(model, splits.val, splits.val.y)
     except NumericsError:
         raise DataError(
             "the dense base model gives NaN or Inf outputs on the validation images; check model.checkpoint for NaN weights and data.mean / data.std"

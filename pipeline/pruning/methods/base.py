@@ -83,7 +83,9 @@ class PruneContext:
     Attributes:
         calib_x: calibration images, float32 (N, C, H, W), normalised.
         calib_y: their labels, int64 (N,).
-        train_x, train_y: training images and labels, for methods that train.
+        train_x, train_y: training images and labels, for methods that train: tensors,
+            or a data split (``pipeline.data.store.Split`` / ``StreamSplit``) that
+            ``pipeline.train.batches`` normalises batch by batch (``train_y`` then unused).
         example_input: one image batch (1, C, H, W) for tracing and MACs.
         num_classes: number of classes.
         cache: per-actor cache shared across candidates (importance scores, graphs),
@@ -94,7 +96,7 @@ class PruneContext:
 
     calib_x: torch.Tensor
     calib_y: torch.Tensor
-    train_x: torch.Tensor
+    train_x: Any
     train_y: torch.Tensor
     example_input: torch.Tensor
     num_classes: int
@@ -108,14 +110,16 @@ class PruneContext:
 
     @classmethod
     def from_splits(cls, splits: "Splits") -> "PruneContext":
-        """The context of a data set: calibration and training splits as given, the first
-        validation image as example input."""
+        """The context of a data set: the calibration split normalised (float32, on its
+        device), the training split as a split (streamed; empty when it was not loaded),
+        the first validation image as example input."""
+        none = torch.empty(0, dtype=torch.int64)
         return cls(
             calib_x=splits.calib.x,
             calib_y=splits.calib.y,
-            train_x=splits.train.x,
-            train_y=splits.train.y,
-            example_input=splits.val.x[:1],
+            train_x=splits.train if splits.train is not None else torch.empty(0),
+            train_y=splits.train.y if splits.train is not None else none,
+            example_input=splits.val.batch(0, 1),
             num_classes=splits.num_classes,
         )
 
