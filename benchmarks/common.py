@@ -44,7 +44,7 @@ from pipeline.models import ModelConfig, build_model  # noqa: E402
 from pipeline.pruning.plan import PrunePlan  # noqa: E402
 from pipeline.pruning.structure import cached_graph  # noqa: E402
 from search.config import SearchConfig, merge_sections, parse_config  # noqa: E402
-from search.configfile import read_config_file  # noqa: E402
+from search.config.file import read_config_file  # noqa: E402
 from search.records.query import best, candidate_rows  # noqa: E402
 from search.runner.driver import SearchOutcome, run_search  # noqa: E402
 
