@@ -91,7 +91,9 @@ def test_a_corrupt_image_in_an_image_folder_is_named(tmp_path, capsys):
     (tmp_path / "imgs" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     # 7 images: 6 in the subsets, 1 for the training the base model needs; each is decoded
     sizes = {"calib_size": 2, "val_size": 2, "test_size": 2}
-    err = _run(tmp_path, capsys, data={"name": "imagefolder", "path": str(tmp_path / "imgs"), **sizes}, model={"num_classes": 2}, recalibration={"images": 2})
+    err = _run(
+        tmp_path, capsys, data={"name": "imagefolder", "path": str(tmp_path / "imgs"), **sizes}, model={"num_classes": 2}, recalibration={"images": 2}
+    )
     broken = tmp_path / "imgs" / "b" / "broken.png"
     assert f"index 6 ({broken}): reading it raised UnidentifiedImageError" in err and "Traceback" not in err
 
