@@ -251,6 +251,7 @@ def rung_figure(rung0: list[float], full: list[float], rho: float):
     _percent(ax, "y")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
 
 
 def controller_figure(traces: list[dict[str, Any]]):
